@@ -1,0 +1,85 @@
+//! Human durations (`90s`, `10m`, `24h`, `90d`, `1h30m`) as used by the CLI and config files.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// Parses a duration made of `<number><unit>` parts; units are ms, s, m, h, d.
+pub fn parse_duration(input: &str) -> Result<Duration, Error> {
+    let err = |reason: &str| Error::Duration {
+        input: input.to_string(),
+        reason: reason.to_string(),
+    };
+    let text = input.trim();
+    if text.is_empty() {
+        return Err(err("empty"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(err("expected a number"));
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| err("number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(value),
+            "s" => Duration::from_secs(value),
+            "m" => Duration::from_secs(value.saturating_mul(60)),
+            "h" => Duration::from_secs(value.saturating_mul(3600)),
+            "d" => Duration::from_secs(value.saturating_mul(86_400)),
+            "" => return Err(err("missing unit")),
+            _ => return Err(err("unknown unit")),
+        };
+        total = total.checked_add(part).ok_or_else(|| err("too large"))?;
+    }
+    Ok(total)
+}
+
+/// Formats a duration in the largest whole units, e.g. `23h59m`, `10s`, `250ms`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (days, hours, mins, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (value, unit) in [(days, "d"), (hours, "h"), (mins, "m"), (s, "s")] {
+        if value > 0 {
+            out.push_str(&format!("{value}{unit}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_sums() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86_400));
+    }
+
+    #[test]
+    fn rejects_garbage_with_reason() {
+        for bad in ["", "h", "10", "10x", "-5s", "1.5h"] {
+            let e = parse_duration(bad).unwrap_err().to_string();
+            assert!(e.contains("invalid duration"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for text in ["1d", "1h30m", "10s", "2d3h", "250ms", "23h59m"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! `CertInfo`: the facts of one certificate that Signet shows, checks and logs.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use x509_parser::extensions::GeneralName;
+
+use crate::{Error, SpiffeId, sha256_hex};
+
+#[derive(Clone, Debug)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    /// Hex, no separators, as Envoy's `/certs` shows it.
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub emails: Vec<String>,
+    pub is_ca: bool,
+    /// SHA-256 of the DER, lowercase hex.
+    pub sha256: String,
+    /// DER of the SubjectPublicKeyInfo, to match a private key against its certificate.
+    pub spki: Vec<u8>,
+}
+
+impl CertInfo {
+    pub fn parse(der: &[u8]) -> Result<Self, Error> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| Error::Certificate(format!("not a valid X.509 certificate: {e}")))?;
+        let mut info = CertInfo {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            serial: cert
+                .tbs_certificate
+                .raw_serial()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            not_before: unix(cert.validity().not_before.timestamp()),
+            not_after: unix(cert.validity().not_after.timestamp()),
+            uris: Vec::new(),
+            dns: Vec::new(),
+            ips: Vec::new(),
+            emails: Vec::new(),
+            is_ca: cert.is_ca(),
+            sha256: sha256_hex(der),
+            spki: cert.public_key().raw.to_vec(),
+        };
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| Error::Certificate(format!("malformed subjectAltName: {e}")))?;
+        if let Some(san) = san {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::URI(u) => info.uris.push(u.to_string()),
+                    GeneralName::DNSName(d) => info.dns.push(d.to_string()),
+                    GeneralName::RFC822Name(m) => info.emails.push(m.to_string()),
+                    GeneralName::IPAddress(octets) => {
+                        if let Some(ip) = ip_from_octets(octets) {
+                            info.ips.push(ip);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    /// The certificate's SPIFFE ID: exactly one URI SAN, and a valid SPIFFE ID.
+    pub fn spiffe_id(&self) -> Result<SpiffeId, Error> {
+        match self.uris.as_slice() {
+            [one] => one.parse(),
+            [] => Err(Error::Certificate(
+                "the certificate has no URI SAN, so no SPIFFE ID (issue it with --id spiffe://...)".into(),
+            )),
+            many => Err(Error::Certificate(format!(
+                "the certificate has {} URI SANs; an X509-SVID carries exactly one",
+                many.len()
+            ))),
+        }
+    }
+
+    pub fn is_self_signed(&self) -> bool {
+        self.subject == self.issuer
+    }
+
+    /// Time left until `not_after` (zero once expired).
+    pub fn remaining(&self, now: SystemTime) -> Duration {
+        self.not_after.duration_since(now).unwrap_or(Duration::ZERO)
+    }
+
+    pub fn is_valid_at(&self, now: SystemTime) -> bool {
+        self.not_before <= now && now <= self.not_after
+    }
+}
+
+fn unix(ts: i64) -> SystemTime {
+    if ts >= 0 {
+        UNIX_EPOCH + Duration::from_secs(ts as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(ts.unsigned_abs())
+    }
+}
+
+fn ip_from_octets(octets: &[u8]) -> Option<IpAddr> {
+    match octets.len() {
+        4 => <[u8; 4]>::try_from(octets).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(octets).ok().map(IpAddr::from),
+        _ => None,
+    }
+}

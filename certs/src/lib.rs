@@ -1,0 +1,41 @@
+//! Identity and trust for Signet: signers (CAs), SPIFFE IDs, workload keys and CSRs, signing
+//! with the signer's own policy, and trust bundles that map roots to signer names.
+//!
+//! This crate knows nothing of proxies or TLS sessions: it produces and checks certificates.
+
+mod bundle;
+mod duration;
+mod error;
+mod fsutil;
+mod info;
+mod name;
+mod pem;
+mod request;
+mod signer;
+mod spiffe;
+
+pub use bundle::{BundleEntry, TrustBundle};
+pub use duration::{format_duration, parse_duration};
+pub use error::Error;
+pub use fsutil::{write_private, write_public};
+pub use info::CertInfo;
+pub use name::{DEFAULT_SIGNER_DOMAIN, SignerName};
+pub use pem::{certs_to_pem, parse_certs, parse_key, read_certs, read_key, sha256_hex};
+pub use request::{CertificateRequest, RequestInfo, WorkloadKey};
+pub use signer::{DEFAULT_CA_VALIDITY, IssueOptions, IssuedCertificate, Signer};
+pub use spiffe::SpiffeId;
+
+/// DER types shared with the TLS side, re-exported so callers need not pin `rustls-pki-types`.
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Files of a cert-manager style secret directory (`kubernetes.io/tls` plus `ca.crt`).
+pub mod files {
+    /// Leaf (or CA) certificate followed by its chain.
+    pub const CERT: &str = "tls.crt";
+    /// PKCS#8 private key, written with mode 0600.
+    pub const KEY: &str = "tls.key";
+    /// The signer's root certificate(s).
+    pub const CA: &str = "ca.crt";
+}

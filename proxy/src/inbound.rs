@@ -1,0 +1,252 @@
+//! Inbound: terminate mTLS in front of the local app. The peer must present a chain from our
+//! own signer (and pass the allow-list) or the handshake fails; then bytes are copied (`tcp`)
+//! or HTTP is proxied to the app with `x-forwarded-client-cert` (`http`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use signet_certs::SpiffeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::body::{self, Body, strip_hop_by_hop};
+use crate::config::{InboundConfig, Protocol, XfccMode};
+use crate::metrics::Direction;
+use crate::sidecar::Shared;
+use crate::tls::diagnose::{self, HandshakeError, Reason};
+use crate::xfcc::{self, PeerCert};
+
+pub(crate) struct Inbound {
+    index: usize,
+    listen: SocketAddr,
+    app: String,
+    protocol: Protocol,
+    xfcc: XfccMode,
+    shared: Arc<Shared>,
+    app_client: Client<HttpConnector, Incoming>,
+}
+
+impl Inbound {
+    pub(crate) fn new(
+        index: usize,
+        listen: SocketAddr,
+        config: &InboundConfig,
+        xfcc: XfccMode,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(shared.timeouts.connect));
+        let app_client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(shared.timeouts.idle)
+            .build(connector);
+        Inbound {
+            index,
+            listen,
+            app: config.app.clone(),
+            protocol: config.protocol,
+            xfcc,
+            shared,
+            app_client,
+        }
+    }
+
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning; keep serving.
+                        tracing::warn!("inbound {}: accept failed: {e}", self.listen);
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            self.shared.tracker.spawn(self.clone().handle(stream, peer));
+        }
+    }
+
+    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let metrics = self.shared.metrics.clone();
+        let _active = metrics.connection(Direction::Inbound);
+        let _ = stream.set_nodelay(true);
+        let Some(state) = self.shared.store.current() else {
+            self.reject(
+                peer,
+                HandshakeError::new(
+                    Reason::NotReady,
+                    "this sidecar holds no valid certificate (fail closed); see /ready",
+                ),
+            );
+            return;
+        };
+        let Some(config) = state.server(self.index) else {
+            return;
+        };
+        let accept = tokio::time::timeout(self.shared.timeouts.handshake, TlsAcceptor::from(config).accept(stream));
+        let (result, note) = diagnose::capture(accept).await;
+        let tls = match result {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.reject(peer, diagnose::classify(&e, note, state.identity.signer.as_str()));
+                return;
+            }
+            Err(_) => {
+                self.reject(
+                    peer,
+                    HandshakeError::new(
+                        Reason::Timeout,
+                        format!(
+                            "the TLS handshake did not finish within {:?}",
+                            self.shared.timeouts.handshake
+                        ),
+                    ),
+                );
+                return;
+            }
+        };
+        metrics.handshake_ok(Direction::Inbound);
+        let peer_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(PeerCert::from_leaf);
+        tracing::debug!(
+            "inbound {}: accepted {peer} as {}",
+            self.listen,
+            peer_cert.as_ref().map(|p| p.id.as_str()).unwrap_or("?")
+        );
+        match self.protocol {
+            Protocol::Tcp => self.splice(tls, peer).await,
+            Protocol::Http => {
+                let by = state.identity.id.clone();
+                drop(state);
+                self.serve_http(tls, peer_cert, by).await
+            }
+        }
+    }
+
+    fn reject(&self, peer: SocketAddr, err: HandshakeError) {
+        self.shared.metrics.handshake_failed(Direction::Inbound, err.reason);
+        if err.reason == Reason::Closed {
+            // Port scanners and TCP health probes connect and close; not worth a warning.
+            tracing::debug!(
+                "inbound {}: {peer} left during the TLS handshake: {}",
+                self.listen,
+                err.detail
+            );
+        } else {
+            tracing::warn!(
+                "inbound {}: rejected {peer} during the TLS handshake: {err}",
+                self.listen
+            );
+        }
+    }
+
+    async fn splice(&self, mut tls: TlsStream<TcpStream>, peer: SocketAddr) {
+        let connect = tokio::time::timeout(self.shared.timeouts.connect, TcpStream::connect(self.app.as_str()));
+        let mut app = match connect.await {
+            Ok(Ok(app)) => app,
+            Ok(Err(e)) => return self.app_unreachable(peer, &e.to_string()),
+            Err(_) => return self.app_unreachable(peer, "connect timed out"),
+        };
+        let _ = app.set_nodelay(true);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut tls, &mut app).await {
+            tracing::debug!("inbound {}: connection from {peer} ended: {e}", self.listen);
+        }
+    }
+
+    fn app_unreachable(&self, peer: impl std::fmt::Display, why: &str) {
+        self.shared.metrics.app_connect_failed();
+        tracing::warn!(
+            "inbound {}: cannot reach the app at {} for {peer}: {why}; is it running?",
+            self.listen,
+            self.app
+        );
+    }
+
+    async fn serve_http(self: Arc<Self>, tls: TlsStream<TcpStream>, peer: Option<PeerCert>, by: SpiffeId) {
+        let peer = peer.map(Arc::new);
+        let by = Arc::new(by);
+        let this = self.clone();
+        let svc = service_fn(move |req| {
+            let (this, peer, by) = (this.clone(), peer.clone(), by.clone());
+            async move { Ok::<_, Infallible>(this.forward(req, peer.as_deref(), &by).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(TokioIo::new(tls), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("inbound {}: HTTP connection ended: {e}", self.listen);
+                }
+            }
+            _ = self.shared.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+
+    async fn forward(&self, req: Request<Incoming>, peer: Option<&PeerCert>, by: &SpiffeId) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        parts.uri = match format!("http://{}{path}", self.app).parse() {
+            Ok(uri) => uri,
+            Err(_) => return body::text(StatusCode::BAD_REQUEST, "invalid request target"),
+        };
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(host) = host {
+            parts.headers.insert(HOST, host);
+        }
+        match peer {
+            Some(p) => p.apply(by, self.xfcc, &mut parts.headers),
+            None => {
+                parts.headers.remove(xfcc::HEADER);
+            }
+        }
+        match self.app_client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => {
+                self.shared.metrics.response(Direction::Inbound, resp.status().as_u16());
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(e) => {
+                let cause = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                self.app_unreachable(peer.map(|p| p.id.as_str()).unwrap_or("a request"), &cause);
+                self.shared.metrics.response(Direction::Inbound, 503);
+                body::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: delayed connect error: {cause}"
+                    ),
+                )
+            }
+        }
+    }
+}

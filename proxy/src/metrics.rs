@@ -1,0 +1,183 @@
+//! Counters for the data plane, rendered as Prometheus text on the admin port. Plain atomics:
+//! a handshake or request adds one relaxed increment, nothing more.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::UNIX_EPOCH;
+
+use crate::tls::{Reason, TlsStore};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Inbound = 0,
+    Outbound = 1,
+}
+
+impl Direction {
+    const ALL: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+const REASONS: usize = Reason::ALL.len();
+
+#[derive(Default)]
+pub struct Metrics {
+    handshakes_ok: [AtomicU64; 2],
+    handshake_failures: [[AtomicU64; REASONS]; 2],
+    connections_total: [AtomicU64; 2],
+    connections_active: [AtomicI64; 2],
+    /// By status class 1xx..5xx.
+    responses: [[AtomicU64; 5]; 2],
+    app_connect_failures: AtomicU64,
+}
+
+/// Decrements the active-connection gauge when dropped.
+pub struct ActiveGuard<'a>(&'a AtomicI64);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn connection(&self, d: Direction) -> ActiveGuard<'_> {
+        self.connections_total[d as usize].fetch_add(1, Relaxed);
+        self.connections_active[d as usize].fetch_add(1, Relaxed);
+        ActiveGuard(&self.connections_active[d as usize])
+    }
+
+    pub fn handshake_ok(&self, d: Direction) {
+        self.handshakes_ok[d as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn handshake_failed(&self, d: Direction, reason: Reason) {
+        self.handshake_failures[d as usize][reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn response(&self, d: Direction, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[d as usize][class].fetch_add(1, Relaxed);
+    }
+
+    pub fn app_connect_failed(&self) {
+        self.app_connect_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn handshake_failures(&self, d: Direction, reason: Reason) -> u64 {
+        self.handshake_failures[d as usize][reason.index()].load(Relaxed)
+    }
+
+    pub fn handshakes_ok(&self, d: Direction) -> u64 {
+        self.handshakes_ok[d as usize].load(Relaxed)
+    }
+
+    pub fn render(&self, store: &TlsStore) -> String {
+        let mut out = String::new();
+        let _ = self.write(&mut out, store);
+        out
+    }
+
+    fn write(&self, out: &mut String, store: &TlsStore) -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP signet_tls_handshakes_total TLS handshakes by direction and result."
+        )?;
+        writeln!(out, "# TYPE signet_tls_handshakes_total counter")?;
+        for d in Direction::ALL {
+            writeln!(
+                out,
+                "signet_tls_handshakes_total{{direction=\"{}\",result=\"ok\"}} {}",
+                d.label(),
+                self.handshakes_ok(d)
+            )?;
+            for r in Reason::ALL {
+                writeln!(
+                    out,
+                    "signet_tls_handshakes_total{{direction=\"{}\",result=\"{}\"}} {}",
+                    d.label(),
+                    r.label(),
+                    self.handshake_failures(d, r)
+                )?;
+            }
+        }
+        writeln!(
+            out,
+            "# HELP signet_connections_total Accepted (inbound) or opened (outbound) connections."
+        )?;
+        writeln!(out, "# TYPE signet_connections_total counter")?;
+        for d in Direction::ALL {
+            writeln!(
+                out,
+                "signet_connections_total{{direction=\"{}\"}} {}",
+                d.label(),
+                self.connections_total[d as usize].load(Relaxed)
+            )?;
+        }
+        writeln!(out, "# HELP signet_connections_active Connections open now.")?;
+        writeln!(out, "# TYPE signet_connections_active gauge")?;
+        for d in Direction::ALL {
+            writeln!(
+                out,
+                "signet_connections_active{{direction=\"{}\"}} {}",
+                d.label(),
+                self.connections_active[d as usize].load(Relaxed)
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP signet_http_responses_total HTTP responses by direction and status class."
+        )?;
+        writeln!(out, "# TYPE signet_http_responses_total counter")?;
+        for d in Direction::ALL {
+            for (i, n) in self.responses[d as usize].iter().enumerate() {
+                writeln!(
+                    out,
+                    "signet_http_responses_total{{direction=\"{}\",class=\"{}xx\"}} {}",
+                    d.label(),
+                    i + 1,
+                    n.load(Relaxed)
+                )?;
+            }
+        }
+        writeln!(
+            out,
+            "# HELP signet_app_connect_failures_total Failed connections to the local app."
+        )?;
+        writeln!(out, "# TYPE signet_app_connect_failures_total counter")?;
+        writeln!(
+            out,
+            "signet_app_connect_failures_total {}",
+            self.app_connect_failures.load(Relaxed)
+        )?;
+        writeln!(
+            out,
+            "# HELP signet_ready 1 when a valid workload certificate is published."
+        )?;
+        writeln!(out, "# TYPE signet_ready gauge")?;
+        writeln!(out, "signet_ready {}", u8::from(store.is_ready()))?;
+        if let Some(id) = store.identity() {
+            let expiry = id
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            writeln!(
+                out,
+                "# HELP signet_cert_expiry_timestamp_seconds When the workload certificate expires."
+            )?;
+            writeln!(out, "# TYPE signet_cert_expiry_timestamp_seconds gauge")?;
+            writeln!(
+                out,
+                "signet_cert_expiry_timestamp_seconds{{signer=\"{}\",spiffe_id=\"{}\"}} {expiry}",
+                id.signer, id.id
+            )?;
+        }
+        Ok(())
+    }
+}

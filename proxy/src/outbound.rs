@@ -1,0 +1,436 @@
+//! Outbound: originate mTLS for the app. An HTTP proxy listener (the app sets `http_proxy`)
+//! routes by `host:port` through the service table over pooled mTLS connections; TCP listeners
+//! tunnel to one service each. The peer must chain to our own signer and be the expected
+//! SPIFFE ID; otherwise the app gets Envoy's 503 (HTTP) or a closed connection (TCP).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::HOST;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::body::{self, Body, strip_hop_by_hop};
+use crate::metrics::Direction;
+use crate::services::{Service, ServiceTable};
+use crate::sidecar::Shared;
+use crate::tls::ClientAlpn;
+use crate::tls::diagnose::{self, HandshakeError, Reason};
+use crate::xfcc;
+
+/// Envoy's prefix for every failure before response headers.
+const ENVOY_PREFIX: &str = "upstream connect error or disconnect/reset before headers. reset reason: ";
+
+/// Why no connection to a peer sidecar could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("this sidecar holds no valid workload certificate (see /ready)")]
+    NotReady,
+    #[error("no route to {0}")]
+    NoRoute(String),
+    #[error("{service} ({address}): connect failed: {source}")]
+    Connect {
+        service: String,
+        address: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{service} ({address}): connect timed out")]
+    ConnectTimeout { service: String, address: String },
+    #[error("{service} ({address}): TLS handshake failed: {error}")]
+    Handshake {
+        service: String,
+        address: String,
+        error: HandshakeError,
+    },
+}
+
+impl UpstreamError {
+    /// The body Envoy would send, with Signet's explanation after the error code.
+    pub fn envoy_body(&self) -> String {
+        let tail = match self {
+            UpstreamError::NotReady => {
+                "connection failure, transport failure reason: TLS error: NO_CERTIFICATE: this sidecar holds no valid workload certificate (see /ready)".to_string()
+            }
+            UpstreamError::NoRoute(a) => format!("connection failure, transport failure reason: no route to {a}"),
+            UpstreamError::Connect { source, .. } => {
+                format!("connection failure, transport failure reason: delayed connect error: {source}")
+            }
+            UpstreamError::ConnectTimeout { .. } => "connection timeout".to_string(),
+            UpstreamError::Handshake { error, .. } => tls_failure(error),
+        };
+        format!("{ENVOY_PREFIX}{tail}")
+    }
+}
+
+fn tls_failure(error: &HandshakeError) -> String {
+    if error.reason == Reason::Timeout {
+        return format!("connection timeout: {}", error.detail);
+    }
+    let code = match error.reason {
+        r if r.is_verify_failure() => "CERTIFICATE_VERIFY_FAILED",
+        Reason::PeerRejected => "TLSV1_ALERT",
+        Reason::NotTls => "WRONG_VERSION_NUMBER",
+        Reason::Closed => "CONNECTION_CLOSED",
+        _ => "HANDSHAKE_FAILURE",
+    };
+    format!(
+        "connection failure, transport failure reason: TLS error: {code}: {}",
+        error.detail
+    )
+}
+
+/// Connects to `service`'s sidecar and completes the mTLS handshake.
+pub(crate) async fn connect_peer(
+    shared: &Shared,
+    service: &Service,
+    alpn: ClientAlpn,
+) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    let metrics = &shared.metrics;
+    let state = shared.store.current().ok_or(UpstreamError::NotReady)?;
+    let config = state.client(&service.identity, alpn).ok_or(UpstreamError::NotReady)?;
+    let (name, address) = (|| service.name.clone(), || service.address.clone());
+    let tcp = match tokio::time::timeout(shared.timeouts.connect, TcpStream::connect(service.address.as_str())).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(source)) => {
+            return Err(UpstreamError::Connect {
+                service: name(),
+                address: address(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(UpstreamError::ConnectTimeout {
+                service: name(),
+                address: address(),
+            });
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let connect = TlsConnector::from(config).connect(service.server_name.clone(), tcp);
+    let (result, note) = diagnose::capture(tokio::time::timeout(shared.timeouts.handshake, connect)).await;
+    let error = match result {
+        Ok(Ok(tls)) => {
+            metrics.handshake_ok(Direction::Outbound);
+            return Ok(tls);
+        }
+        Ok(Err(e)) => diagnose::classify(&e, note, state.identity.signer.as_str()),
+        Err(_) => HandshakeError::new(
+            Reason::Timeout,
+            format!(
+                "the TLS handshake did not finish within {:?}",
+                shared.timeouts.handshake
+            ),
+        ),
+    };
+    metrics.handshake_failed(Direction::Outbound, error.reason);
+    Err(UpstreamError::Handshake {
+        service: name(),
+        address: address(),
+        error,
+    })
+}
+
+// === the HTTP proxy ===
+
+pub(crate) struct HttpOutbound {
+    listen: SocketAddr,
+    shared: Arc<Shared>,
+    services: Arc<ServiceTable>,
+    client: Client<MeshConnector, Incoming>,
+}
+
+impl HttpOutbound {
+    pub(crate) fn new(listen: SocketAddr, shared: Arc<Shared>, services: Arc<ServiceTable>) -> Self {
+        let connector = MeshConnector {
+            shared: shared.clone(),
+            services: services.clone(),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(shared.timeouts.idle)
+            .build(connector);
+        HttpOutbound {
+            listen,
+            shared,
+            services,
+            client,
+        }
+    }
+
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("outbound {}: accept failed: {e}", self.listen);
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            self.shared.tracker.spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let svc_this = this.clone();
+                let svc = service_fn(move |req| {
+                    let this = svc_this.clone();
+                    async move { Ok::<_, Infallible>(this.route(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = this.shared.shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() == Method::CONNECT {
+            return body::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "signet: CONNECT is not supported; Signet adds mTLS itself, so send plain http:// requests through http_proxy",
+            );
+        }
+        let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+        let Some(authority) = authority else {
+            return body::text(
+                StatusCode::BAD_REQUEST,
+                "signet: the request names no host (no absolute URI, no Host header)",
+            );
+        };
+        let Some(service) = self.services.get(&authority) else {
+            tracing::warn!("outbound {}: no route to {authority}", self.listen);
+            return body::text(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "signet: no route to {authority}: it is not in this sidecar's service table (add --service {authority}=ADDRESS,SPIFFE_ID)"
+                ),
+            );
+        };
+        let (method, target) = (req.method().clone(), req.uri().path().to_string());
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        parts.uri = match Uri::try_from(format!("http://{}{path}", service.name)) {
+            Ok(uri) => uri,
+            Err(_) => return body::text(StatusCode::BAD_REQUEST, "signet: invalid request target"),
+        };
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        // The app cannot vouch for anyone: identities are added by the receiving sidecar only.
+        parts.headers.remove(xfcc::HEADER);
+        match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => {
+                self.shared
+                    .metrics
+                    .response(Direction::Outbound, resp.status().as_u16());
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(e) => {
+                let signer = self
+                    .shared
+                    .store
+                    .identity()
+                    .map(|i| i.signer.to_string())
+                    .unwrap_or_default();
+                let message = failure_body(&e, &signer);
+                tracing::warn!(
+                    "outbound {}: {method} http://{}{target} failed: {}",
+                    self.listen,
+                    service.name,
+                    message
+                );
+                self.shared.metrics.response(Direction::Outbound, 503);
+                body::text(StatusCode::SERVICE_UNAVAILABLE, message)
+            }
+        }
+    }
+}
+
+/// Envoy's body for a failed upstream request, from the error chain.
+fn failure_body(err: &hyper_util::client::legacy::Error, our_signer: &str) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(up) = e.downcast_ref::<UpstreamError>() {
+            return up.envoy_body();
+        }
+        // A refusal that arrives after the client's side of the handshake (TLS 1.3 client auth).
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return format!("{ENVOY_PREFIX}{}", tls_failure(&diagnose::from_rustls(tls, our_signer)));
+        }
+        if let Some(tls) = e
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return format!("{ENVOY_PREFIX}{}", tls_failure(&diagnose::from_rustls(tls, our_signer)));
+        }
+        source = e.source();
+    }
+    format!("{ENVOY_PREFIX}connection termination ({err})")
+}
+
+/// Dials peer sidecars for the pooled HTTP client: the URI's authority is a service name.
+#[derive(Clone)]
+pub(crate) struct MeshConnector {
+    shared: Arc<Shared>,
+    services: Arc<ServiceTable>,
+}
+
+impl tower_service::Service<Uri> for MeshConnector {
+    type Response = MeshStream;
+    type Error = UpstreamError;
+    type Future = Pin<Box<dyn Future<Output = Result<MeshStream, UpstreamError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (shared, services) = (self.shared.clone(), self.services.clone());
+        Box::pin(async move {
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            let service = services
+                .get(authority)
+                .ok_or_else(|| UpstreamError::NoRoute(authority.to_string()))?;
+            let tls = connect_peer(&shared, &service, ClientAlpn::Http).await?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            Ok(MeshStream {
+                io: TokioIo::new(tls),
+                h2,
+            })
+        })
+    }
+}
+
+/// A pooled mTLS connection to a peer sidecar; tells hyper whether h2 was negotiated.
+pub(crate) struct MeshStream {
+    io: TokioIo<TlsStream<TcpStream>>,
+    h2: bool,
+}
+
+impl Connection for MeshStream {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new();
+        if self.h2 { connected.negotiated_h2() } else { connected }
+    }
+}
+
+impl hyper::rt::Read for MeshStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for MeshStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+// === TCP tunnels ===
+
+pub(crate) struct TcpOutbound {
+    listen: SocketAddr,
+    service: Arc<Service>,
+    shared: Arc<Shared>,
+}
+
+impl TcpOutbound {
+    pub(crate) fn new(listen: SocketAddr, service: Arc<Service>, shared: Arc<Shared>) -> Self {
+        TcpOutbound {
+            listen,
+            service,
+            shared,
+        }
+    }
+
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("outbound tcp {}: accept failed: {e}", self.listen);
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            self.shared
+                .tracker
+                .spawn(async move { this.tunnel(stream, peer).await });
+        }
+    }
+
+    async fn tunnel(&self, mut client: TcpStream, peer: SocketAddr) {
+        let _active = self.shared.metrics.connection(Direction::Outbound);
+        let _ = client.set_nodelay(true);
+        match connect_peer(&self.shared, &self.service, ClientAlpn::None).await {
+            Ok(mut tls) => {
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut tls).await {
+                    tracing::debug!("outbound tcp {}: tunnel for {peer} ended: {e}", self.listen);
+                }
+            }
+            // The app's connection is closed without a byte: nothing reaches a peer we refused.
+            Err(e) => tracing::warn!(
+                "outbound tcp {}: closing {peer}'s connection to {}: {}",
+                self.listen,
+                self.service.name,
+                e.envoy_body().trim_start_matches(ENVOY_PREFIX)
+            ),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The service table: `host:port` as the app names it → the peer sidecar's address and the
+//! SPIFFE ID it must present.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use signet_certs::SpiffeId;
+
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// Canonical `host:port` (lowercase host, explicit port).
+    pub name: String,
+    /// Where the peer sidecar's inbound listens (`ip:port` or `host:port`).
+    pub address: String,
+    /// Who the peer must be; `None` accepts any identity of our own signer.
+    pub identity: Option<SpiffeId>,
+    /// Sent as SNI; the service's host.
+    pub server_name: ServerName<'static>,
+}
+
+impl Service {
+    pub fn new(name: &str, address: String, identity: Option<SpiffeId>) -> Result<Self, String> {
+        let name = normalize(name).ok_or_else(|| format!("{name:?} is not a host:port service name"))?;
+        if address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(format!("address {address:?} needs a port (e.g. 127.0.0.1:15006)"));
+        }
+        let host = host_of(&name);
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|_| format!("{host:?} is not a valid DNS name or IP address"))?;
+        Ok(Service {
+            name,
+            address,
+            identity,
+            server_name,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ServiceTable {
+    by_name: HashMap<String, Arc<Service>>,
+}
+
+impl ServiceTable {
+    pub fn insert(&mut self, service: Service) {
+        self.by_name.insert(service.name.clone(), Arc::new(service));
+    }
+
+    /// Looks up an authority as an app sends it (`Host:` or absolute URI); port 80 if absent.
+    pub fn get(&self, authority: &str) -> Option<Arc<Service>> {
+        self.by_name.get(&normalize(authority)?).cloned()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.by_name.values()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+fn normalize(authority: &str) -> Option<String> {
+    let a = authority.trim().to_ascii_lowercase();
+    if a.is_empty() || a.contains(['/', ' ', '@']) {
+        return None;
+    }
+    // [v6]:port, host:port, or a bare host.
+    let has_port = match a.rfind(':') {
+        Some(i) => a[i + 1..].parse::<u16>().is_ok() && (!a.contains('[') || a[..i].ends_with(']')),
+        None => false,
+    };
+    Some(if has_port { a } else { format!("{a}:80") })
+}
+
+fn host_of(name: &str) -> &str {
+    let host = name.rsplit_once(':').map(|(h, _)| h).unwrap_or(name);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_normalize_case_and_default_port() {
+        let mut t = ServiceTable::default();
+        t.insert(Service::new("httpbin.foo:8000", "127.0.0.1:15006".into(), None).unwrap());
+        t.insert(Service::new("web.bar", "127.0.0.1:15007".into(), None).unwrap());
+        assert!(t.get("HTTPBIN.foo:8000").is_some());
+        assert!(t.get("httpbin.foo").is_none());
+        assert_eq!(t.get("web.bar:80").unwrap().address, "127.0.0.1:15007");
+        assert!(t.get("web.bar").is_some());
+    }
+
+    #[test]
+    fn bad_entries_say_why() {
+        assert!(
+            Service::new("httpbin.foo:8000", "127.0.0.1".into(), None)
+                .unwrap_err()
+                .contains("needs a port")
+        );
+        assert!(Service::new("", "127.0.0.1:1".into(), None).is_err());
+    }
+}

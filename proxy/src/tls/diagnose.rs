@@ -1,0 +1,239 @@
+//! Why a handshake failed, in words that name the signers involved.
+//!
+//! rustls reports a cross-signer peer only as `UnknownIssuer` (and must keep doing so, so that
+//! the right `unknown_ca` alert goes out). The verifiers therefore leave a richer explanation in
+//! a task-local slot while the handshake runs inside [`capture`]; the accept/connect code picks
+//! it up together with the I/O error. Nothing is recorded, and nothing costs, when a handshake
+//! succeeds.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::io;
+
+use rustls::{AlertDescription, CertificateError};
+
+/// What went wrong, as a metric label and a log/response category.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The peer's chain does not anchor to our signer's roots (the cross-tenant case).
+    UnknownSigner,
+    Expired,
+    NotYetValid,
+    /// The chain is ours but the SPIFFE ID is not the expected one.
+    WrongIdentity,
+    /// Inbound allow-list refused the peer's SPIFFE ID.
+    NotAllowed,
+    NoClientCert,
+    BadCertificate,
+    /// The peer refused us (we received an alert).
+    PeerRejected,
+    /// The bytes received are not a TLS handshake at all.
+    NotTls,
+    Protocol,
+    Timeout,
+    /// The peer closed or reset the connection mid-handshake.
+    Closed,
+    /// This sidecar holds no valid certificate yet (fail closed).
+    NotReady,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 13] = [
+        Reason::UnknownSigner,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongIdentity,
+        Reason::NotAllowed,
+        Reason::NoClientCert,
+        Reason::BadCertificate,
+        Reason::PeerRejected,
+        Reason::NotTls,
+        Reason::Protocol,
+        Reason::Timeout,
+        Reason::Closed,
+        Reason::NotReady,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::UnknownSigner => "unknown_signer",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongIdentity => "wrong_identity",
+            Reason::NotAllowed => "not_allowed",
+            Reason::NoClientCert => "no_client_cert",
+            Reason::BadCertificate => "bad_certificate",
+            Reason::PeerRejected => "peer_rejected",
+            Reason::NotTls => "not_tls",
+            Reason::Protocol => "protocol",
+            Reason::Timeout => "timeout",
+            Reason::Closed => "closed",
+            Reason::NotReady => "not_ready",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+
+    /// True when this side refused the peer's certificate (OpenSSL's CERTIFICATE_VERIFY_FAILED).
+    pub fn is_verify_failure(self) -> bool {
+        matches!(
+            self,
+            Reason::UnknownSigner
+                | Reason::Expired
+                | Reason::NotYetValid
+                | Reason::WrongIdentity
+                | Reason::BadCertificate
+        )
+    }
+}
+
+/// A failed handshake: the category and a one-line explanation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeError {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl HandshakeError {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        HandshakeError {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.label(), self.detail)
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+tokio::task_local! {
+    static NOTE: RefCell<Option<HandshakeError>>;
+}
+
+/// Runs a handshake future, returning its output and the verifiers' explanation, if any.
+pub async fn capture<F: Future>(fut: F) -> (F::Output, Option<HandshakeError>) {
+    NOTE.scope(RefCell::new(None), async move {
+        let out = fut.await;
+        let note = NOTE.with(|n| n.borrow_mut().take());
+        (out, note)
+    })
+    .await
+}
+
+/// Called by verifiers; a no-op outside [`capture`].
+pub(crate) fn note(err: HandshakeError) {
+    let _ = NOTE.try_with(|n| *n.borrow_mut() = Some(err));
+}
+
+/// Turns a failed handshake's I/O error (and the verifiers' note) into an explanation.
+/// `our_signer` is named in messages about the peer refusing us.
+pub fn classify(err: &io::Error, note: Option<HandshakeError>, our_signer: &str) -> HandshakeError {
+    if let Some(note) = note {
+        return note;
+    }
+    if let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        return from_rustls(tls, our_signer);
+    }
+    match err.kind() {
+        io::ErrorKind::TimedOut => HandshakeError::new(Reason::Timeout, "the TLS handshake timed out"),
+        io::ErrorKind::UnexpectedEof => HandshakeError::new(
+            Reason::Closed,
+            "the peer closed the connection before the TLS handshake completed",
+        ),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+            HandshakeError::new(Reason::Closed, "the peer reset the connection during the TLS handshake")
+        }
+        _ => HandshakeError::new(Reason::Closed, format!("I/O error during the TLS handshake: {err}")),
+    }
+}
+
+/// Explains a rustls error that no verifier annotated.
+pub fn from_rustls(err: &rustls::Error, our_signer: &str) -> HandshakeError {
+    use rustls::Error as E;
+    match err {
+        E::InvalidCertificate(cert) => from_certificate_error(cert),
+        E::NoCertificatesPresented => HandshakeError::new(
+            Reason::NoClientCert,
+            format!("the client presented no certificate; mTLS here requires one issued by signer {our_signer}"),
+        ),
+        E::AlertReceived(alert) => {
+            let why = match alert {
+                AlertDescription::UnknownCA => format!(
+                    "the peer does not trust our certificate (alert unknown_ca): it trusts another signer than {our_signer}"
+                ),
+                AlertDescription::AccessDenied => {
+                    "the peer refused our identity (alert access_denied): we are not on its allow-list".to_string()
+                }
+                AlertDescription::CertificateExpired => {
+                    "the peer says our certificate is expired or not yet valid (alert certificate_expired)".to_string()
+                }
+                AlertDescription::CertificateRequired => {
+                    "the peer requires a client certificate (alert certificate_required)".to_string()
+                }
+                AlertDescription::BadCertificate | AlertDescription::CertificateUnknown => {
+                    format!("the peer rejected our certificate (alert {alert:?})")
+                }
+                AlertDescription::HandshakeFailure
+                | AlertDescription::ProtocolVersion
+                | AlertDescription::InsufficientSecurity
+                | AlertDescription::NoApplicationProtocol => format!(
+                    "the peer found no common TLS parameters (alert {alert:?}); Signet speaks TLS 1.3 with AEAD suites"
+                ),
+                other => format!("the peer aborted the handshake (alert {other:?})"),
+            };
+            HandshakeError::new(Reason::PeerRejected, why)
+        }
+        E::InvalidMessage(m) => HandshakeError::new(
+            Reason::NotTls,
+            format!(
+                "the peer did not send a valid TLS handshake ({m:?}); is it speaking plaintext or another protocol?"
+            ),
+        ),
+        E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } | E::PeerMisbehaved(_) => {
+            HandshakeError::new(Reason::Protocol, format!("the peer broke the TLS protocol ({err})"))
+        }
+        E::PeerIncompatible(why) => HandshakeError::new(
+            Reason::Protocol,
+            format!(
+                "no common TLS parameters with the peer ({why:?}); Signet speaks TLS 1.3 (1.2 with ECDHE+AEAD when enabled)"
+            ),
+        ),
+        E::NoApplicationProtocol => HandshakeError::new(Reason::Protocol, "no common ALPN protocol with the peer"),
+        other => HandshakeError::new(Reason::Protocol, format!("TLS error: {other}")),
+    }
+}
+
+fn from_certificate_error(err: &CertificateError) -> HandshakeError {
+    use CertificateError as C;
+    match err {
+        C::Expired | C::ExpiredContext { .. } => {
+            HandshakeError::new(Reason::Expired, format!("the peer's certificate has expired ({err})"))
+        }
+        C::NotValidYet | C::NotValidYetContext { .. } => HandshakeError::new(
+            Reason::NotYetValid,
+            format!("the peer's certificate is not valid yet ({err})"),
+        ),
+        C::UnknownIssuer => HandshakeError::new(
+            Reason::UnknownSigner,
+            "the peer's certificate chain does not anchor to a root of our signer",
+        ),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => HandshakeError::new(
+            Reason::BadCertificate,
+            format!(
+                "the peer's certificate is not valid for this use ({err}); mesh certificates carry serverAuth and clientAuth"
+            ),
+        ),
+        other => HandshakeError::new(
+            Reason::BadCertificate,
+            format!("the peer's certificate is invalid ({other})"),
+        ),
+    }
+}

@@ -1,0 +1,23 @@
+//! TLS for the data plane: crypto policy, per-signer verification, handshake diagnosis, and the
+//! store that publishes whole rustls configs whenever the certificate or the trust changes.
+
+pub mod diagnose;
+pub mod policy;
+pub mod store;
+pub mod verify;
+
+pub use diagnose::{HandshakeError, Reason};
+pub use policy::{MinVersion, Policy};
+pub use store::{ClientAlpn, Credentials, IdentityInfo, InboundTls, TlsSettings, TlsState, TlsStore};
+pub use verify::{AllowList, Trust};
+
+/// Why a certificate or trust update was refused; the old configuration stays in place.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{0}")]
+    Trust(String),
+    #[error("{0}")]
+    Certificate(String),
+    #[error("building the TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}

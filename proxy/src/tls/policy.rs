@@ -1,0 +1,149 @@
+//! The one place that decides Signet's crypto: provider, protocol versions, cipher suites,
+//! key-exchange groups and ALPN. Everything that builds a rustls config asks this module, and
+//! the tests below pin the choices so that a dependency upgrade cannot silently change them.
+
+use std::sync::Arc;
+
+use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
+use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
+
+/// Which protocol versions a sidecar speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum MinVersion {
+    /// TLS 1.3 only (the default).
+    #[default]
+    #[serde(rename = "1.3")]
+    Tls13,
+    /// TLS 1.3 and 1.2, the latter only with ECDHE key exchange and AEAD ciphers.
+    #[serde(rename = "1.2")]
+    Tls12,
+}
+
+/// The crypto policy of one sidecar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub min_version: MinVersion,
+    /// Offer the hybrid X25519MLKEM768 key exchange first (larger handshakes, quantum-safe).
+    pub post_quantum: bool,
+}
+
+const TLS13_SUITES: &[SupportedCipherSuite] = &[
+    aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+    aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+    aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+];
+
+/// TLS 1.2 only with ECDHE and AEAD: no static RSA, no CBC, no SHA-1 MACs.
+const TLS12_SUITES: &[SupportedCipherSuite] = &[
+    aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+/// X25519 first: the cheapest exchange, and what every peer supports.
+const KX_GROUPS: &[&dyn SupportedKxGroup] = &[aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1];
+
+const KX_GROUPS_PQ: &[&dyn SupportedKxGroup] = &[
+    aws_lc_rs::kx_group::X25519MLKEM768,
+    aws_lc_rs::kx_group::X25519,
+    aws_lc_rs::kx_group::SECP256R1,
+];
+
+static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+static TLS13_AND_12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// ALPN offered and accepted on HTTP connections between sidecars (h2 multiplexes requests
+/// over one pooled connection) and for clients such as curl.
+pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+impl Policy {
+    /// The aws-lc-rs provider restricted to this policy. Passed explicitly to every builder:
+    /// Signet never relies on a process-wide default provider.
+    pub fn provider(&self) -> Arc<CryptoProvider> {
+        let mut suites = TLS13_SUITES.to_vec();
+        if self.min_version == MinVersion::Tls12 {
+            suites.extend_from_slice(TLS12_SUITES);
+        }
+        Arc::new(CryptoProvider {
+            cipher_suites: suites,
+            kx_groups: if self.post_quantum { KX_GROUPS_PQ } else { KX_GROUPS }.to_vec(),
+            ..aws_lc_rs::default_provider()
+        })
+    }
+
+    pub fn versions(&self) -> &'static [&'static SupportedProtocolVersion] {
+        match self.min_version {
+            MinVersion::Tls13 => TLS13_ONLY,
+            MinVersion::Tls12 => TLS13_AND_12,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
+
+    fn suite_ids(p: &CryptoProvider) -> Vec<CipherSuite> {
+        p.cipher_suites.iter().map(|s| s.suite()).collect()
+    }
+
+    #[test]
+    fn default_is_tls13_only_with_aead_suites_and_x25519_first() {
+        let policy = Policy::default();
+        let versions: Vec<ProtocolVersion> = policy.versions().iter().map(|v| v.version).collect();
+        assert_eq!(versions, vec![ProtocolVersion::TLSv1_3]);
+        let p = policy.provider();
+        assert_eq!(
+            suite_ids(&p),
+            vec![
+                CipherSuite::TLS13_AES_128_GCM_SHA256,
+                CipherSuite::TLS13_AES_256_GCM_SHA384,
+                CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            ]
+        );
+        let groups: Vec<NamedGroup> = p.kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(groups, vec![NamedGroup::X25519, NamedGroup::secp256r1]);
+    }
+
+    #[test]
+    fn tls12_adds_only_ecdhe_aead_suites() {
+        let policy = Policy {
+            min_version: MinVersion::Tls12,
+            post_quantum: false,
+        };
+        let versions: Vec<ProtocolVersion> = policy.versions().iter().map(|v| v.version).collect();
+        assert_eq!(versions, vec![ProtocolVersion::TLSv1_3, ProtocolVersion::TLSv1_2]);
+        for suite in suite_ids(&policy.provider()) {
+            let name = format!("{suite:?}");
+            if name.starts_with("TLS13_") {
+                continue;
+            }
+            assert!(name.starts_with("TLS_ECDHE_"), "{name} is not ECDHE");
+            assert!(
+                name.contains("_GCM_") || name.contains("CHACHA20_POLY1305"),
+                "{name} is not AEAD"
+            );
+        }
+    }
+
+    #[test]
+    fn post_quantum_puts_the_hybrid_group_first() {
+        let policy = Policy {
+            post_quantum: true,
+            ..Policy::default()
+        };
+        assert_eq!(policy.provider().kx_groups[0].name(), NamedGroup::X25519MLKEM768);
+    }
+
+    #[test]
+    fn the_provider_is_fips_capable_aws_lc_and_verifies_ecdsa_p256() {
+        let p = Policy::default().provider();
+        let schemes = p.signature_verification_algorithms.supported_schemes();
+        assert!(schemes.contains(&rustls::SignatureScheme::ECDSA_NISTP256_SHA256));
+        assert!(!schemes.is_empty());
+    }
+}

@@ -1,0 +1,354 @@
+//! What each subcommand does. Errors come back as one line for `signet: error: ...`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use signet_certs::{
+    CertInfo, IssueOptions, IssuedCertificate, Signer, SignerName, SpiffeId, TrustBundle, WorkloadKey, files,
+    format_duration, parse_duration, read_certs, write_private, write_public,
+};
+use signet_proxy::admin::rfc3339;
+use signet_proxy::config::{IdentityFile, InboundFile, OutboundFile, ServiceFile, TcpRouteFile, TimeoutsFile, TlsFile};
+use signet_proxy::{ConfigFile, Sidecar};
+
+use crate::cli::{
+    BundleArgs, CertCommand, CertIssueArgs, CertShowArgs, Command, ProxyArgs, SignerCommand, SignerNewArgs,
+};
+
+pub fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Signer(SignerCommand::New(args)) => signer_new(args),
+        Command::Cert(CertCommand::Issue(args)) => cert_issue(args),
+        Command::Cert(CertCommand::Show(args)) => cert_show(args),
+        Command::Bundle(args) => bundle(args),
+        Command::Proxy(args) => proxy(*args),
+        Command::Demo(args) => crate::demo::run(args),
+        Command::Httpbin(args) => {
+            let addr = args
+                .listen
+                .parse()
+                .map_err(|_| format!("--listen {:?} is not an IP:port address", args.listen))?;
+            runtime(None)?.block_on(async {
+                let server = crate::httpbin::Httpbin::start(addr, "httpbin")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                eprintln!("httpbin listening on http://{}/ (Ctrl-C to stop)", server.addr);
+                let _ = tokio::signal::ctrl_c().await;
+                Ok::<_, String>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn signer_new(args: SignerNewArgs) -> Result<ExitCode, String> {
+    let name = SignerName::parse(&args.name, &args.domain.signer_domain).map_err(|e| e.to_string())?;
+    let validity = parse_duration(&args.validity).map_err(|e| format!("--validity: {e}"))?;
+    let dir = args.dir.join(name.short());
+    if dir.join(files::KEY).exists() && !args.force {
+        return Err(format!(
+            "{} already holds a signer key; use another --dir or --force to replace it (the old key is lost)",
+            dir.display()
+        ));
+    }
+    let signer = Signer::create(name, validity).map_err(|e| e.to_string())?;
+    signer.write_dir(&dir).map_err(|e| e.to_string())?;
+    let info = CertInfo::parse(signer.certificate()).map_err(|e| e.to_string())?;
+    println!(
+        "created signer {} in {}/{{tls.crt,tls.key,ca.crt}} (ECDSA P-256, valid until {}, root sha256:{})",
+        signer.name(),
+        dir.display(),
+        rfc3339(info.not_after),
+        &info.sha256[..16]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The signer name of a signer directory: `--signer-name`, else the directory's name.
+fn signer_name_of(dir: &Path, explicit: Option<&str>, domain: &str) -> Result<SignerName, String> {
+    let base = match explicit {
+        Some(n) => n.to_string(),
+        None => dir
+            .canonicalize()
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("{}: cannot tell the signer's name; pass --signer-name", dir.display()))?,
+    };
+    SignerName::parse(&base, domain).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Makes a key and CSR for `id` and has `signer` sign it: the same path a sidecar's CSR takes.
+pub(crate) fn issue(
+    signer: &Signer,
+    id: &SpiffeId,
+    dns: &[String],
+    options: &IssueOptions,
+) -> Result<(IssuedCertificate, WorkloadKey), String> {
+    let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
+    let csr = key.request(id, dns).map_err(|e| e.to_string())?;
+    let issued = signer.sign(&csr.pem, options).map_err(|e| e.to_string())?;
+    Ok((issued, key))
+}
+
+pub(crate) fn write_identity(out: &Path, issued: &IssuedCertificate, key: &WorkloadKey) -> Result<(), String> {
+    write_public(&out.join(files::CERT), issued.chain_pem().as_bytes()).map_err(|e| e.to_string())?;
+    write_private(&out.join(files::KEY), key.to_pem().as_bytes()).map_err(|e| e.to_string())?;
+    write_public(&out.join(files::CA), issued.roots_pem().as_bytes()).map_err(|e| e.to_string())
+}
+
+fn cert_issue(args: CertIssueArgs) -> Result<ExitCode, String> {
+    let domain = &args.domain.signer_domain;
+    let name = signer_name_of(&args.signer, args.signer_name.as_deref(), domain)?;
+    let signer = Signer::load_dir(&args.signer, name).map_err(|e| e.to_string())?;
+    let id: SpiffeId = args.id.parse().map_err(|e| format!("--id: {e}"))?;
+    let options = IssueOptions {
+        ttl: parse_duration(&args.ttl).map_err(|e| format!("--ttl: {e}"))?,
+        backdate: parse_duration(&args.backdate).map_err(|e| format!("--backdate: {e}"))?,
+    };
+    let (issued, key) = issue(&signer, &id, &args.dns, &options)?;
+    write_identity(&args.out, &issued, &key)?;
+    println!(
+        "issued {id} by signer {} (valid until {}, serial {}) into {}/{{tls.crt,tls.key,ca.crt}}",
+        signer.name(),
+        rfc3339(issued.leaf.not_after),
+        issued.leaf.serial,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cert_show(args: CertShowArgs) -> Result<ExitCode, String> {
+    let path = if args.path.is_dir() {
+        args.path.join(files::CERT)
+    } else {
+        args.path.clone()
+    };
+    let chain = read_certs(&path).map_err(|e| e.to_string())?;
+    let bundle = args
+        .bundle
+        .as_deref()
+        .map(|b| TrustBundle::load(b, &args.domain.signer_domain))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let now = SystemTime::now();
+    for (i, der) in chain.iter().enumerate() {
+        let info = CertInfo::parse(der).map_err(|e| format!("{}: certificate #{}: {e}", path.display(), i + 1))?;
+        let state = if now > info.not_after {
+            "EXPIRED".to_string()
+        } else if now < info.not_before {
+            "NOT YET VALID".to_string()
+        } else {
+            format!("valid, {} left", format_duration(info.remaining(now)))
+        };
+        println!("certificate #{} ({})", i + 1, if i == 0 { "leaf" } else { "chain" });
+        for uri in &info.uris {
+            println!("  uri:       {uri}");
+        }
+        for dns in &info.dns {
+            println!("  dns:       {dns}");
+        }
+        println!("  subject:   {}", info.subject);
+        println!("  issuer:    {}", info.issuer);
+        println!("  serial:    {}", info.serial);
+        println!(
+            "  validity:  {} .. {} ({state})",
+            rfc3339(info.not_before),
+            rfc3339(info.not_after)
+        );
+        println!("  sha256:    {}", info.sha256);
+        if info.is_ca {
+            println!("  CA:        yes");
+        }
+    }
+    if let Some(bundle) = bundle {
+        // A root's subject equal to the chain's last issuer names the signer; the sidecar checks signatures.
+        let last = CertInfo::parse(chain.last().map(|c| c.as_ref()).unwrap_or_default()).map_err(|e| e.to_string())?;
+        let signers: Vec<String> = bundle
+            .entries()
+            .iter()
+            .filter(|e| {
+                e.roots.iter().any(|r| {
+                    CertInfo::parse(r)
+                        .map(|ri| ri.subject == last.issuer || ri.sha256 == last.sha256)
+                        .unwrap_or(false)
+                })
+            })
+            .flat_map(|e| e.signers.iter().map(|s| s.to_string()))
+            .collect();
+        match signers.as_slice() {
+            [] => println!("signer:      none in the bundle (issuer \"{}\")", last.issuer),
+            names => println!("signer:      {}", names.join(", ")),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bundle(args: BundleArgs) -> Result<ExitCode, String> {
+    let domain = &args.domain.signer_domain;
+    let mut signers = Vec::new();
+    for dir in &args.signers {
+        let name = signer_name_of(dir, None, domain)?;
+        let ca = dir.join(files::CA);
+        let roots = if ca.exists() {
+            read_certs(&ca).map_err(|e| e.to_string())?
+        } else {
+            Signer::load_dir(dir, name.clone())
+                .map_err(|e| e.to_string())?
+                .roots()
+                .to_vec()
+        };
+        signers.push((name, roots));
+    }
+    let bundle =
+        TrustBundle::from_signers(signers.iter().map(|(n, r)| (n, r.as_slice()))).map_err(|e| e.to_string())?;
+    let yaml = bundle.to_yaml();
+    match args.out {
+        Some(path) => {
+            write_public(&path, yaml.as_bytes()).map_err(|e| e.to_string())?;
+            eprintln!("wrote {} ({} signer(s))", path.display(), signers.len());
+        }
+        None => print!("{yaml}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("signet");
+    if let Some(n) = workers {
+        if n == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        builder.worker_threads(n);
+    }
+    builder.build().map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Turns proxy flags into a `ConfigFile` overlay.
+fn flags_overlay(args: &ProxyArgs) -> Result<ConfigFile, String> {
+    let split = |flag: &str, v: &str| -> Result<(String, String), String> {
+        v.split_once('=')
+            .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+            .ok_or_else(|| format!("{flag} {v:?}: expected LEFT=RIGHT"))
+    };
+    let mut over = ConfigFile {
+        signer: args.signer.clone(),
+        signer_domain: args.signer_domain.clone(),
+        trust_bundle: args.bundle.clone(),
+        admin: args.admin.clone(),
+        ..Default::default()
+    };
+    if args.cert_dir.is_some() || args.cert.is_some() || args.key.is_some() || args.ca.is_some() {
+        over.identity = Some(IdentityFile {
+            cert_dir: args.cert_dir.clone(),
+            cert: args.cert.clone(),
+            key: args.key.clone(),
+            ca: args.ca.clone(),
+        });
+    }
+    if (args.protocol.is_some() || !args.allow.is_empty()) && args.inbound.is_empty() {
+        return Err("--protocol and --allow apply to --inbound listeners; give --inbound LISTEN=APP too".into());
+    }
+    for v in &args.inbound {
+        let (listen, app) = split("--inbound", v)?;
+        over.inbound.push(InboundFile {
+            listen,
+            app,
+            protocol: args.protocol.unwrap_or_default(),
+            allow: args.allow.clone(),
+        });
+    }
+    if args.outbound.is_some() || !args.tcp.is_empty() {
+        let mut tcp = Vec::new();
+        for v in &args.tcp {
+            let (listen, service) = split("--tcp", v)?;
+            tcp.push(TcpRouteFile { listen, service });
+        }
+        over.outbound = Some(OutboundFile {
+            http: args.outbound.clone(),
+            tcp,
+        });
+    }
+    for v in &args.service {
+        let (name, rest) = split("--service", v)?;
+        let (address, identity) = match rest.split_once(',') {
+            Some((a, id)) => (a.trim().to_string(), Some(id.trim().to_string())),
+            None => (rest, None),
+        };
+        over.services.insert(name, ServiceFile { address, identity });
+    }
+    if args.handshake_timeout.is_some() || args.connect_timeout.is_some() || args.drain_timeout.is_some() {
+        over.timeouts = Some(TimeoutsFile {
+            handshake: args.handshake_timeout.clone(),
+            connect: args.connect_timeout.clone(),
+            drain: args.drain_timeout.clone(),
+            idle: None,
+        });
+    }
+    if let Some(x) = &args.xfcc {
+        let mode = match x.to_ascii_uppercase().replace('-', "_").as_str() {
+            "SANITIZE_SET" => signet_proxy::XfccMode::SanitizeSet,
+            "APPEND_FORWARD" => signet_proxy::XfccMode::AppendForward,
+            _ => return Err(format!("--xfcc {x:?}: use SANITIZE_SET or APPEND_FORWARD")),
+        };
+        over.xfcc = Some(mode);
+    }
+    if args.tls_min_version.is_some() || args.post_quantum {
+        let min_version = match args.tls_min_version.as_deref() {
+            None => None,
+            Some("1.3") => Some(signet_proxy::tls::MinVersion::Tls13),
+            Some("1.2") => Some(signet_proxy::tls::MinVersion::Tls12),
+            Some(other) => return Err(format!("--tls-min-version {other:?}: use 1.3 or 1.2")),
+        };
+        over.tls = Some(TlsFile {
+            min_version,
+            post_quantum: args.post_quantum.then_some(true),
+        });
+    }
+    Ok(over)
+}
+
+fn proxy(args: ProxyArgs) -> Result<ExitCode, String> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path).map_err(|e| e.to_string())?,
+        None => ConfigFile::default(),
+    };
+    let config = file
+        .overlay(flags_overlay(&args)?)
+        .resolve()
+        .map_err(|e| e.to_string())?;
+    let rt = runtime(args.workers)?;
+    rt.block_on(async move {
+        let sidecar = Sidecar::start(config).await.map_err(|e| e.to_string())?;
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections, draining open ones");
+        sidecar.shutdown().await;
+        Ok::<_, String>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+pub(crate) async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
