@@ -21,3 +21,6 @@ pub enum TlsError {
     #[error("building the TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
+
+#[cfg(test)]
+mod tests;

@@ -140,7 +140,7 @@ mod tests {
     }
 
     #[test]
-    fn the_provider_is_fips_capable_aws_lc_and_verifies_ecdsa_p256() {
+    fn the_provider_verifies_ecdsa_p256() {
         let p = Policy::default().provider();
         let schemes = p.signature_verification_algorithms.supported_schemes();
         assert!(schemes.contains(&rustls::SignatureScheme::ECDSA_NISTP256_SHA256));

@@ -1,0 +1,307 @@
+//! In-memory handshakes (no sockets) between stores of different signers: the per-signer rules
+//! at the TLS layer, including the fixture per-signer trust lives or dies by, the same SPIFFE ID
+//! issued by another signer.
+
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use signet_certs::{
+    DEFAULT_CA_VALIDITY, IssueOptions, Signer, SignerName, SpiffeId, TrustBundle, WorkloadKey, parse_key,
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::diagnose::{self, HandshakeError, Reason};
+use super::*;
+
+struct Ca {
+    foo: Signer,
+    bar: Signer,
+    bundle: TrustBundle,
+}
+
+fn ca() -> Ca {
+    let mk = |n: &str| Signer::create(SignerName::with_default_domain(n).unwrap(), DEFAULT_CA_VALIDITY).unwrap();
+    let (foo, bar) = (mk("foo"), mk("bar"));
+    let bundle = TrustBundle::from_signers([(foo.name(), foo.roots()), (bar.name(), bar.roots())]).unwrap();
+    Ca { foo, bar, bundle }
+}
+
+fn id(ns: &str, sa: &str) -> SpiffeId {
+    SpiffeId::workload("cluster.local", ns, sa).unwrap()
+}
+
+fn material(
+    signer: &Signer,
+    id: &SpiffeId,
+    options: IssueOptions,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let key = WorkloadKey::generate().unwrap();
+    let issued = signer.sign(&key.request(id, &[]).unwrap().pem, &options).unwrap();
+    (issued.chain, parse_key(key.to_pem().as_bytes(), "test").unwrap())
+}
+
+/// A store for `own` signer holding a certificate for `who` issued by `issuer`.
+fn store(ca: &Ca, own: &Signer, issuer: &Signer, who: &SpiffeId, settings: TlsSettings) -> Result<TlsStore, TlsError> {
+    let store = TlsStore::new(settings);
+    store.set_trust(Trust::from_bundle(&ca.bundle, own.name())?)?;
+    let (chain, key) = material(issuer, who, IssueOptions::default());
+    store.set_certificate(chain, key)?;
+    Ok(store)
+}
+
+fn server_settings(allow: AllowList) -> TlsSettings {
+    TlsSettings {
+        inbound: vec![InboundTls {
+            alpn: Vec::new(),
+            allow,
+        }],
+        ..Default::default()
+    }
+}
+
+fn client_settings(expected: Option<SpiffeId>) -> TlsSettings {
+    TlsSettings {
+        outbound: vec![(expected, ClientAlpn::None)],
+        ..Default::default()
+    }
+}
+
+/// Runs one handshake; returns what each side saw.
+async fn handshake(
+    server: &TlsStore,
+    client: &TlsStore,
+    expected: Option<SpiffeId>,
+) -> (Result<Option<SpiffeId>, HandshakeError>, Result<(), HandshakeError>) {
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let server_cfg = server.current().unwrap().server(0).unwrap();
+    let client_cfg = client.current().unwrap().client(&expected, ClientAlpn::None).unwrap();
+    let server_side = async {
+        let (r, note) = diagnose::capture(TlsAcceptor::from(server_cfg).accept(s)).await;
+        match r {
+            Ok(mut tls) => {
+                // TLS 1.3: the client learns of a refusal only when it reads; give it something.
+                use tokio::io::AsyncWriteExt;
+                let _ = tls.write_all(b"ok").await;
+                let _ = tls.flush().await;
+                let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+                Ok(peer
+                    .and_then(|p| signet_certs::CertInfo::parse(&p).ok())
+                    .and_then(|i| i.spiffe_id().ok()))
+            }
+            Err(e) => Err(diagnose::classify(&e, note, "server")),
+        }
+    };
+    let client_side = async {
+        let name = ServerName::try_from("httpbin.foo").unwrap();
+        let (r, note) = diagnose::capture(TlsConnector::from(client_cfg).connect(name, c)).await;
+        match r {
+            Ok(mut tls) => {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 2];
+                match tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(diagnose::classify(&e, None, "client")),
+                    Err(_) => Err(HandshakeError::new(Reason::Timeout, "no data")),
+                }
+            }
+            Err(e) => Err(diagnose::classify(&e, note, "client")),
+        }
+    };
+    tokio::join!(server_side, client_side)
+}
+
+#[tokio::test]
+async fn same_signer_connects_and_the_server_sees_the_clients_id() {
+    let ca = ca();
+    let server = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        server_settings(AllowList::default()),
+    )
+    .unwrap();
+    let client = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "curl"),
+        client_settings(Some(id("foo", "httpbin"))),
+    )
+    .unwrap();
+    let (s, c) = handshake(&server, &client, Some(id("foo", "httpbin"))).await;
+    assert_eq!(s.unwrap(), Some(id("foo", "curl")));
+    c.unwrap();
+}
+
+#[tokio::test]
+async fn the_client_refuses_a_server_of_another_signer_and_names_it() {
+    let ca = ca();
+    let server = store(
+        &ca,
+        &ca.bar,
+        &ca.bar,
+        &id("bar", "httpbin"),
+        server_settings(AllowList::default()),
+    )
+    .unwrap();
+    let client = store(&ca, &ca.foo, &ca.foo, &id("foo", "curl"), client_settings(None)).unwrap();
+    let (s, c) = handshake(&server, &client, None).await;
+    let c = c.unwrap_err();
+    assert_eq!(c.reason, Reason::UnknownSigner);
+    assert!(
+        c.detail.contains("from signer clusterissuers.cert-manager.io/bar"),
+        "{}",
+        c.detail
+    );
+    assert!(
+        c.detail
+            .contains("trusts only signer clusterissuers.cert-manager.io/foo"),
+        "{}",
+        c.detail
+    );
+    let s = s.unwrap_err();
+    assert_eq!(s.reason, Reason::PeerRejected);
+    assert!(s.detail.contains("unknown_ca"), "{}", s.detail);
+}
+
+#[tokio::test]
+async fn the_same_spiffe_id_from_another_signer_is_refused_by_the_server() {
+    let ca = ca();
+    let server = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        server_settings(AllowList::default()),
+    )
+    .unwrap();
+    // The impostor trusts foo (so it accepts the server) but its own certificate is bar's.
+    let impostor = TlsStore::new(client_settings(None));
+    let mut roots_of_both = ca.bundle.clone();
+    roots_of_both = TrustBundle::new(
+        roots_of_both
+            .entries()
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                e.signers = vec![ca.foo.name().clone()];
+                e
+            })
+            .collect(),
+    )
+    .unwrap();
+    impostor
+        .set_trust(Trust::from_bundle(&roots_of_both, ca.foo.name()).unwrap())
+        .unwrap();
+    let (chain, key) = material(&ca.bar, &id("foo", "curl"), IssueOptions::default());
+    impostor.set_certificate(chain, key).unwrap();
+    let (s, _) = handshake(&server, &impostor, None).await;
+    let s = s.unwrap_err();
+    assert_eq!(s.reason, Reason::UnknownSigner);
+    assert!(
+        s.detail.contains("peer spiffe://cluster.local/ns/foo/sa/curl presents a certificate from signer clusterissuers.cert-manager.io/bar"),
+        "{}",
+        s.detail
+    );
+}
+
+#[tokio::test]
+async fn wrong_identity_and_allow_list_refusals() {
+    let ca = ca();
+    let server = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        server_settings(AllowList::new(vec![id("foo", "curl").to_string()])),
+    )
+    .unwrap();
+    let wrong_expectation = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "curl"),
+        client_settings(Some(id("foo", "db"))),
+    )
+    .unwrap();
+    let (_, c) = handshake(&server, &wrong_expectation, Some(id("foo", "db"))).await;
+    let c = c.unwrap_err();
+    assert_eq!(c.reason, Reason::WrongIdentity);
+    assert!(
+        c.detail.contains("should be spiffe://cluster.local/ns/foo/sa/db"),
+        "{}",
+        c.detail
+    );
+
+    let sleeper = store(&ca, &ca.foo, &ca.foo, &id("foo", "sleep"), client_settings(None)).unwrap();
+    let (s, c) = handshake(&server, &sleeper, None).await;
+    assert_eq!(s.unwrap_err().reason, Reason::NotAllowed);
+    assert_eq!(c.unwrap_err().reason, Reason::PeerRejected);
+    assert!(AllowList::new(vec!["spiffe://cluster.local/ns/foo/*".into()]).allows(&id("foo", "x")));
+    assert!(!AllowList::new(vec!["spiffe://cluster.local/ns/foo/*".into()]).allows(&id("bar", "x")));
+}
+
+#[test]
+fn the_store_refuses_bad_certificates_and_keeps_the_old_one() {
+    let ca = ca();
+    let store = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        server_settings(AllowList::default()),
+    )
+    .unwrap();
+    let before = store.current().unwrap().generation;
+
+    let (chain, key) = material(&ca.bar, &id("foo", "httpbin"), IssueOptions::default());
+    let e = store.set_certificate(chain, key).unwrap_err().to_string();
+    assert!(
+        e.contains("issued by signer clusterissuers.cert-manager.io/bar, not clusterissuers.cert-manager.io/foo"),
+        "{e}"
+    );
+
+    let expired = IssueOptions {
+        ttl: Duration::from_secs(3600),
+        backdate: Duration::from_secs(7200),
+    };
+    let (chain, key) = material(&ca.foo, &id("foo", "httpbin"), expired);
+    assert!(
+        store
+            .set_certificate(chain, key)
+            .unwrap_err()
+            .to_string()
+            .contains("expired")
+    );
+
+    let (chain, _) = material(&ca.foo, &id("foo", "httpbin"), IssueOptions::default());
+    let (_, other_key) = material(&ca.foo, &id("foo", "httpbin"), IssueOptions::default());
+    assert!(
+        store
+            .set_certificate(chain, other_key)
+            .unwrap_err()
+            .to_string()
+            .contains("does not belong")
+    );
+
+    assert_eq!(
+        store.current().unwrap().generation,
+        before,
+        "the old configs stay published"
+    );
+}
+
+#[test]
+fn before_the_first_certificate_there_is_nothing_to_serve() {
+    let ca = ca();
+    let store = TlsStore::new(server_settings(AllowList::default()));
+    assert!(store.current().is_none());
+    store
+        .set_trust(Trust::from_bundle(&ca.bundle, ca.foo.name()).unwrap())
+        .unwrap();
+    assert!(store.current().is_none() && !store.is_ready());
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs Signet's whole test suite. Installs what the tests need first: the real httpbin (from
+# PyPI, served by gunicorn) in a virtualenv under target/venv. curl must be on PATH (.ci/run
+# installs it with apt-get on a fresh machine).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+venv=target/venv
+req=tests/requirements.txt
+if [ ! -x "$venv/bin/gunicorn" ] || ! cmp -s "$req" "$venv/.requirements"; then
+  echo "test.sh: installing httpbin + gunicorn into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$venv/.requirements"
+fi
+command -v curl >/dev/null || { echo "test.sh: curl is required (apt-get install curl)" >&2; exit 1; }
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --workspace --locked "$@"

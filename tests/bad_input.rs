@@ -1,0 +1,234 @@
+//! Bad input gets one clear line and loses nothing: broken files stop the start with a line
+//! naming the file; garbage on the wire closes that connection while the proxy keeps serving.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::*;
+
+fn start_fails(args: &[&str]) -> String {
+    let mut all = vec!["proxy"];
+    all.extend_from_slice(args);
+    let out = signet(&all);
+    assert_ne!(out.code, 0, "signet {all:?} should fail:\n{}", out.stderr);
+    let err = out.stderr.trim().to_string();
+    assert_eq!(err.lines().count(), 1, "exactly one line:\n{err}");
+    assert!(err.starts_with("signet: error: "), "{err}");
+    err
+}
+
+fn sidecar_args<'a>(certs: &'a str, bundle: &'a str) -> Vec<&'a str> {
+    vec![
+        "--cert-dir",
+        certs,
+        "--bundle",
+        bundle,
+        "--signer",
+        "foo",
+        "--inbound",
+        "127.0.0.1:0=127.0.0.1:9",
+    ]
+}
+
+#[test]
+fn broken_files_and_configs_are_named_in_one_line() {
+    let mesh = Mesh::new(&["foo", "bar"]);
+    let bundle = mesh.bundle();
+    let good = mesh.issue("foo", "good", &spiffe("foo", "httpbin"), &[]);
+
+    // Missing key.
+    let missing = mesh.issue("foo", "missing-key", &spiffe("foo", "httpbin"), &[]);
+    std::fs::remove_file(format!("{missing}/tls.key")).unwrap();
+    let err = start_fails(&sidecar_args(&missing, &bundle));
+    assert!(
+        err.contains(&format!("{missing}/tls.key")) && err.contains("No such file"),
+        "{err}"
+    );
+
+    // Garbled certificate.
+    let garbled = mesh.issue("foo", "garbled-cert", &spiffe("foo", "httpbin"), &[]);
+    std::fs::write(format!("{garbled}/tls.crt"), "this is not a certificate\n").unwrap();
+    let err = start_fails(&sidecar_args(&garbled, &bundle));
+    assert!(
+        err.contains(&format!("{garbled}/tls.crt")) && err.contains("no certificate found"),
+        "{err}"
+    );
+
+    // Truncated certificate (half a PEM block).
+    let truncated = mesh.issue("foo", "truncated-cert", &spiffe("foo", "httpbin"), &[]);
+    let pem = std::fs::read_to_string(format!("{truncated}/tls.crt")).unwrap();
+    std::fs::write(format!("{truncated}/tls.crt"), &pem[..pem.len() / 2]).unwrap();
+    let err = start_fails(&sidecar_args(&truncated, &bundle));
+    assert!(err.contains(&format!("{truncated}/tls.crt")), "{err}");
+
+    // Garbled key.
+    let badkey = mesh.issue("foo", "garbled-key", &spiffe("foo", "httpbin"), &[]);
+    std::fs::write(
+        format!("{badkey}/tls.key"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let err = start_fails(&sidecar_args(&badkey, &bundle));
+    assert!(err.contains("tls.key") || err.contains("private key"), "{err}");
+
+    // A key that belongs to another certificate.
+    let mismatch = mesh.issue("foo", "mismatch", &spiffe("foo", "httpbin"), &[]);
+    std::fs::copy(format!("{good}/tls.key"), format!("{mismatch}/tls.key")).unwrap();
+    let err = start_fails(&sidecar_args(&mismatch, &bundle));
+    assert!(
+        err.contains("the private key does not belong to the certificate"),
+        "{err}"
+    );
+
+    // A certificate from another signer than the one this sidecar is configured for.
+    let wrong = mesh.issue("bar", "wrong-signer", &spiffe("foo", "httpbin"), &[]);
+    let err = start_fails(&sidecar_args(&wrong, &bundle));
+    assert!(
+        err.contains("issued by signer clusterissuers.cert-manager.io/bar, not clusterissuers.cert-manager.io/foo"),
+        "{err}"
+    );
+
+    // A signer the bundle does not know.
+    let err = start_fails(&[
+        "--cert-dir",
+        &good,
+        "--bundle",
+        &bundle,
+        "--signer",
+        "baz",
+        "--inbound",
+        "127.0.0.1:0=127.0.0.1:9",
+    ]);
+    assert!(
+        err.contains("no roots for signer clusterissuers.cert-manager.io/baz"),
+        "{err}"
+    );
+
+    // A bundle entry without signers.
+    let nosigner = mesh.path("nosigner.yaml");
+    let root = std::fs::read_to_string(format!("{}/ca.crt", mesh.signer_dir("foo"))).unwrap();
+    let indented: String = root.lines().map(|l| format!("    {l}\n")).collect();
+    std::fs::write(&nosigner, format!("caCertificates:\n- pem: |\n{indented}")).unwrap();
+    let err = start_fails(&sidecar_args(&good, nosigner.to_str().unwrap()));
+    assert!(
+        err.contains("nosigner.yaml") && err.contains("names no certSigners"),
+        "{err}"
+    );
+
+    // Malformed and misspelled config files.
+    let bad_yaml = mesh.path("bad.yaml");
+    std::fs::write(&bad_yaml, "inbound: [listen: \n  - {").unwrap();
+    let err = start_fails(&["--config", bad_yaml.to_str().unwrap()]);
+    assert!(err.contains("bad.yaml: invalid config"), "{err}");
+    let typo = mesh.path("typo.yaml");
+    std::fs::write(&typo, "signr: foo\n").unwrap();
+    let err = start_fails(&["--config", typo.to_str().unwrap()]);
+    assert!(
+        err.contains("typo.yaml") && err.contains("unknown field `signr`"),
+        "{err}"
+    );
+    let err = start_fails(&["--config", mesh.path("absent.yaml").to_str().unwrap()]);
+    assert!(err.contains("absent.yaml: cannot read the config file"), "{err}");
+
+    // A bad flag value.
+    let err = start_fails(&[
+        "--cert-dir",
+        &good,
+        "--bundle",
+        &bundle,
+        "--signer",
+        "foo",
+        "--inbound",
+        "15006",
+    ]);
+    assert!(err.contains("--inbound") && err.contains("LEFT=RIGHT"), "{err}");
+}
+
+#[test]
+fn garbage_on_the_wire_closes_that_connection_and_the_next_client_is_served() {
+    let mesh = Mesh::new(&["foo"]);
+    let app = Httpbin::start(mesh.dir.path(), "httpbin");
+    let server_certs = mesh.issue(
+        "foo",
+        "httpbin-foo",
+        &spiffe("foo", "httpbin"),
+        &["--dns", "httpbin.foo"],
+    );
+    let mut side = Sidecar::start(
+        "sidecar",
+        &s(&[
+            "--cert-dir",
+            &server_certs,
+            "--bundle",
+            &mesh.bundle(),
+            "--signer",
+            "foo",
+            "--inbound",
+            &format!("127.0.0.1:0={}", app.addr),
+            "--protocol",
+            "http",
+        ]),
+    );
+    let inbound = side.inbound[0];
+    let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let call = || {
+        let ca = format!("{}/ca.crt", mesh.signer_dir("foo"));
+        let resolve = format!("httpbin.foo:{}:127.0.0.1", inbound.port());
+        let (cert, key) = (format!("{client}/tls.crt"), format!("{client}/tls.key"));
+        curl(
+            &[
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--resolve",
+                &resolve,
+                &format!("https://httpbin.foo:{}/get", inbound.port()),
+            ],
+            &[],
+        )
+    };
+
+    let pseudo_random: Vec<u8> = (0u32..4096)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    // A ClientHello header announcing 512 bytes, cut off after a few.
+    let truncated_hello = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0x11, 0x22,
+    ];
+    let plaintext_http = b"GET /get HTTP/1.1\r\nHost: httpbin.foo\r\n\r\n".to_vec();
+    for (what, bytes) in [
+        ("random bytes", pseudo_random),
+        ("truncated ClientHello", truncated_hello.to_vec()),
+        ("plaintext HTTP", plaintext_http),
+    ] {
+        let mut conn = TcpStream::connect(inbound).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = conn.write_all(&bytes);
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        let mut reply = Vec::new();
+        let _ = conn.read_to_end(&mut reply);
+        assert!(
+            !String::from_utf8_lossy(&reply).contains("HTTP/1.1 200"),
+            "{what}: must not be served"
+        );
+        let ok = call();
+        assert_eq!(
+            ok.status,
+            200,
+            "after {what}, the next client is served: {ok:?}\n{}",
+            side.proc.log()
+        );
+    }
+    assert!(side.proc.is_running(), "the proxy survived:\n{}", side.proc.log());
+    assert!(
+        side.proc.log().contains("not_tls"),
+        "garbage is reported:\n{}",
+        side.proc.log()
+    );
+}

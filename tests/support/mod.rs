@@ -1,0 +1,398 @@
+//! Shared fixtures for the end-to-end tests: the built `signet` binary, the real httpbin served
+//! by gunicorn (installed by ./test.sh into target/venv), and the real curl. Everything listens
+//! on 127.0.0.1 port 0 and reports the port it got, so tests can run in parallel.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TD: &str = "cluster.local";
+
+pub fn spiffe(ns: &str, sa: &str) -> String {
+    format!("spiffe://{TD}/ns/{ns}/sa/{sa}")
+}
+
+pub fn signet_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet"));
+    cmd.env_remove("ISTIO_META_CERT_SIGNER")
+        .env_remove("CERT_SIGNER_DOMAIN")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn signet(args: &[&str]) -> Output {
+    let out = signet_cmd().args(args).output().expect("run signet");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn signet_ok(args: &[&str]) -> String {
+    let out = signet(args);
+    assert_eq!(out.code, 0, "signet {args:?} failed:\n{}{}", out.stdout, out.stderr);
+    out.stdout
+}
+
+/// A child process with its output collected; killed when dropped.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let pipes: Vec<Box<dyn std::io::Read + Send>> = vec![
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for pipe in pipes {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`; returns that line. Fails if the process exits.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "{} exited ({status}) before logging {needle:?}:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{} did not log {needle:?} within {timeout:?}:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls for `needle` in the log for up to `timeout`; true if it appeared.
+    pub fn logged_within(&self, needle: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Signers and workload certificates made with the CLI, in a temporary directory.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    /// Creates the signers and `bundle.yaml` mapping each root to its signer.
+    pub fn new(signers: &[&str]) -> Mesh {
+        let dir = tempfile::Builder::new().prefix("signet-test-").tempdir().unwrap();
+        let sdir = dir.path().join("signers");
+        let sdir = sdir.to_str().unwrap();
+        for s in signers {
+            signet_ok(&["signer", "new", s, "--dir", sdir]);
+        }
+        let dirs: Vec<String> = signers.iter().map(|s| format!("{sdir}/{s}")).collect();
+        let bundle = dir.path().join("bundle.yaml");
+        let mut args = vec!["bundle", "-o", bundle.to_str().unwrap()];
+        args.extend(dirs.iter().map(String::as_str));
+        signet_ok(&args);
+        Mesh { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn bundle(&self) -> String {
+        self.path("bundle.yaml").display().to_string()
+    }
+
+    pub fn signer_dir(&self, signer: &str) -> String {
+        self.path(&format!("signers/{signer}")).display().to_string()
+    }
+
+    /// Issues `id` from `signer` into workloads/<name>; `extra` adds e.g. `--dns`, `--ttl`.
+    pub fn issue(&self, signer: &str, name: &str, id: &str, extra: &[&str]) -> String {
+        let out = self.path(&format!("workloads/{name}")).display().to_string();
+        let sdir = self.signer_dir(signer);
+        let mut args = vec!["cert", "issue", "--signer", &sdir, "--id", id, "--out", &out];
+        args.extend_from_slice(extra);
+        signet_ok(&args);
+        out
+    }
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real httpbin (PyPI) under gunicorn, with an access log to prove what reached it.
+pub struct Httpbin {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    access_log: PathBuf,
+}
+
+impl Httpbin {
+    pub fn start(dir: &Path, name: &str) -> Httpbin {
+        let gunicorn = repo_root().join("target/venv/bin/gunicorn");
+        assert!(
+            gunicorn.exists(),
+            "{} is missing: run ./test.sh, which installs the real httpbin and gunicorn into target/venv",
+            gunicorn.display()
+        );
+        let access_log = dir.join(format!("{name}-access.log"));
+        let mut cmd = Command::new(gunicorn);
+        cmd.args([
+            "-b",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--no-control-socket",
+            "--access-logfile",
+        ])
+        .arg(&access_log)
+        .arg("httpbin:app")
+        .current_dir(dir);
+        let mut proc = Proc::spawn(name, cmd);
+        let line = proc.wait_for_line("Listening at: http://", Duration::from_secs(30));
+        let addr = line
+            .split("Listening at: http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read gunicorn's address from {line:?}"));
+        // gunicorn logs the address before its workers accept; wait until one answers.
+        let start = Instant::now();
+        while curl(&[&format!("http://{addr}/status/204")], &[]).status != 204 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "httpbin did not answer:\n{}",
+                proc.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let httpbin = Httpbin { proc, addr, access_log };
+        httpbin.wait_requests(1);
+        httpbin
+    }
+
+    /// Requests httpbin has logged so far (including the readiness probe).
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(&self.access_log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Waits (briefly) until the access log holds at least `n` lines.
+    pub fn wait_requests(&self, n: usize) -> usize {
+        let start = Instant::now();
+        while self.requests() < n && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.requests()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(&self.access_log).unwrap_or_default()
+    }
+}
+
+/// A `signet proxy` process and the addresses it bound.
+pub struct Sidecar {
+    pub proc: Proc,
+    pub inbound: Vec<SocketAddr>,
+    pub outbound: Option<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    rest.split(|c: char| c.is_whitespace() || c == ',' || c == '/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Sidecar {
+    /// Starts `signet proxy ARGS --admin 127.0.0.1:0` and waits until it is serving.
+    pub fn start(name: &str, args: &[String]) -> Sidecar {
+        Self::start_with_env(name, args, &[])
+    }
+
+    pub fn start_with_env(name: &str, args: &[String], env: &[(&str, &str)]) -> Sidecar {
+        let mut cmd = signet_cmd();
+        cmd.arg("proxy").args(args).args(["--admin", "127.0.0.1:0"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut proc = Proc::spawn(name, cmd);
+        proc.wait_for_line(" admin http://", Duration::from_secs(20));
+        let log = proc.log();
+        let mut sidecar = Sidecar {
+            inbound: Vec::new(),
+            outbound: None,
+            tcp: Vec::new(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            proc,
+        };
+        for line in log.lines() {
+            if let Some(a) = addr_after(line, " INFO inbound ") {
+                sidecar.inbound.push(a);
+            } else if let Some(a) = addr_after(line, " INFO outbound http proxy ") {
+                sidecar.outbound = Some(a);
+            } else if let Some(a) = addr_after(line, " INFO outbound tcp ") {
+                sidecar.tcp.push(a);
+            } else if let Some(a) = addr_after(line, " admin http://") {
+                sidecar.admin = a;
+            }
+        }
+        sidecar
+    }
+
+    pub fn admin_get(&self, path: &str) -> Curl {
+        curl(&[&format!("http://{}{path}", self.admin)], &[])
+    }
+
+    /// The value of one Prometheus sample, e.g. `signet_tls_handshakes_total{direction="inbound",result="ok"}`.
+    pub fn metric(&self, sample: &str) -> u64 {
+        let body = self.admin_get("/metrics").body;
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{body}"))
+    }
+}
+
+/// One run of the real curl.
+#[derive(Debug)]
+pub struct Curl {
+    /// curl's exit code (0 = transfer completed).
+    pub code: i32,
+    /// HTTP status, 0 if there was none.
+    pub status: u16,
+    pub body: String,
+    pub stderr: String,
+}
+
+const STATUS_MARK: &str = "\n@@signet-status:";
+
+pub fn curl(args: &[&str], env: &[(&str, &str)]) -> Curl {
+    let mut cmd = Command::new("curl");
+    for var in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .args(["-sS", "--max-time", "15", "-w", &format!("{STATUS_MARK}%{{http_code}}")])
+        .args(args)
+        .output()
+        .expect("curl must be installed (apt-get install curl)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = match stdout.rsplit_once(STATUS_MARK) {
+        Some((b, s)) => (b.to_string(), s.trim().parse().unwrap_or(0)),
+        None => (stdout, 0),
+    };
+    Curl {
+        code: out.status.code().unwrap_or(-1),
+        status,
+        body,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `http_proxy=http://PROXY curl URL`, as an app behind the outbound sidecar would call.
+pub fn curl_via(proxy: SocketAddr, url: &str) -> Curl {
+    let proxy = format!("http://{proxy}");
+    curl(&[url], &[("http_proxy", proxy.as_str())])
+}
+
+pub fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
