@@ -247,3 +247,15 @@ fn the_demo_exits_zero_and_prints_both_results() {
         out.stdout
     );
 }
+
+#[test]
+fn the_example_configs_are_valid() {
+    for name in ["httpbin-foo.yaml", "curl-foo.yaml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name);
+        let file = signet_proxy::ConfigFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let config = file.resolve().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(config.signer.as_str(), "clusterissuers.cert-manager.io/foo");
+    }
+}
