@@ -75,6 +75,14 @@ fn http_same_signer_answers_and_cross_signer_fails_certificate_verify_failed() {
     assert_eq!((ok.code, ok.status), (0, 200), "{ok:?}");
     assert!(ok.body.contains("<h1>Herman Melville - Moby-Dick</h1>"), "{}", ok.body);
     assert_eq!(t.app_foo.wait_requests(2), 2, "the request reached httpbin.foo");
+    // Later calls reuse the pooled mTLS connection: still one outbound handshake.
+    for _ in 0..3 {
+        assert_eq!(curl_via(proxy, "http://httpbin.foo:8000/get").status, 200);
+    }
+    assert_eq!(
+        curl_side.metric("signet_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}"),
+        1
+    );
 
     let before = t.app_bar.requests();
     let denied = curl_via(proxy, "http://httpbin.bar:8000/html");
