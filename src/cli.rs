@@ -35,6 +35,9 @@ pub enum Command {
     Cert(CertCommand),
     /// Print the trust bundle (meshConfig.caCertificates YAML) for signer directories.
     Bundle(BundleArgs),
+    /// The signer service: Istio's CA API in front of per-tenant signers, and its tokens.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Run a sidecar: inbound mTLS in front of an app, outbound mTLS for its calls.
     Proxy(Box<ProxyArgs>),
     /// Run the two-tenant scenario locally: foo→foo answers, foo→bar fails CERTIFICATE_VERIFY_FAILED.
@@ -119,6 +122,64 @@ pub struct CertShowArgs {
     pub domain: DomainArg,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Serve istio.v1.auth.IstioCertificateService (gRPC over TLS): check CSRs, sign with the namespace's signer.
+    Serve(CaServeArgs),
+    /// Mint a bearer token for a namespace's service account (the local stand-in for its Kubernetes token).
+    Token(CaTokenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CaServeArgs {
+    /// A signer directory (repeatable); its name is the signer's short name. NAME=DIR names it explicitly.
+    #[arg(long = "signer", value_name = "[NAME=]DIR")]
+    pub signer: Vec<String>,
+    /// A directory whose subdirectories are signers (as `signet signer new --dir` makes them).
+    #[arg(long, value_name = "DIR")]
+    pub signers: Option<PathBuf>,
+    /// Trust bundle: the roots returned with each chain (several per signer during a rotation).
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// Signing policy: per-namespace signers, default signer, approvable signers, lifetimes, DNS SANs.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Tokens file (token → namespace + service account); see `signet ca token`.
+    #[arg(long, value_name = "FILE")]
+    pub tokens: PathBuf,
+    /// gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    pub listen: String,
+    /// Admin listener (/requests, /metrics, /ready).
+    #[arg(long, value_name = "LISTEN")]
+    pub admin: Option<String>,
+    /// DNS name in the service's own certificate; clients verify it.
+    #[arg(long, default_value = signet_ca::DEFAULT_SERVER_NAME)]
+    pub server_name: String,
+    /// The signer that issues the service's own certificate.
+    #[arg(long, default_value = "istio-system")]
+    pub serving_signer: String,
+    /// How often signer, bundle, policy and tokens files are checked for changes (SIGHUP reloads at once).
+    #[arg(long, default_value = "1s")]
+    pub watch_interval: String,
+    #[command(flatten)]
+    pub domain: DomainArg,
+}
+
+#[derive(Args, Debug)]
+pub struct CaTokenArgs {
+    /// The tokens file to add the token to (created 0600 if missing).
+    #[arg(long, value_name = "FILE")]
+    pub tokens: PathBuf,
+    #[arg(long)]
+    pub namespace: String,
+    #[arg(long)]
+    pub service_account: String,
+    /// Write the token to FILE (0600) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
 #[derive(Args, Debug)]
 pub struct BundleArgs {
     /// Signer directories (each with ca.crt); the directory name is the signer's short name.
@@ -199,6 +260,33 @@ pub struct ProxyArgs {
     /// Data-plane worker threads (default: one per CPU).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Provision the certificate from this signer service (host:port) instead of files.
+    #[arg(long, value_name = "ADDRESS")]
+    pub authority: Option<String>,
+    /// Root(s) of the signer service's certificate (e.g. signers/istio-system/ca.crt).
+    #[arg(long, value_name = "FILE")]
+    pub authority_ca: Option<PathBuf>,
+    /// The DNS name in the signer service's certificate.
+    #[arg(long, value_name = "NAME")]
+    pub authority_server_name: Option<String>,
+    /// The workload's bearer token file (re-read on every request).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The SPIFFE ID to request.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub id: Option<String>,
+    /// DNS SAN to request (repeatable; the signer's policy must allow it).
+    #[arg(long = "dns", value_name = "NAME")]
+    pub dns: Vec<String>,
+    /// Requested certificate lifetime (Istio's SECRET_TTL).
+    #[arg(long, env = "SECRET_TTL", value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Renew at this fraction of the lifetime (Istio's SECRET_GRACE_PERIOD_RATIO).
+    #[arg(long, env = "SECRET_GRACE_PERIOD_RATIO", value_name = "RATIO")]
+    pub renew_at: Option<f64>,
+    /// How often certificate files and the trust bundle are checked for changes (SIGHUP reloads at once).
+    #[arg(long, value_name = "DURATION")]
+    pub watch_interval: Option<String>,
 }
 
 #[derive(Args, Debug)]

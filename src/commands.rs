@@ -9,11 +9,15 @@ use signet_certs::{
     format_duration, parse_duration, read_certs, write_private, write_public,
 };
 use signet_proxy::admin::rfc3339;
-use signet_proxy::config::{IdentityFile, InboundFile, OutboundFile, ServiceFile, TcpRouteFile, TimeoutsFile, TlsFile};
+use signet_proxy::config::{
+    AuthorityFile, IdentityFile, IdentitySource, InboundFile, OutboundFile, ServiceFile, TcpRouteFile, TimeoutsFile,
+    TlsFile,
+};
 use signet_proxy::{ConfigFile, Sidecar};
 
 use crate::cli::{
-    BundleArgs, CertCommand, CertIssueArgs, CertShowArgs, Command, ProxyArgs, SignerCommand, SignerNewArgs,
+    BundleArgs, CaCommand, CaServeArgs, CaTokenArgs, CertCommand, CertIssueArgs, CertShowArgs, Command, ProxyArgs,
+    SignerCommand, SignerNewArgs,
 };
 
 pub fn run(command: Command) -> Result<ExitCode, String> {
@@ -22,6 +26,8 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Cert(CertCommand::Issue(args)) => cert_issue(args),
         Command::Cert(CertCommand::Show(args)) => cert_show(args),
         Command::Bundle(args) => bundle(args),
+        Command::Ca(CaCommand::Serve(args)) => ca_serve(args),
+        Command::Ca(CaCommand::Token(args)) => ca_token(args),
         Command::Proxy(args) => proxy(*args),
         Command::Demo(args) => crate::demo::run(args),
         Command::Httpbin(args) => {
@@ -240,14 +246,44 @@ fn flags_overlay(args: &ProxyArgs) -> Result<ConfigFile, String> {
         admin: args.admin.clone(),
         ..Default::default()
     };
-    if args.cert_dir.is_some() || args.cert.is_some() || args.key.is_some() || args.ca.is_some() {
+    let authority = match (&args.authority, &args.authority_ca) {
+        (Some(address), Some(ca_root)) => Some(AuthorityFile {
+            address: address.clone(),
+            ca_root: ca_root.clone(),
+            server_name: args.authority_server_name.clone(),
+            token_file: args.token_file.clone(),
+        }),
+        (Some(_), None) => {
+            return Err("--authority needs --authority-ca FILE (the root of the signer service's certificate)".into());
+        }
+        (None, _) if args.authority_ca.is_some() || args.token_file.is_some() => {
+            return Err("--authority-ca and --token-file go with --authority ADDRESS".into());
+        }
+        (None, _) => None,
+    };
+    if args.cert_dir.is_some()
+        || args.cert.is_some()
+        || args.key.is_some()
+        || args.ca.is_some()
+        || authority.is_some()
+        || args.id.is_some()
+        || !args.dns.is_empty()
+        || args.ttl.is_some()
+        || args.renew_at.is_some()
+    {
         over.identity = Some(IdentityFile {
             cert_dir: args.cert_dir.clone(),
             cert: args.cert.clone(),
             key: args.key.clone(),
             ca: args.ca.clone(),
+            authority,
+            spiffe_id: args.id.clone(),
+            dns: args.dns.clone(),
+            ttl: args.ttl.clone(),
+            renew_at: args.renew_at,
         });
     }
+    over.watch_interval = args.watch_interval.clone();
     if (args.protocol.is_some() || !args.allow.is_empty()) && args.inbound.is_empty() {
         return Err("--protocol and --allow apply to --inbound listeners; give --inbound LISTEN=APP too".into());
     }
@@ -319,14 +355,152 @@ fn proxy(args: ProxyArgs) -> Result<ExitCode, String> {
         .overlay(flags_overlay(&args)?)
         .resolve()
         .map_err(|e| e.to_string())?;
+    let authority = authority_for(&config);
     let rt = runtime(args.workers)?;
     rt.block_on(async move {
-        let sidecar = Sidecar::start(config).await.map_err(|e| e.to_string())?;
-        wait_for_signal().await;
+        let sidecar = Sidecar::start(config, authority).await.map_err(|e| e.to_string())?;
+        serve_until_signal(|| sidecar.reload()).await;
         tracing::info!("shutting down: no new connections, draining open ones");
         sidecar.shutdown().await;
         Ok::<_, String>(())
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The signer-service client for a config that provisions its identity.
+pub(crate) fn authority_for(config: &signet_proxy::Config) -> Option<std::sync::Arc<dyn signet_certs::Authority>> {
+    match &config.identity {
+        IdentitySource::Authority(a) => Some(std::sync::Arc::new(signet_ca::GrpcAuthority {
+            address: a.authority.address.clone(),
+            server_name: a
+                .authority
+                .server_name
+                .clone()
+                .unwrap_or_else(|| signet_ca::DEFAULT_SERVER_NAME.to_string()),
+            ca_root: a.authority.ca_root.clone(),
+            token_file: a.authority.token_file.clone(),
+            timeout: std::time::Duration::from_secs(20),
+        })),
+        IdentitySource::Files(_) => None,
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C; SIGHUP calls `on_hup` (reload).
+pub(crate) async fn serve_until_signal(on_hup: impl Fn()) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            let stop = wait_for_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading");
+                        on_hup();
+                    }
+                }
+            }
+        }
+    }
+    let _ = &on_hup;
+    wait_for_signal().await;
+}
+
+fn signer_dirs(args: &CaServeArgs) -> Result<Vec<(SignerName, std::path::PathBuf)>, String> {
+    let domain = &args.domain.signer_domain;
+    let mut out = Vec::new();
+    if let Some(parent) = &args.signers {
+        let entries = std::fs::read_dir(parent).map_err(|e| format!("--signers {}: {e}", parent.display()))?;
+        let mut dirs: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.join(files::KEY).exists())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            out.push((signer_name_of(&dir, None, domain)?, dir));
+        }
+    }
+    for spec in &args.signer {
+        let (name, dir) = match spec.split_once('=') {
+            Some((n, d)) => (Some(n), std::path::PathBuf::from(d)),
+            None => (None, std::path::PathBuf::from(spec)),
+        };
+        out.push((signer_name_of(&dir, name, domain)?, dir));
+    }
+    if out.is_empty() {
+        return Err("no signers: give --signers DIR (each subdirectory a signer) or --signer DIR".into());
+    }
+    Ok(out)
+}
+
+fn ca_serve(args: CaServeArgs) -> Result<ExitCode, String> {
+    let domain = args.domain.signer_domain.clone();
+    let addr = |flag: &str, v: &str| -> Result<std::net::SocketAddr, String> {
+        v.parse().map_err(|_| format!("{flag} {v:?} is not an IP:port address"))
+    };
+    let config = signet_ca::CaConfig {
+        sources: signet_ca::CaSources {
+            signers: signer_dirs(&args)?,
+            bundle: args.bundle.clone(),
+            policy: args.policy.clone(),
+            tokens: args.tokens.clone(),
+            signer_domain: domain.clone(),
+        },
+        listen: addr("--listen", &args.listen)?,
+        admin: args.admin.as_deref().map(|a| addr("--admin", a)).transpose()?,
+        server_name: args.server_name.clone(),
+        serving_signer: SignerName::parse(&args.serving_signer, &domain)
+            .map_err(|e| format!("--serving-signer: {e}"))?,
+        watch_interval: parse_duration(&args.watch_interval).map_err(|e| format!("--watch-interval: {e}"))?,
+    };
+    runtime(None)?.block_on(async move {
+        let service = signet_ca::CaService::start(config).await?;
+        serve_until_signal(|| {
+            if let Err(e) = service.reload() {
+                tracing::error!("reload failed, keeping the previous signers/bundle/policy/tokens: {e}");
+            }
+        })
+        .await;
+        tracing::info!("signer service shutting down");
+        service.shutdown().await;
+        Ok::<_, String>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ca_token(args: CaTokenArgs) -> Result<ExitCode, String> {
+    let mut file: signet_ca::TokensFile = match std::fs::read_to_string(&args.tokens) {
+        Ok(text) => serde_yaml_ng::from_str(&text)
+            .map_err(|e| format!("{}: invalid tokens file: {e}", args.tokens.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => signet_ca::TokensFile::default(),
+        Err(e) => return Err(format!("{}: {e}", args.tokens.display())),
+    };
+    let token = signet_ca::new_token();
+    let entry = signet_ca::TokenEntry {
+        token: token.clone(),
+        namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+    };
+    signet_ca::Tokens::from_entries(std::slice::from_ref(&entry))?;
+    file.tokens.push(entry);
+    let yaml = serde_yaml_ng::to_string(&file).map_err(|e| e.to_string())?;
+    write_private(&args.tokens, yaml.as_bytes()).map_err(|e| e.to_string())?;
+    match &args.out {
+        Some(out) => {
+            write_private(out, format!("{token}\n").as_bytes()).map_err(|e| e.to_string())?;
+            eprintln!(
+                "token for system:serviceaccount:{}:{} written to {} (and added to {})",
+                args.namespace,
+                args.service_account,
+                out.display(),
+                args.tokens.display()
+            );
+        }
+        None => println!("{token}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,23 +1,25 @@
 //! `signet demo`: Istio's "Custom CA integration using Kubernetes CSR" task on 127.0.0.1.
-//! Three signers, a trust bundle, two httpbins (foo, bar) with sidecars, a curl workload in foo
-//! with its sidecar, and the task's two requests through foo's outbound proxy.
+//! Three signers, a trust bundle, the signer service with the task's per-namespace policy, two
+//! httpbins (foo, bar) and a curl workload in foo whose sidecars get their certificates by CSR,
+//! and the task's two requests through foo's outbound proxy.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use signet_certs::{DEFAULT_CA_VALIDITY, IssueOptions, Signer, SignerName, SpiffeId, TrustBundle, write_public};
+use signet_certs::{DEFAULT_CA_VALIDITY, Signer, SignerName, SpiffeId, TrustBundle, write_private, write_public};
 use signet_proxy::admin::rfc3339;
-use signet_proxy::config::{IdentityFile, InboundFile, OutboundFile, ServiceFile};
+use signet_proxy::config::{AuthorityFile, IdentityFile, InboundFile, OutboundFile, ServiceFile};
 use signet_proxy::{ConfigFile, Protocol, Sidecar};
 
 use crate::cli::DemoArgs;
-use crate::commands::{issue, runtime, wait_for_signal, write_identity};
+use crate::commands::{authority_for, runtime, wait_for_signal};
 use crate::httpbin::Httpbin;
 
 const TRUST_DOMAIN: &str = "cluster.local";
@@ -72,7 +74,7 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
     println!("working directory: {}\n", dir.display());
 
     // 1. Signers, as three self-signed cert-manager ClusterIssuers would be.
-    println!("[1/5] signers (one CA per tenant, like cert-manager ClusterIssuers)");
+    println!("[1/6] signers (one CA per tenant, like cert-manager ClusterIssuers)");
     let mut signers = BTreeMap::new();
     for short in ["istio-system", "foo", "bar"] {
         let name = SignerName::with_default_domain(short).map_err(|e| e.to_string())?;
@@ -95,40 +97,78 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
     let bundle_path = dir.join("bundle.yaml");
     write_public(&bundle_path, bundle.to_yaml().as_bytes()).map_err(|e| e.to_string())?;
     println!(
-        "[2/5] trust bundle (meshConfig.caCertificates): {} entries, each root mapped to its signer → {}",
+        "[2/6] trust bundle (meshConfig.caCertificates): {} entries, each root mapped to its signer → {}",
         bundle.entries().len(),
         bundle_path.display()
     );
 
-    // 3. Workload certificates, each from its namespace's signer (ProxyConfig ISTIO_META_CERT_SIGNER).
-    println!("[3/5] workload certificates (key + CSR made for the workload, signed by its namespace's signer)");
-    let mut cert_dirs = BTreeMap::new();
+    // 3. The signer service with the task's policy: foo → foo, bar → bar, default istio-system.
+    let policy_path = dir.join("policy.yaml");
+    write_public(&policy_path, POLICY.as_bytes()).map_err(|e| e.to_string())?;
+    let tokens_path = dir.join("tokens.yaml");
+    let mut token_files = BTreeMap::new();
+    let mut entries = Vec::new();
     for w in [&HTTPBIN_FOO, &HTTPBIN_BAR, &CURL_FOO] {
-        let signer = &signers[w.namespace];
-        let id = id_of(w)?;
-        let dns: Vec<String> = w.dns.iter().map(|d| d.to_string()).collect();
-        let (issued, key) = issue(signer, &id, &dns, &IssueOptions::default())?;
-        let out = dir
-            .join("workloads")
+        let token = signet_ca::new_token();
+        let file = dir
+            .join("tokens")
             .join(format!("{}-{}", w.service_account, w.namespace));
-        write_identity(&out, &issued, &key)?;
-        println!(
-            "      {:<12} {:<42} signer {:<4} expires {}",
-            w.label,
-            id.as_str(),
-            w.namespace,
-            rfc3339(issued.leaf.not_after)
-        );
-        cert_dirs.insert(w.label, out);
+        write_private(&file, token.as_bytes()).map_err(|e| e.to_string())?;
+        entries.push(signet_ca::TokenEntry {
+            token,
+            namespace: w.namespace.into(),
+            service_account: w.service_account.into(),
+        });
+        token_files.insert(w.label, file);
     }
+    let yaml = serde_yaml_ng::to_string(&signet_ca::TokensFile { tokens: entries }).map_err(|e| e.to_string())?;
+    write_private(&tokens_path, yaml.as_bytes()).map_err(|e| e.to_string())?;
+    let ca = signet_ca::CaService::start(signet_ca::CaConfig {
+        sources: signet_ca::CaSources {
+            signers: signers
+                .iter()
+                .map(|(short, s)| (s.name().clone(), dir.join("signers").join(short)))
+                .collect(),
+            bundle: Some(bundle_path.clone()),
+            policy: Some(policy_path.clone()),
+            tokens: tokens_path,
+            signer_domain: signet_certs::DEFAULT_SIGNER_DOMAIN.into(),
+        },
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin: Some(([127, 0, 0, 1], 0).into()),
+        server_name: signet_ca::DEFAULT_SERVER_NAME.into(),
+        serving_signer: signers["istio-system"].name().clone(),
+        watch_interval: Duration::from_secs(1),
+    })
+    .await?;
+    println!(
+        "[3/6] signer service {} (Istio's CA API over TLS; policy: foo → foo, bar → bar, default istio-system) → {}",
+        ca.addr,
+        policy_path.display()
+    );
 
-    // 4. Apps and sidecars.
-    println!("[4/5] workloads and sidecars");
+    // 4. Apps and sidecars; each sidecar makes a key and CSR and asks the service.
+    println!(
+        "[4/6] workloads and sidecars (each makes a key + CSR; the chain it gets is checked against its signer's roots)"
+    );
+    let provisioned = |w: &Workload| -> Result<IdentityFile, String> {
+        Ok(IdentityFile {
+            authority: Some(AuthorityFile {
+                address: ca.addr.to_string(),
+                ca_root: dir.join("signers/istio-system/ca.crt"),
+                server_name: None,
+                token_file: Some(token_files[w.label].clone()),
+            }),
+            spiffe_id: Some(id_of(w)?.to_string()),
+            dns: w.dns.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        })
+    };
     let local: SocketAddr = ([127, 0, 0, 1], 0).into();
     let app_foo = Httpbin::start(local, "httpbin.foo").await.map_err(|e| e.to_string())?;
     let app_bar = Httpbin::start(local, "httpbin.bar").await.map_err(|e| e.to_string())?;
-    let side_foo = start_inbound(&cert_dirs[HTTPBIN_FOO.label], &bundle_path, "foo", app_foo.addr).await?;
-    let side_bar = start_inbound(&cert_dirs[HTTPBIN_BAR.label], &bundle_path, "bar", app_bar.addr).await?;
+    let side_foo = start_inbound(provisioned(&HTTPBIN_FOO)?, &bundle_path, app_foo.addr).await?;
+    let side_bar = start_inbound(provisioned(&HTTPBIN_BAR)?, &bundle_path, app_bar.addr).await?;
     let mut services = BTreeMap::new();
     for (w, side) in [(&HTTPBIN_FOO, &side_foo), (&HTTPBIN_BAR, &side_bar)] {
         services.insert(
@@ -139,12 +179,8 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
             },
         );
     }
-    let curl_config = ConfigFile {
-        signer: Some("foo".into()),
-        identity: Some(IdentityFile {
-            cert_dir: Some(cert_dirs[CURL_FOO.label].clone()),
-            ..Default::default()
-        }),
+    let side_curl = start(ConfigFile {
+        identity: Some(provisioned(&CURL_FOO)?),
         trust_bundle: Some(bundle_path.clone()),
         outbound: Some(OutboundFile {
             http: Some("127.0.0.1:0".into()),
@@ -153,30 +189,55 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
         services,
         admin: Some("127.0.0.1:0".into()),
         ..Default::default()
-    };
-    let side_curl = Sidecar::start(curl_config.resolve().map_err(|e| e.to_string())?)
-        .await
-        .map_err(|e| e.to_string())?;
+    })
+    .await?;
     let proxy = side_curl
         .addrs
         .outbound_http
         .ok_or("the curl sidecar has no outbound listener")?;
+    for (w, side) in [
+        (&HTTPBIN_FOO, &side_foo),
+        (&HTTPBIN_BAR, &side_bar),
+        (&CURL_FOO, &side_curl),
+    ] {
+        let id = side.identity().ok_or("a sidecar has no identity")?;
+        println!(
+            "      {:<12} {:<42} signer {:<4} expires {}",
+            w.label,
+            id.id.as_str(),
+            id.signer.short(),
+            rfc3339(id.not_after)
+        );
+    }
+    let signer_of = |side: &Sidecar| side.identity().map(|i| i.signer.to_string()).unwrap_or_default();
     for (label, app, side) in [
         ("httpbin.foo:8000", app_foo.addr, &side_foo),
         ("httpbin.bar:8000", app_bar.addr, &side_bar),
     ] {
         println!(
             "      {label:<17} app {app} ← sidecar inbound {} (http, trusts only {})",
-            side.addrs.inbound[0], side.identity.signer
+            side.addrs.inbound[0],
+            signer_of(side)
         );
     }
     println!(
-        "      curl (foo)        sidecar outbound http proxy {proxy} (trusts only {})\n",
-        side_curl.identity.signer
+        "      curl (foo)        sidecar outbound http proxy {proxy} (trusts only {})",
+        signer_of(&side_curl)
+    );
+    let requests = ca.ra().requests_json();
+    let items = requests["items"].as_array().cloned().unwrap_or_default();
+    let approved = items
+        .iter()
+        .filter(|r| r["status"]["conditions"][0]["type"] == "Approved")
+        .count();
+    println!(
+        "[5/6] the signer service recorded {} CertificateSigningRequests, {approved} Approved (http://{}/requests)\n",
+        items.len(),
+        ca.admin.map(|a| a.to_string()).unwrap_or_default()
     );
 
-    // 5. The task's two requests.
-    println!("[5/5] the scenario");
+    // 6. The task's two requests.
+    println!("[6/6] the scenario");
     let (foo_status, foo_body) = get_via_proxy(proxy, "httpbin.foo:8000", "/html").await?;
     println!("$ kubectl exec \"$CURL_POD_FOO\" -n foo -c curl -- curl http://httpbin.foo:8000/html");
     println!("{}\n", flatten_html(&foo_body));
@@ -198,12 +259,13 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
     );
 
     if keep_running {
-        print_try_it(dir, proxy, &side_foo, &side_curl);
+        print_try_it(dir, proxy, &side_foo, &side_curl, &ca);
         wait_for_signal().await;
     }
     for side in [side_curl, side_foo, side_bar] {
         side.shutdown().await;
     }
+    ca.shutdown().await;
     app_foo.stop();
     app_bar.stop();
     Ok(if foo_ok && bar_ok {
@@ -213,13 +275,33 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
     })
 }
 
-async fn start_inbound(cert_dir: &Path, bundle: &Path, signer: &str, app: SocketAddr) -> Result<Sidecar, String> {
-    let config = ConfigFile {
-        signer: Some(signer.into()),
-        identity: Some(IdentityFile {
-            cert_dir: Some(cert_dir.to_path_buf()),
-            ..Default::default()
-        }),
+/// The task's setup as a signing policy: the ProxyConfigs and the istiod ClusterRole.
+const POLICY: &str = "# Per-namespace signers (Istio's ProxyConfig ISTIO_META_CERT_SIGNER) and the signers this
+# service may approve (the istiod ClusterRole's approve resourceNames).
+defaultSigner: istio-system
+approvableSigners: [istio-system, foo, bar]
+namespaces:
+  foo: {signer: foo}
+  bar: {signer: bar}
+dnsSans:
+  spiffe://cluster.local/ns/foo/sa/httpbin: [httpbin.foo]
+  spiffe://cluster.local/ns/bar/sa/httpbin: [httpbin.bar]
+";
+
+/// Starts a sidecar and waits for its first certificate.
+async fn start(config: ConfigFile) -> Result<Sidecar, String> {
+    let config = config.resolve().map_err(|e| e.to_string())?;
+    let authority = authority_for(&config);
+    let side = Sidecar::start(config, authority).await.map_err(|e| e.to_string())?;
+    side.ready(Duration::from_secs(10))
+        .await
+        .ok_or("a sidecar got no certificate from the signer service within 10 s")?;
+    Ok(side)
+}
+
+async fn start_inbound(identity: IdentityFile, bundle: &Path, app: SocketAddr) -> Result<Sidecar, String> {
+    start(ConfigFile {
+        identity: Some(identity),
         trust_bundle: Some(bundle.to_path_buf()),
         inbound: vec![InboundFile {
             listen: "127.0.0.1:0".into(),
@@ -229,10 +311,8 @@ async fn start_inbound(cert_dir: &Path, bundle: &Path, signer: &str, app: Socket
         }],
         admin: Some("127.0.0.1:0".into()),
         ..Default::default()
-    };
-    Sidecar::start(config.resolve().map_err(|e| e.to_string())?)
-        .await
-        .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// What `http_proxy=http://PROXY curl http://AUTHORITY/PATH` does: one absolute-form request.
@@ -265,22 +345,25 @@ fn flatten_html(html: &str) -> String {
     }
 }
 
-fn print_try_it(dir: &Path, proxy: SocketAddr, side_foo: &Sidecar, side_curl: &Sidecar) {
-    let curl_dir: PathBuf = dir.join("workloads").join("curl-foo");
+fn print_try_it(dir: &Path, proxy: SocketAddr, side_foo: &Sidecar, side_curl: &Sidecar, ca: &signet_ca::CaService) {
     let inbound = side_foo.addrs.inbound[0];
+    let d = dir.display();
     println!("\neverything keeps running; try (Ctrl-C stops):");
     println!("  http_proxy=http://{proxy} curl http://httpbin.foo:8000/headers");
     println!("  http_proxy=http://{proxy} curl -i http://httpbin.bar:8000/html");
+    println!("  signet cert issue --signer {d}/signers/foo --id spiffe://cluster.local/ns/foo/sa/me --out {d}/me");
     println!(
-        "  curl --cacert {d}/ca.crt --cert {d}/tls.crt --key {d}/tls.key --resolve httpbin.foo:{p}:127.0.0.1 https://httpbin.foo:{p}/headers",
-        d = curl_dir.display(),
+        "  curl --cacert {d}/signers/foo/ca.crt --cert {d}/me/tls.crt --key {d}/me/tls.key --resolve httpbin.foo:{p}:127.0.0.1 https://httpbin.foo:{p}/headers",
         p = inbound.port()
     );
+    if let Some(admin) = ca.admin {
+        println!("  curl http://{admin}/requests     # the signer service's CertificateSigningRequests");
+    }
     if let Some(admin) = side_curl.addrs.admin {
-        println!("  curl http://{admin}/certs      # the curl sidecar's certificate and roots");
+        println!("  curl http://{admin}/certs        # the curl sidecar's certificate and roots");
         println!("  curl http://{admin}/metrics");
     }
     if let Some(admin) = side_foo.addrs.admin {
-        println!("  curl http://{admin}/metrics    # httpbin.foo's sidecar");
+        println!("  curl http://{admin}/metrics      # httpbin.foo's sidecar");
     }
 }

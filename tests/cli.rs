@@ -256,6 +256,6 @@ fn the_example_configs_are_valid() {
             .join(name);
         let file = signet_proxy::ConfigFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let config = file.resolve().unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(config.signer.as_str(), "clusterissuers.cert-manager.io/foo");
+        assert_eq!(config.signer.unwrap().as_str(), "clusterissuers.cert-manager.io/foo");
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! This crate knows nothing of proxies or TLS sessions: it produces and checks certificates.
 
+mod authority;
 mod bundle;
 mod duration;
 mod error;
@@ -13,9 +14,11 @@ mod pem;
 mod request;
 mod signer;
 mod spiffe;
+mod watch;
 
+pub use authority::{Authority, AuthorityError, AuthorityErrorKind, AuthorityFuture, CsrOrder, IssuedChain};
 pub use bundle::{BundleEntry, TrustBundle};
-pub use duration::{format_duration, parse_duration};
+pub use duration::{format_duration, parse_duration, rfc3339};
 pub use error::Error;
 pub use fsutil::{write_private, write_public};
 pub use info::CertInfo;
@@ -24,6 +27,7 @@ pub use pem::{certs_to_pem, parse_certs, parse_key, read_certs, read_key, sha256
 pub use request::{CertificateRequest, RequestInfo, WorkloadKey};
 pub use signer::{DEFAULT_CA_VALIDITY, IssueOptions, IssuedCertificate, Signer};
 pub use spiffe::SpiffeId;
+pub use watch::FileWatch;
 
 /// DER types shared with the TLS side, re-exported so callers need not pin `rustls-pki-types`.
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -20,8 +20,11 @@ use crate::{
     CertInfo, Error, RequestInfo, SignerName, SpiffeId, certs_to_pem, files, read_certs, write_private, write_public,
 };
 
-/// Tolerance for clocks that run a little behind the signer's.
-const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Tolerance for clocks that run a little behind the signer's: a tenth of the lifetime, at most
+/// a minute (so that short-lived test certificates renew on the schedule their TTL implies).
+fn clock_skew(ttl: Duration) -> Duration {
+    (ttl / 10).min(Duration::from_secs(60))
+}
 
 /// How long a newly created signer's self-signed CA certificate is valid by default.
 pub const DEFAULT_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -93,7 +96,7 @@ impl Signer {
             KeyUsagePurpose::DigitalSignature,
         ];
         let now = SystemTime::now();
-        params.not_before = to_time(now - CLOCK_SKEW);
+        params.not_before = to_time(now - clock_skew(validity));
         params.not_after = to_time(now + validity);
         params.serial_number = Some(random_serial());
         let cert = params
@@ -226,7 +229,7 @@ impl Signer {
         let start = SystemTime::now()
             .checked_sub(options.backdate)
             .ok_or_else(|| Error::Request("backdate too large".into()))?;
-        params.not_before = to_time(start - CLOCK_SKEW);
+        params.not_before = to_time(start - clock_skew(options.ttl));
         params.not_after = to_time(start + options.ttl);
         let leaf = params
             .signed_by(&csr.public_key, &self.issuer)

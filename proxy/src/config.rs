@@ -87,6 +87,8 @@ pub struct ConfigFile {
     pub timeouts: Option<TimeoutsFile>,
     pub xfcc: Option<XfccMode>,
     pub tls: Option<TlsFile>,
+    /// How often watched files (certificates in files mode, the trust bundle) are checked.
+    pub watch_interval: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -97,6 +99,30 @@ pub struct IdentityFile {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
+    /// Provision by CSR from a signer service instead of reading files.
+    pub authority: Option<AuthorityFile>,
+    /// The identity to request (authority mode).
+    pub spiffe_id: Option<String>,
+    /// DNS SANs to request (the signer's policy must allow them).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// Requested lifetime (Istio's `SECRET_TTL`); the signer's default when absent.
+    pub ttl: Option<String>,
+    /// Renew at this fraction of the real lifetime (Istio's `SECRET_GRACE_PERIOD_RATIO`, 0.5).
+    pub renew_at: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorityFile {
+    /// `host:port` of the signer service (Istio: istiod's 15012).
+    pub address: String,
+    /// Root(s) of the service's own certificate.
+    pub ca_root: PathBuf,
+    /// The DNS name in the service's certificate.
+    pub server_name: Option<String>,
+    /// The workload's bearer token (re-read on every request).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -175,6 +201,12 @@ impl ConfigFile {
             fix(&mut id.cert);
             fix(&mut id.key);
             fix(&mut id.ca);
+            if let Some(a) = id.authority.as_mut() {
+                let mut root = Some(a.ca_root.clone());
+                fix(&mut root);
+                a.ca_root = root.unwrap_or_default();
+                fix(&mut a.token_file);
+            }
         }
     }
 
@@ -187,8 +219,27 @@ impl ConfigFile {
         self.admin = over.admin.or(self.admin);
         self.xfcc = over.xfcc.or(self.xfcc);
         if let Some(id) = over.identity {
-            self.identity = Some(id);
+            let mine = self.identity.take().unwrap_or_default();
+            // Files given by flags replace files from the file; authority settings likewise.
+            let files = id.cert_dir.is_some() || id.cert.is_some() || id.key.is_some();
+            let (cert_dir, cert, key) = if files || id.authority.is_some() {
+                (id.cert_dir, id.cert, id.key)
+            } else {
+                (mine.cert_dir, mine.cert, mine.key)
+            };
+            self.identity = Some(IdentityFile {
+                cert_dir,
+                cert,
+                key,
+                ca: id.ca.or(mine.ca),
+                authority: if files { None } else { id.authority.or(mine.authority) },
+                spiffe_id: id.spiffe_id.or(mine.spiffe_id),
+                dns: if id.dns.is_empty() { mine.dns } else { id.dns },
+                ttl: id.ttl.or(mine.ttl),
+                renew_at: id.renew_at.or(mine.renew_at),
+            });
         }
+        self.watch_interval = over.watch_interval.or(self.watch_interval);
         if !over.inbound.is_empty() {
             self.inbound = over.inbound;
         }
@@ -221,37 +272,85 @@ impl ConfigFile {
     /// Validates everything and produces the typed configuration.
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let domain = self.signer_domain.unwrap_or_else(|| DEFAULT_SIGNER_DOMAIN.to_string());
-        let signer = match self.signer {
-            Some(s) => SignerName::parse(&s, &domain).map_err(|e| ConfigError::new("signer", e.to_string()))?,
-            None => {
+        let signer = self
+            .signer
+            .map(|s| SignerName::parse(&s, &domain))
+            .transpose()
+            .map_err(|e| ConfigError::new("signer", e.to_string()))?;
+        let id = self.identity.unwrap_or_default();
+        let identity = if let Some(a) = id.authority {
+            if id.cert_dir.is_some() || id.cert.is_some() || id.key.is_some() {
                 return Err(ConfigError::new(
-                    "signer",
-                    "no signer given; set --signer NAME (or ISTIO_META_CERT_SIGNER, or `signer:` in the config file)",
+                    "identity",
+                    "give either a signer service (--authority) or certificate files (--cert-dir/--cert/--key), not both",
                 ));
             }
+            let spiffe_id = id
+                .spiffe_id
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "identity",
+                        "provisioning needs the identity to request: --id spiffe://...",
+                    )
+                })?
+                .parse::<SpiffeId>()
+                .map_err(|e| ConfigError::new("identity.spiffeId", e.to_string()))?;
+            let renew_at = id.renew_at.unwrap_or(0.5);
+            if !(renew_at > 0.0 && renew_at < 1.0) {
+                return Err(ConfigError::new(
+                    "identity.renewAt",
+                    "must be between 0 and 1 (e.g. 0.5: renew at half-life)",
+                ));
+            }
+            if a.address.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "identity.authority.address",
+                    "empty; give the signer service's host:port",
+                ));
+            }
+            IdentitySource::Authority(AuthorityIdentity {
+                authority: AuthorityConfig {
+                    address: a.address,
+                    ca_root: a.ca_root,
+                    server_name: a.server_name,
+                    token_file: a.token_file,
+                },
+                id: spiffe_id,
+                dns: id.dns,
+                ttl: id
+                    .ttl
+                    .map(|t| parse_duration(&t).map_err(|e| ConfigError::new("identity.ttl", e.to_string())))
+                    .transpose()?,
+                renew_at,
+            })
+        } else {
+            let dir = id.cert_dir.clone();
+            let pick = |explicit: Option<PathBuf>, file: &str| explicit.or_else(|| dir.as_ref().map(|d| d.join(file)));
+            let files = IdentityFiles {
+                cert: pick(id.cert, files::CERT).ok_or_else(|| {
+                    ConfigError::new(
+                        "identity",
+                        "no certificate given; set --cert-dir DIR (tls.crt, tls.key, ca.crt), --cert/--key, or --authority to provision one",
+                    )
+                })?,
+                key: pick(id.key, files::KEY)
+                    .ok_or_else(|| ConfigError::new("identity", "no private key given; set --cert-dir DIR or --key FILE"))?,
+                ca: pick(id.ca, files::CA),
+            };
+            if self.trust_bundle.is_none() && files.ca.is_none() {
+                return Err(ConfigError::new(
+                    "trust",
+                    "no roots to trust; set --bundle FILE (caCertificates YAML) or --ca FILE",
+                ));
+            }
+            IdentitySource::Files(files)
         };
-        let id = self.identity.unwrap_or_default();
-        let dir = id.cert_dir.clone();
-        let pick = |explicit: Option<PathBuf>, file: &str| explicit.or_else(|| dir.as_ref().map(|d| d.join(file)));
-        let identity = IdentityFiles {
-            cert: pick(id.cert, files::CERT).ok_or_else(|| {
-                ConfigError::new(
-                    "identity",
-                    "no certificate given; set --cert-dir DIR (tls.crt, tls.key, ca.crt) or --cert/--key",
-                )
-            })?,
-            key: pick(id.key, files::KEY).ok_or_else(|| {
-                ConfigError::new("identity", "no private key given; set --cert-dir DIR or --key FILE")
-            })?,
-            ca: pick(id.ca, files::CA),
-        };
-        if self.trust_bundle.is_none() && identity.ca.is_none() {
+        if signer.is_none() && self.trust_bundle.is_none() {
             return Err(ConfigError::new(
-                "trust",
-                "no roots to trust; set --bundle FILE (caCertificates YAML) or --ca FILE",
+                "signer",
+                "no signer given; set --signer NAME (or ISTIO_META_CERT_SIGNER, or `signer:` in the config file), or give --bundle so it can be read off the certificate",
             ));
         }
-
         let mut services = ServiceTable::default();
         for (name, s) in self.services {
             let origin = format!("services[{name}]");
@@ -336,10 +435,16 @@ impl ConfigFile {
             idle: dur(t.idle, "idle", Timeouts::default().idle)?,
         };
         let tls = self.tls.unwrap_or_default();
+        let watch_interval = self
+            .watch_interval
+            .map(|w| parse_duration(&w).map_err(|e| ConfigError::new("watchInterval", e.to_string())))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(1));
         Ok(Config {
             signer,
             signer_domain: domain,
             identity,
+            watch_interval,
             trust_bundle: self.trust_bundle,
             inbound,
             outbound_http,
@@ -367,11 +472,39 @@ fn parse_addr(text: &str, origin: &str) -> Result<SocketAddr, ConfigError> {
 
 // === the typed configuration ===
 
+/// Where the workload certificate comes from.
+#[derive(Clone, Debug)]
+pub enum IdentitySource {
+    /// Files, reloaded when they change and on SIGHUP.
+    Files(IdentityFiles),
+    /// A key and CSR made here, signed by a signer service; renewed before expiry.
+    Authority(AuthorityIdentity),
+}
+
 #[derive(Clone, Debug)]
 pub struct IdentityFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthorityIdentity {
+    pub authority: AuthorityConfig,
+    pub id: SpiffeId,
+    pub dns: Vec<String>,
+    pub ttl: Option<Duration>,
+    /// Fraction of the lifetime after which to renew.
+    pub renew_at: f64,
+}
+
+/// How to reach the signer service; the CLI turns it into a client.
+#[derive(Clone, Debug)]
+pub struct AuthorityConfig {
+    pub address: String,
+    pub ca_root: PathBuf,
+    pub server_name: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -415,9 +548,11 @@ impl Default for Timeouts {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub signer: SignerName,
+    /// This workload's signer; `None` means: read it off the certificate via the bundle.
+    pub signer: Option<SignerName>,
     pub signer_domain: String,
-    pub identity: IdentityFiles,
+    pub identity: IdentitySource,
+    pub watch_interval: Duration,
     pub trust_bundle: Option<PathBuf>,
     pub inbound: Vec<InboundConfig>,
     pub outbound_http: Option<SocketAddr>,
@@ -456,9 +591,15 @@ timeouts: {handshake: 3s}
     #[test]
     fn resolves_a_full_file() {
         let c = base().resolve().unwrap();
-        assert_eq!(c.signer.as_str(), "clusterissuers.cert-manager.io/foo");
-        assert_eq!(c.identity.cert, PathBuf::from("w/httpbin-foo/tls.crt"));
-        assert_eq!(c.identity.ca, Some(PathBuf::from("w/httpbin-foo/ca.crt")));
+        assert_eq!(
+            c.signer.as_ref().unwrap().as_str(),
+            "clusterissuers.cert-manager.io/foo"
+        );
+        let IdentitySource::Files(files) = &c.identity else {
+            panic!("files mode")
+        };
+        assert_eq!(files.cert, PathBuf::from("w/httpbin-foo/tls.crt"));
+        assert_eq!(files.ca, Some(PathBuf::from("w/httpbin-foo/ca.crt")));
         assert_eq!(c.inbound[0].protocol, Protocol::Http);
         assert_eq!(c.outbound_tcp[0].service, "httpbin.bar:8000");
         assert_eq!(c.timeouts.handshake, Duration::from_secs(3));
@@ -476,7 +617,7 @@ timeouts: {handshake: 3s}
             ..Default::default()
         };
         let c = base().overlay(over).resolve().unwrap();
-        assert_eq!(c.signer.as_str(), "example.com/bar");
+        assert_eq!(c.signer.unwrap().as_str(), "example.com/bar");
         assert_eq!(c.admin, Some("127.0.0.1:16000".parse().unwrap()));
         assert_eq!(c.inbound.len(), 1, "lists not given by flags are kept");
     }
@@ -485,7 +626,14 @@ timeouts: {handshake: 3s}
     fn mistakes_are_named() {
         let mut f = base();
         f.signer = None;
+        f.trust_bundle = None;
         assert!(f.resolve().unwrap_err().to_string().contains("--signer"));
+        let mut f = base();
+        f.identity.as_mut().unwrap().authority = Some(AuthorityFile {
+            address: "127.0.0.1:15012".into(),
+            ..Default::default()
+        });
+        assert!(f.resolve().unwrap_err().to_string().contains("not both"));
         let mut f = base();
         f.inbound[0].listen = "localhost".into();
         assert!(f.resolve().unwrap_err().to_string().starts_with("inbound[0]: "));

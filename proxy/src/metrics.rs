@@ -34,6 +34,11 @@ pub struct Metrics {
     /// By status class 1xx..5xx.
     responses: [[AtomicU64; 5]; 2],
     app_connect_failures: AtomicU64,
+    /// CSR requests to the signer service: [ok, failed].
+    csr_requests: [AtomicU64; 2],
+    renewals: AtomicU64,
+    /// Reloads of files or the bundle: [ok, failed].
+    reloads: [AtomicU64; 2],
 }
 
 /// Decrements the active-connection gauge when dropped.
@@ -67,6 +72,22 @@ impl Metrics {
 
     pub fn app_connect_failed(&self) {
         self.app_connect_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn csr_request(&self, ok: bool) {
+        self.csr_requests[usize::from(!ok)].fetch_add(1, Relaxed);
+    }
+
+    pub fn renewed(&self) {
+        self.renewals.fetch_add(1, Relaxed);
+    }
+
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(Relaxed)
+    }
+
+    pub fn identity_reloaded(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].fetch_add(1, Relaxed);
     }
 
     pub fn handshake_failures(&self, d: Direction, reason: Reason) -> u64 {

@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{Admin, rfc3339};
+use signet_certs::Authority;
+
 use crate::config::{Config, Protocol, Timeouts};
+use crate::identity::IdentityCtx;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::{HttpOutbound, TcpOutbound};
@@ -42,8 +45,8 @@ pub struct BoundAddrs {
 
 pub struct Sidecar {
     pub addrs: BoundAddrs,
-    pub identity: Arc<IdentityInfo>,
     store: Arc<TlsStore>,
+    reload: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -57,11 +60,12 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
 }
 
 impl Sidecar {
-    /// Loads the identity, binds all listeners and starts serving on the current runtime.
-    pub async fn start(config: Config) -> Result<Sidecar, StartError> {
+    /// Loads the identity (files) or starts provisioning it (`authority`), binds all listeners
+    /// and starts serving on the current runtime. `authority` is required when the config asks
+    /// for provisioning; the CLI builds it (this crate knows nothing of signer services).
+    pub async fn start(config: Config, authority: Option<Arc<dyn Authority>>) -> Result<Sidecar, StartError> {
         let services = Arc::new(config.services.clone());
         let store = Arc::new(TlsStore::new(tls_settings(&config, &services)));
-        let identity = crate::identity::load_files(&config, store.as_ref()).map_err(StartError)?;
         let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(Shared {
             store: store.clone(),
@@ -70,6 +74,20 @@ impl Sidecar {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
+        let reload = Arc::new(tokio::sync::Notify::new());
+        let config = Arc::new(config);
+        let identity_ctx = Arc::new(IdentityCtx {
+            config: config.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            reload: reload.clone(),
+            shutdown: shared.shutdown.clone(),
+        });
+        // Listeners are not bound yet, so a failure here leaves nothing behind.
+        let identity = crate::identity::start(identity_ctx, authority, &shared.tracker).map_err(|e| {
+            shared.shutdown.cancel();
+            StartError(e)
+        })?;
 
         // Bind everything before serving anything: a port clash fails the start, not half of it.
         let mut addrs = BoundAddrs::default();
@@ -136,13 +154,15 @@ impl Sidecar {
                 .spawn(admin.serve(listener, shared.shutdown.clone(), shared.tracker.clone()));
         }
 
-        tracing::info!(
-            "ready: {} (signer {}, certificate valid until {}, trust bundle {})",
-            identity.id,
-            identity.signer,
-            rfc3339(identity.not_after),
-            identity.trust_version
-        );
+        if let Some(identity) = &identity {
+            tracing::info!(
+                "ready: {} (signer {}, certificate valid until {}, trust bundle {})",
+                identity.id,
+                identity.signer,
+                rfc3339(identity.not_after),
+                identity.trust_version
+            );
+        }
         for (addr, ib) in addrs.inbound.iter().zip(&config.inbound) {
             let proto = if ib.protocol == Protocol::Http { "http" } else { "tcp" };
             tracing::info!("inbound {addr} ({proto}) → app {}", ib.app);
@@ -159,8 +179,8 @@ impl Sidecar {
 
         Ok(Sidecar {
             addrs,
-            identity,
             store,
+            reload,
             metrics,
             shutdown: shared.shutdown.clone(),
             tracker: shared.tracker.clone(),
@@ -170,6 +190,29 @@ impl Sidecar {
 
     pub fn store(&self) -> &Arc<TlsStore> {
         &self.store
+    }
+
+    /// The published identity, once there is one.
+    pub fn identity(&self) -> Option<Arc<IdentityInfo>> {
+        self.store.identity()
+    }
+
+    /// Waits until a certificate is published (authority mode), up to `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> Option<Arc<IdentityInfo>> {
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < timeout {
+            if self.store.is_ready() {
+                return self.store.identity();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    /// Re-reads certificate files and the trust bundle now, or renews from the signer service
+    /// (what SIGHUP does).
+    pub fn reload(&self) {
+        self.reload.notify_one();
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

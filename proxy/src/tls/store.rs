@@ -24,14 +24,25 @@ use super::{Policy, TlsError};
 
 /// The seam issuance uses; it knows nothing of rustls configs.
 pub trait Credentials: Send + Sync {
-    /// Replaces the roots this sidecar trusts (and the other signers it can name).
-    fn set_trust(&self, trust: Trust) -> Result<(), TlsError>;
-    /// Installs a new certificate (leaf first) and key after checking them against the trust.
+    /// Replaces the roots this sidecar trusts (and the other signers it can name). The current
+    /// certificate stays in use; the result says whether it still chains to the new roots (if
+    /// not, the caller should obtain a new one).
+    fn set_trust(&self, trust: Trust) -> Result<TrustUpdate, TlsError>;
+    /// Installs a new certificate (leaf first) and key, together with new trust when given,
+    /// after checking the chain against that trust. On error nothing changes.
     fn set_certificate(
         &self,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
+        trust: Option<Trust>,
     ) -> Result<Arc<IdentityInfo>, TlsError>;
+}
+
+/// What a trust update means for the current certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustUpdate {
+    /// A certificate is held and it chains to the new roots.
+    pub certificate_chains: bool,
 }
 
 /// The published identity, for the admin endpoint, XFCC and logs.
@@ -42,6 +53,9 @@ pub struct IdentityInfo {
     pub chain: Vec<CertInfo>,
     pub roots: Vec<CertInfo>,
     pub trust_version: String,
+    /// SHA-256 of the root the chain anchors to.
+    pub anchor_sha256: String,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
 
@@ -133,6 +147,11 @@ impl TlsStore {
         self.current.load().as_ref().map(|s| s.identity.clone())
     }
 
+    /// The signature algorithms of this store's crypto provider.
+    pub fn algorithms(&self) -> rustls::crypto::WebPkiSupportedAlgorithms {
+        self.provider.signature_verification_algorithms
+    }
+
     pub fn is_ready(&self) -> bool {
         self.current().is_some()
     }
@@ -144,7 +163,11 @@ impl TlsStore {
 
     /// Checks `chain` against `trust`: it must chain to the signer's roots for both client and
     /// server use, be valid now, and carry exactly one SPIFFE ID.
-    fn check_chain(&self, trust: &Trust, chain: &[CertificateDer<'static>]) -> Result<(CertInfo, SpiffeId), TlsError> {
+    fn check_chain(
+        &self,
+        trust: &Trust,
+        chain: &[CertificateDer<'static>],
+    ) -> Result<(CertInfo, SpiffeId, String), TlsError> {
         let leaf = chain
             .first()
             .ok_or_else(|| TlsError::Certificate("the certificate file holds no certificate".into()))?;
@@ -188,14 +211,48 @@ impl TlsStore {
                 )));
             }
         }
-        Ok((info, id))
+        // Which of the signer's roots (several during a rotation) this chain anchors to.
+        let anchor = trust
+            .root_certs()
+            .iter()
+            .find(|root| {
+                webpki::anchor_from_trusted_cert(root).is_ok_and(|a| {
+                    ee.verify_for_usage(
+                        algs.all,
+                        &[a],
+                        &chain[1..],
+                        unix_now,
+                        webpki::KeyUsage::client_auth(),
+                        None,
+                        None,
+                    )
+                    .is_ok()
+                })
+            })
+            .map(|root| signet_certs::sha256_hex(root))
+            .unwrap_or_default();
+        Ok((info, id, anchor))
     }
 
-    fn publish(&self, inputs: &mut Inputs) -> Result<Option<Arc<IdentityInfo>>, TlsError> {
+    /// Builds and publishes configs from `inputs`. With `strict`, the certificate must chain to
+    /// the trust; otherwise a stale certificate is published with the new trust (and reported).
+    fn publish(&self, inputs: &mut Inputs, strict: bool) -> Result<Option<(Arc<IdentityInfo>, bool)>, TlsError> {
         let (Some(trust), Some(cert)) = (inputs.trust.clone(), inputs.cert.clone()) else {
             return Ok(None);
         };
-        let (_, id) = self.check_chain(&trust, &cert.cert)?;
+        let (chains, id, anchor) = match self.check_chain(&trust, &cert.cert) {
+            Ok((_, id, anchor)) => (true, id, anchor),
+            Err(e) if strict => return Err(e),
+            Err(_) => {
+                let id = cert
+                    .cert
+                    .first()
+                    .and_then(|c| CertInfo::parse(c).ok())
+                    .and_then(|i| i.spiffe_id().ok())
+                    .ok_or_else(|| TlsError::Certificate("the current certificate has no SPIFFE ID".into()))?;
+                (false, id, String::new())
+            }
+        };
         let chain = cert
             .cert
             .iter()
@@ -204,6 +261,7 @@ impl TlsStore {
         let identity = Arc::new(IdentityInfo {
             id,
             signer: trust.signer().clone(),
+            not_before: chain.first().map(|c| c.not_before).unwrap_or(SystemTime::UNIX_EPOCH),
             not_after: chain.first().map(|c| c.not_after).unwrap_or(SystemTime::UNIX_EPOCH),
             chain,
             roots: trust
@@ -212,6 +270,7 @@ impl TlsStore {
                 .filter_map(|c| CertInfo::parse(c).ok())
                 .collect(),
             trust_version: trust.version().to_string(),
+            anchor_sha256: anchor,
         });
         let resolver = Arc::new(SingleCertAndKey::from(cert.clone()));
         let versions = self.settings.policy.versions();
@@ -257,44 +316,59 @@ impl TlsStore {
             servers,
             clients,
         })));
-        Ok(Some(identity))
+        Ok(Some((identity, chains)))
     }
 }
 
 impl Credentials for TlsStore {
-    fn set_trust(&self, trust: Trust) -> Result<(), TlsError> {
+    fn set_trust(&self, trust: Trust) -> Result<TrustUpdate, TlsError> {
         let mut inputs = self.lock();
         let previous = inputs.trust.replace(Arc::new(trust));
-        if let Err(e) = self.publish(&mut inputs) {
-            inputs.trust = previous;
-            return Err(e);
+        match self.publish(&mut inputs, false) {
+            Ok(published) => Ok(TrustUpdate {
+                certificate_chains: published.is_some_and(|(_, chains)| chains),
+            }),
+            Err(e) => {
+                inputs.trust = previous;
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     fn set_certificate(
         &self,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
+        trust: Option<Trust>,
     ) -> Result<Arc<IdentityInfo>, TlsError> {
         let mut inputs = self.lock();
-        if inputs.trust.is_none() {
-            return Err(TlsError::Trust("no trust roots loaded yet".into()));
-        }
         let certified = CertifiedKey::from_der(chain, key, &self.provider).map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => {
                 TlsError::Certificate("the private key does not belong to the certificate".into())
             }
             other => TlsError::Certificate(format!("the private key is not usable: {other}")),
         })?;
-        let previous = inputs.cert.replace(Arc::new(certified));
-        match self.publish(&mut inputs) {
-            Ok(Some(identity)) => Ok(identity),
-            Ok(None) => Err(TlsError::Trust("no trust roots loaded yet".into())),
+        let previous_trust = match trust {
+            Some(t) => inputs.trust.replace(Arc::new(t)),
+            None => inputs.trust.clone(),
+        };
+        if inputs.trust.is_none() {
+            return Err(TlsError::Trust("no trust roots loaded yet".into()));
+        }
+        let previous_cert = inputs.cert.replace(Arc::new(certified));
+        match self.publish(&mut inputs, true) {
+            Ok(Some((identity, _))) => Ok(identity),
+            Ok(None) => unreachable_state(),
             Err(e) => {
-                inputs.cert = previous;
+                inputs.cert = previous_cert;
+                inputs.trust = previous_trust;
                 Err(e)
             }
         }
     }
+}
+
+/// `publish` returns `None` only without trust or certificate, both set just before.
+fn unreachable_state() -> Result<Arc<IdentityInfo>, TlsError> {
+    Err(TlsError::Trust("no trust roots loaded yet".into()))
 }

@@ -48,7 +48,7 @@ fn store(ca: &Ca, own: &Signer, issuer: &Signer, who: &SpiffeId, settings: TlsSe
     let store = TlsStore::new(settings);
     store.set_trust(Trust::from_bundle(&ca.bundle, own.name())?)?;
     let (chain, key) = material(issuer, who, IssueOptions::default());
-    store.set_certificate(chain, key)?;
+    store.set_certificate(chain, key, None)?;
     Ok(store)
 }
 
@@ -198,7 +198,7 @@ async fn the_same_spiffe_id_from_another_signer_is_refused_by_the_server() {
         .set_trust(Trust::from_bundle(&roots_of_both, ca.foo.name()).unwrap())
         .unwrap();
     let (chain, key) = material(&ca.bar, &id("foo", "curl"), IssueOptions::default());
-    impostor.set_certificate(chain, key).unwrap();
+    impostor.set_certificate(chain, key, None).unwrap();
     let (s, _) = handshake(&server, &impostor, None).await;
     let s = s.unwrap_err();
     assert_eq!(s.reason, Reason::UnknownSigner);
@@ -259,7 +259,7 @@ fn the_store_refuses_bad_certificates_and_keeps_the_old_one() {
     let before = store.current().unwrap().generation;
 
     let (chain, key) = material(&ca.bar, &id("foo", "httpbin"), IssueOptions::default());
-    let e = store.set_certificate(chain, key).unwrap_err().to_string();
+    let e = store.set_certificate(chain, key, None).unwrap_err().to_string();
     assert!(
         e.contains("issued by signer clusterissuers.cert-manager.io/bar, not clusterissuers.cert-manager.io/foo"),
         "{e}"
@@ -272,7 +272,7 @@ fn the_store_refuses_bad_certificates_and_keeps_the_old_one() {
     let (chain, key) = material(&ca.foo, &id("foo", "httpbin"), expired);
     assert!(
         store
-            .set_certificate(chain, key)
+            .set_certificate(chain, key, None)
             .unwrap_err()
             .to_string()
             .contains("expired")
@@ -282,7 +282,7 @@ fn the_store_refuses_bad_certificates_and_keeps_the_old_one() {
     let (_, other_key) = material(&ca.foo, &id("foo", "httpbin"), IssueOptions::default());
     assert!(
         store
-            .set_certificate(chain, other_key)
+            .set_certificate(chain, other_key, None)
             .unwrap_err()
             .to_string()
             .contains("does not belong")
@@ -304,4 +304,37 @@ fn before_the_first_certificate_there_is_nothing_to_serve() {
         .set_trust(Trust::from_bundle(&ca.bundle, ca.foo.name()).unwrap())
         .unwrap();
     assert!(store.current().is_none() && !store.is_ready());
+}
+
+#[test]
+fn a_trust_update_reports_whether_the_certificate_still_chains() {
+    let ca = ca();
+    let store = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        server_settings(AllowList::default()),
+    )
+    .unwrap();
+    // Root rotation, step 1: foo's new root joins the old one.
+    let new_foo = Signer::create(SignerName::with_default_domain("foo").unwrap(), DEFAULT_CA_VALIDITY).unwrap();
+    let both = TrustBundle::from_signers([(ca.foo.name(), ca.foo.roots()), (ca.foo.name(), new_foo.roots())]).unwrap();
+    let update = store
+        .set_trust(Trust::from_bundle(&both, ca.foo.name()).unwrap())
+        .unwrap();
+    assert!(update.certificate_chains);
+    assert_eq!(store.identity().unwrap().roots.len(), 2);
+    // Step 3 before the leaf was renewed: only the new root remains; the old leaf is stale.
+    let only_new = TrustBundle::from_signers([(new_foo.name(), new_foo.roots())]).unwrap();
+    let update = store
+        .set_trust(Trust::from_bundle(&only_new, ca.foo.name()).unwrap())
+        .unwrap();
+    assert!(!update.certificate_chains, "the caller must renew");
+    // A leaf from the new CA, installed together with the trust, anchors to the new root.
+    let (chain, key) = material(&new_foo, &id("foo", "httpbin"), IssueOptions::default());
+    let identity = store
+        .set_certificate(chain, key, Some(Trust::from_bundle(&only_new, ca.foo.name()).unwrap()))
+        .unwrap();
+    assert_eq!(identity.anchor_sha256, signet_certs::sha256_hex(&new_foo.roots()[0]));
 }

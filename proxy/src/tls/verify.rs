@@ -368,3 +368,33 @@ impl ClientCertVerifier for PeerClientVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+/// The signer in `bundle` whose roots `chain` (leaf first) anchors to, if exactly one does.
+pub fn signer_of_chain(
+    bundle: &TrustBundle,
+    chain: &[CertificateDer<'_>],
+    algs: &WebPkiSupportedAlgorithms,
+) -> Option<SignerName> {
+    let ee = webpki::EndEntityCert::try_from(chain.first()?).ok()?;
+    let mut found = bundle.signers().into_iter().filter(|s| {
+        let anchors: Vec<TrustAnchor<'_>> = bundle
+            .roots_for(s)
+            .iter()
+            .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok().map(|a| a.to_owned()))
+            .collect();
+        ee.verify_for_usage(
+            algs.all,
+            &anchors,
+            &chain[1..],
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .is_ok()
+    });
+    match (found.next(), found.next()) {
+        (Some(one), None) => Some(one.clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,208 @@
+//! Signing policy: which signer each namespace uses (Istio's per-namespace `ProxyConfig`
+//! `ISTIO_META_CERT_SIGNER`), the mesh default, which signers this service may approve (the
+//! istiod ClusterRole's `approve` resourceNames), lifetimes, and which identities may carry DNS SANs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use signet_certs::{DEFAULT_SIGNER_DOMAIN, SignerName, SpiffeId, parse_duration};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PolicyFile {
+    trust_domain: Option<String>,
+    signer_domain: Option<String>,
+    default_signer: Option<String>,
+    approvable_signers: Option<Vec<String>>,
+    #[serde(default)]
+    namespaces: BTreeMap<String, NamespaceFile>,
+    max_workload_cert_ttl: Option<String>,
+    default_workload_cert_ttl: Option<String>,
+    #[serde(default)]
+    dns_sans: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NamespaceFile {
+    signer: Option<String>,
+    #[serde(default)]
+    allowed_signers: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub trust_domain: String,
+    pub signer_domain: String,
+    /// The mesh default signer, for namespaces without their own.
+    pub default_signer: SignerName,
+    /// Signers this service may approve; `None` means every signer it holds.
+    pub approvable: Option<Vec<SignerName>>,
+    namespaces: BTreeMap<String, (SignerName, Vec<SignerName>)>,
+    pub max_ttl: Duration,
+    pub default_ttl: Duration,
+    dns_sans: HashMap<SpiffeId, Vec<String>>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        // Infallible: the file is empty, every field takes its default.
+        Policy::from_file(PolicyFile::default(), "defaults").expect("the default policy is valid")
+    }
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: cannot read the policy: {e}"))?;
+        Self::from_yaml(&text, &origin)
+    }
+
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, String> {
+        let file: PolicyFile = serde_yaml_ng::from_str(text).map_err(|e| format!("{origin}: invalid policy: {e}"))?;
+        Self::from_file(file, origin)
+    }
+
+    fn from_file(f: PolicyFile, origin: &str) -> Result<Self, String> {
+        let signer_domain = f.signer_domain.unwrap_or_else(|| DEFAULT_SIGNER_DOMAIN.to_string());
+        let name =
+            |s: &str, what: &str| SignerName::parse(s, &signer_domain).map_err(|e| format!("{origin}: {what}: {e}"));
+        let default_signer = name(f.default_signer.as_deref().unwrap_or("istio-system"), "defaultSigner")?;
+        let approvable = f
+            .approvable_signers
+            .map(|v| {
+                v.iter()
+                    .map(|s| name(s, "approvableSigners"))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let mut namespaces = BTreeMap::new();
+        for (ns, n) in f.namespaces {
+            let own = match &n.signer {
+                Some(s) => name(s, &format!("namespaces.{ns}.signer"))?,
+                None => default_signer.clone(),
+            };
+            let allowed = n
+                .allowed_signers
+                .iter()
+                .map(|s| name(s, &format!("namespaces.{ns}.allowedSigners")))
+                .collect::<Result<Vec<_>, _>>()?;
+            namespaces.insert(ns, (own, allowed));
+        }
+        let ttl = |v: Option<String>, what: &str, default: Duration| -> Result<Duration, String> {
+            v.map(|s| parse_duration(&s).map_err(|e| format!("{origin}: {what}: {e}")))
+                .transpose()
+                .map(|d| d.unwrap_or(default))
+        };
+        let max_ttl = ttl(
+            f.max_workload_cert_ttl,
+            "maxWorkloadCertTtl",
+            Duration::from_secs(90 * 86_400),
+        )?;
+        let default_ttl = ttl(
+            f.default_workload_cert_ttl,
+            "defaultWorkloadCertTtl",
+            Duration::from_secs(86_400),
+        )?;
+        if default_ttl > max_ttl {
+            return Err(format!(
+                "{origin}: defaultWorkloadCertTtl is longer than maxWorkloadCertTtl"
+            ));
+        }
+        let mut dns_sans = HashMap::new();
+        for (id, names) in f.dns_sans {
+            let id: SpiffeId = id.parse().map_err(|e| format!("{origin}: dnsSans: {e}"))?;
+            dns_sans.insert(id, names);
+        }
+        Ok(Policy {
+            trust_domain: f.trust_domain.unwrap_or_else(|| "cluster.local".to_string()),
+            signer_domain,
+            default_signer,
+            approvable,
+            namespaces,
+            max_ttl,
+            default_ttl,
+            dns_sans,
+        })
+    }
+
+    /// The signer a namespace uses when the workload names none.
+    pub fn signer_for(&self, namespace: &str) -> &SignerName {
+        self.namespaces
+            .get(namespace)
+            .map(|(s, _)| s)
+            .unwrap_or(&self.default_signer)
+    }
+
+    /// Whether workloads of `namespace` may obtain certificates from `signer`.
+    pub fn may_use(&self, namespace: &str, signer: &SignerName) -> bool {
+        match self.namespaces.get(namespace) {
+            Some((own, allowed)) => own == signer || allowed.contains(signer),
+            None => *signer == self.default_signer,
+        }
+    }
+
+    pub fn may_approve(&self, signer: &SignerName) -> bool {
+        self.approvable.as_ref().is_none_or(|list| list.contains(signer))
+    }
+
+    /// Whether `id` may carry the DNS SAN `name`.
+    pub fn allows_dns(&self, id: &SpiffeId, name: &str) -> bool {
+        self.dns_sans
+            .get(id)
+            .is_some_and(|names| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+defaultSigner: istio-system
+approvableSigners: [istio-system, foo, bar]
+namespaces:
+  foo: {signer: foo}
+  bar: {signer: bar}
+  legacy: {signer: legacy, allowedSigners: [foo]}
+maxWorkloadCertTtl: 48h
+dnsSans:
+  spiffe://cluster.local/ns/foo/sa/httpbin: [httpbin.foo]
+"#;
+
+    fn n(s: &str) -> SignerName {
+        SignerName::with_default_domain(s).unwrap()
+    }
+
+    #[test]
+    fn namespaces_get_their_signer_and_others_the_default() {
+        let p = Policy::from_yaml(SEED, "p").unwrap();
+        assert_eq!(p.signer_for("foo"), &n("foo"));
+        assert_eq!(p.signer_for("default"), &n("istio-system"));
+        assert!(p.may_use("foo", &n("foo")) && !p.may_use("foo", &n("bar")));
+        assert!(p.may_use("default", &n("istio-system")) && !p.may_use("default", &n("foo")));
+        assert!(p.may_use("legacy", &n("foo")));
+        assert!(p.may_approve(&n("foo")) && !p.may_approve(&n("legacy")));
+        assert_eq!(p.max_ttl, Duration::from_secs(48 * 3600));
+        assert_eq!(p.default_ttl, Duration::from_secs(24 * 3600));
+        let id: SpiffeId = "spiffe://cluster.local/ns/foo/sa/httpbin".parse().unwrap();
+        assert!(p.allows_dns(&id, "httpbin.foo") && !p.allows_dns(&id, "evil.com"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(
+            Policy::from_yaml("namespace: {}", "p.yaml")
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        assert!(
+            Policy::from_yaml("maxWorkloadCertTtl: soon", "p.yaml")
+                .unwrap_err()
+                .starts_with("p.yaml: maxWorkloadCertTtl")
+        );
+        assert!(Policy::from_yaml("defaultWorkloadCertTtl: 10d\nmaxWorkloadCertTtl: 1d", "p").is_err());
+    }
+}
