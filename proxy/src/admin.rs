@@ -113,6 +113,7 @@ impl Admin {
             "signer": id.signer.as_str(),
             "ready": self.store.is_ready(),
             "trust_bundle_version": id.trust_version,
+            "anchor_sha256": id.anchor_sha256,
             "certificates": [{
                 "ca_cert": id.roots.iter().map(cert_json).collect::<Vec<_>>(),
                 "cert_chain": id.chain.iter().map(cert_json).collect::<Vec<_>>(),

@@ -178,6 +178,30 @@ impl Metrics {
         )?;
         writeln!(
             out,
+            "# HELP signet_identity_csr_requests_total Certificate requests to the signer service."
+        )?;
+        writeln!(out, "# TYPE signet_identity_csr_requests_total counter")?;
+        for (i, result) in ["ok", "failed"].iter().enumerate() {
+            let n = self.csr_requests[i].load(Relaxed);
+            writeln!(out, "signet_identity_csr_requests_total{{result=\"{result}\"}} {n}")?;
+        }
+        writeln!(
+            out,
+            "# HELP signet_identity_renewals_total Certificates replaced by a renewal."
+        )?;
+        writeln!(out, "# TYPE signet_identity_renewals_total counter")?;
+        writeln!(out, "signet_identity_renewals_total {}", self.renewals())?;
+        writeln!(
+            out,
+            "# HELP signet_identity_reloads_total Reloads of certificate files or the trust bundle."
+        )?;
+        writeln!(out, "# TYPE signet_identity_reloads_total counter")?;
+        for (i, result) in ["ok", "failed"].iter().enumerate() {
+            let n = self.reloads[i].load(Relaxed);
+            writeln!(out, "signet_identity_reloads_total{{result=\"{result}\"}} {n}")?;
+        }
+        writeln!(
+            out,
             "# HELP signet_ready 1 when a valid workload certificate is published."
         )?;
         writeln!(out, "# TYPE signet_ready gauge")?;

@@ -396,3 +396,156 @@ pub fn curl_via(proxy: SocketAddr, url: &str) -> Curl {
 pub fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
+
+/// `signet ca serve` with a policy and tokens, over the signers of a `Mesh`.
+pub struct Ca {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub args: Vec<String>,
+}
+
+impl Ca {
+    /// Writes `policy` and starts the service on `listen` (use "127.0.0.1:0" for any port).
+    pub fn start(mesh: &Mesh, policy: &str, listen: &str) -> Ca {
+        std::fs::write(mesh.path("policy.yaml"), policy).unwrap();
+        if !mesh.path("tokens.yaml").exists() {
+            std::fs::write(mesh.path("tokens.yaml"), "tokens: []\n").unwrap();
+        }
+        let args = s(&[
+            "ca",
+            "serve",
+            "--signers",
+            &mesh.path("signers").display().to_string(),
+            "--bundle",
+            &mesh.bundle(),
+            "--policy",
+            &mesh.path("policy.yaml").display().to_string(),
+            "--tokens",
+            &mesh.path("tokens.yaml").display().to_string(),
+            "--admin",
+            "127.0.0.1:0",
+            "--watch-interval",
+            "200ms",
+            "--listen",
+            listen,
+        ]);
+        Self::spawn(args)
+    }
+
+    fn spawn(args: Vec<String>) -> Ca {
+        let mut cmd = signet_cmd();
+        cmd.args(&args);
+        let mut proc = Proc::spawn("signer service", cmd);
+        let line = proc.wait_for_line("signer service on ", Duration::from_secs(20));
+        let addr = addr_after(&line, "signer service on ").expect("service address");
+        let admin_line = proc.wait_for_line(" admin http://", Duration::from_secs(5));
+        let admin = addr_after(&admin_line, " admin http://").expect("admin address");
+        Ca {
+            proc,
+            addr,
+            admin,
+            args,
+        }
+    }
+
+    /// Stops the service (SIGTERM).
+    pub fn stop(&mut self) {
+        self.proc
+            .terminate(Duration::from_secs(10))
+            .expect("the signer service stops on SIGTERM");
+    }
+
+    /// Starts the same service again on the same port.
+    pub fn restart(&mut self) {
+        let mut args = self.args.clone();
+        let at = args.iter().position(|a| a == "--listen").unwrap();
+        args[at + 1] = self.addr.to_string();
+        let again = Self::spawn(args);
+        *self = again;
+    }
+
+    /// `kubectl get csr -o json`, in short: the recorded requests.
+    pub fn requests(&self) -> serde_json::Value {
+        serde_json::from_str(&curl(&[&format!("http://{}/requests", self.admin)], &[]).body).unwrap()
+    }
+}
+
+impl Mesh {
+    /// Mints a token for ns/sa with the CLI; returns the token file's path.
+    pub fn token(&self, ns: &str, sa: &str) -> String {
+        let out = self.path(&format!("tokens/{ns}-{sa}")).display().to_string();
+        signet_ok(&[
+            "ca",
+            "token",
+            "--tokens",
+            &self.path("tokens.yaml").display().to_string(),
+            "--namespace",
+            ns,
+            "--service-account",
+            sa,
+            "--out",
+            &out,
+        ]);
+        out
+    }
+
+    /// Sidecar flags that provision `ns/sa` from `ca` (signer chosen by the service's policy).
+    pub fn provisioned(&self, ca: &Ca, ns: &str, sa: &str, ttl: &str) -> Vec<String> {
+        let token = self.token(ns, sa);
+        s(&[
+            "--authority",
+            &ca.addr.to_string(),
+            "--authority-ca",
+            &format!("{}/ca.crt", self.signer_dir("istio-system")),
+            "--token-file",
+            &token,
+            "--id",
+            &spiffe(ns, sa),
+            "--ttl",
+            ttl,
+            "--bundle",
+            &self.bundle(),
+            "--watch-interval",
+            "200ms",
+        ])
+    }
+}
+
+/// Polls `cond` every 50 ms for up to `timeout`.
+pub fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes `contents` to `path` atomically (write a temporary file, rename), as deploy tools do.
+pub fn replace_file(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+impl Sidecar {
+    /// Waits until `/ready` answers 200 (a certificate is held).
+    pub fn wait_ready(&self, timeout: Duration) {
+        let start = Instant::now();
+        while self.admin_get("/ready").status != 200 {
+            assert!(
+                start.elapsed() < timeout,
+                "not ready within {timeout:?}:\n{}",
+                self.proc.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn certs(&self) -> serde_json::Value {
+        serde_json::from_str(&self.admin_get("/certs").body).unwrap()
+    }
+}

@@ -1,0 +1,266 @@
+//! Provisioning and reload failures: the signer service going away, certificates expiring, and
+//! broken files on disk. In every case a still-valid certificate keeps serving, an expired one is
+//! never presented, and service resumes as soon as the cause goes away.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const POLICY: &str = "
+approvableSigners: [istio-system, foo]
+namespaces:
+  foo: {signer: foo}
+dnsSans:
+  spiffe://cluster.local/ns/foo/sa/httpbin: [httpbin.foo]
+";
+
+struct Setup {
+    mesh: Mesh,
+    app: Httpbin,
+    /// A foo client certificate made with the CLI, for direct curl calls (one new handshake each).
+    client: String,
+}
+
+fn setup() -> Setup {
+    let mesh = Mesh::new(&["istio-system", "foo"]);
+    std::fs::write(mesh.path("tokens.yaml"), "tokens: []\n").unwrap();
+    let app = Httpbin::start(mesh.dir.path(), "httpbin");
+    let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    Setup { mesh, app, client }
+}
+
+impl Setup {
+    fn inbound(&self, extra: Vec<String>) -> Sidecar {
+        let mut args = s(&[
+            "--inbound",
+            &format!("127.0.0.1:0={}", self.app.addr),
+            "--protocol",
+            "http",
+            "--dns",
+            "httpbin.foo",
+        ]);
+        args.extend(extra);
+        Sidecar::start("sidecar httpbin.foo", &args)
+    }
+
+    /// curl --cert straight to the inbound: a fresh handshake against the certificate served now.
+    fn call(&self, side: &Sidecar) -> Curl {
+        let port = side.inbound[0].port();
+        let ca = format!("{}/ca.crt", self.mesh.signer_dir("foo"));
+        let resolve = format!("httpbin.foo:{port}:127.0.0.1");
+        let (cert, key) = (format!("{}/tls.crt", self.client), format!("{}/tls.key", self.client));
+        let url = format!("https://httpbin.foo:{port}/get");
+        curl(
+            &[
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--resolve",
+                &resolve,
+                &url,
+            ],
+            &[],
+        )
+    }
+}
+
+fn serial(side: &Sidecar) -> String {
+    side.certs()["certificates"][0]["cert_chain"][0]["serial_number"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_signer_service_outage_keeps_valid_certificates_serving_and_renewals_resume() {
+    let t = setup();
+    let mut ca = Ca::start(&t.mesh, POLICY, "127.0.0.1:0");
+    let side = t.inbound(t.mesh.provisioned(&ca, "foo", "httpbin", "10s"));
+    side.wait_ready(Duration::from_secs(10));
+    assert_eq!(t.call(&side).status, 200);
+
+    // (A token minted after the service started may fail once until the service reloads its tokens.)
+    let failed_before = side.metric("signet_identity_csr_requests_total{result=\"failed\"}");
+    ca.stop();
+    // Renewal (at ~5 s) fails; every call in the meantime is still served.
+    let mut calls = 0;
+    eventually("a failed renewal", Duration::from_secs(20), || {
+        let r = t.call(&side);
+        assert_eq!(
+            r.status,
+            200,
+            "served while the signer service is down: {r:?}\n{}",
+            side.proc.log()
+        );
+        calls += 1;
+        side.metric("signet_identity_csr_requests_total{result=\"failed\"}") > failed_before
+    });
+    assert!(calls > 1);
+    assert!(
+        side.proc.log().contains("keeping the current certificate"),
+        "{}",
+        side.proc.log()
+    );
+    assert_eq!(side.admin_get("/ready").status, 200);
+
+    let before = side.metric("signet_identity_renewals_total");
+    ca.restart();
+    eventually("a renewal after the restart", Duration::from_secs(20), || {
+        side.metric("signet_identity_renewals_total") > before
+    });
+    assert_eq!(t.call(&side).status, 200);
+}
+
+#[test]
+fn an_expired_certificate_is_never_presented_and_readiness_turns_false() {
+    let t = setup();
+    // Files mode: a certificate that expires 2 s from now.
+    let short = t.mesh.issue(
+        "foo",
+        "short",
+        &spiffe("foo", "httpbin"),
+        &["--ttl", "2s", "--dns", "httpbin.foo"],
+    );
+    let side = Sidecar::start(
+        "files sidecar",
+        &s(&[
+            "--cert-dir",
+            &short,
+            "--bundle",
+            &t.mesh.bundle(),
+            "--signer",
+            "foo",
+            "--inbound",
+            &format!("127.0.0.1:0={}", t.app.addr),
+            "--protocol",
+            "http",
+        ]),
+    );
+    assert_eq!(t.call(&side).status, 200);
+    let before = t.app.wait_requests(2);
+    eventually("readiness false after expiry", Duration::from_secs(10), || {
+        side.admin_get("/ready").status == 503
+    });
+    assert!(
+        side.admin_get("/ready").body.contains("expired"),
+        "{}",
+        side.admin_get("/ready").body
+    );
+    let r = t.call(&side);
+    assert_ne!(r.code, 0, "no handshake with an expired certificate: {r:?}");
+    assert_eq!(r.status, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(t.app.requests(), before);
+    assert!(side.metric("signet_tls_handshakes_total{direction=\"inbound\",result=\"not_ready\"}") >= 1);
+
+    // Authority mode: the signer service is gone before the 3 s certificate can be renewed.
+    let mut ca = Ca::start(&t.mesh, POLICY, "127.0.0.1:0");
+    let side = t.inbound(t.mesh.provisioned(&ca, "foo", "httpbin", "3s"));
+    side.wait_ready(Duration::from_secs(10));
+    ca.stop();
+    eventually("readiness false after expiry", Duration::from_secs(10), || {
+        side.admin_get("/ready").status == 503
+    });
+    assert!(
+        side.proc
+            .logged_within("expired and was not renewed", Duration::from_secs(3)),
+        "a loud log line:\n{}",
+        side.proc.log()
+    );
+    assert_ne!(t.call(&side).code, 0);
+    // The service comes back: a new certificate, ready again.
+    ca.restart();
+    side.wait_ready(Duration::from_secs(20));
+    assert_eq!(t.call(&side).status, 200);
+}
+
+#[test]
+fn a_broken_certificate_file_keeps_the_old_certificate_serving() {
+    let t = setup();
+    let dir = t.mesh.issue(
+        "foo",
+        "httpbin-foo",
+        &spiffe("foo", "httpbin"),
+        &["--dns", "httpbin.foo"],
+    );
+    let base = s(&[
+        "--cert-dir",
+        &dir,
+        "--bundle",
+        &t.mesh.bundle(),
+        "--signer",
+        "foo",
+        "--inbound",
+        &format!("127.0.0.1:0={}", t.app.addr),
+        "--protocol",
+        "http",
+    ]);
+    let mut args = base.clone();
+    args.extend(s(&["--watch-interval", "100ms"]));
+    let side = Sidecar::start("files sidecar", &args);
+    let first = serial(&side);
+
+    // Half-written certificate file.
+    let pem = std::fs::read_to_string(format!("{dir}/tls.crt")).unwrap();
+    std::fs::write(format!("{dir}/tls.crt"), &pem[..pem.len() / 3]).unwrap();
+    assert!(
+        side.proc
+            .logged_within("reload failed, keeping the current certificate", Duration::from_secs(5)),
+        "{}",
+        side.proc.log()
+    );
+    assert_eq!(serial(&side), first);
+    assert_eq!(t.call(&side).status, 200, "the old certificate keeps serving");
+    assert_eq!(side.admin_get("/ready").status, 200);
+
+    // A new certificate (key first, then certificate: the mismatched moment in between is refused too).
+    let next = t.mesh.issue(
+        "foo",
+        "httpbin-foo-2",
+        &spiffe("foo", "httpbin"),
+        &["--dns", "httpbin.foo"],
+    );
+    for f in ["tls.key", "tls.crt"] {
+        replace_file(
+            &std::path::Path::new(&dir).join(f),
+            &std::fs::read(format!("{next}/{f}")).unwrap(),
+        );
+    }
+    eventually("the new certificate is served", Duration::from_secs(5), || {
+        serial(&side) != first
+    });
+    assert_eq!(t.call(&side).status, 200);
+    assert!(side.metric("signet_identity_reloads_total{result=\"failed\"}") >= 1);
+    drop(side);
+
+    // SIGHUP reloads at once, whatever the watch interval.
+    let mut args = base.clone();
+    args.extend(s(&["--watch-interval", "1h"]));
+    let side = Sidecar::start("files sidecar (SIGHUP)", &args);
+    let before = serial(&side);
+    let third = t.mesh.issue(
+        "foo",
+        "httpbin-foo-3",
+        &spiffe("foo", "httpbin"),
+        &["--dns", "httpbin.foo"],
+    );
+    for f in ["tls.key", "tls.crt"] {
+        replace_file(
+            &std::path::Path::new(&dir).join(f),
+            &std::fs::read(format!("{third}/{f}")).unwrap(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(serial(&side), before, "no reload without a signal");
+    std::process::Command::new("kill")
+        .args(["-HUP", &side.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    eventually("SIGHUP reload", Duration::from_secs(5), || serial(&side) != before);
+    assert_eq!(t.call(&side).status, 200);
+}
