@@ -70,11 +70,11 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: AuthorityIdentity, auth
                 let verb = if issued_once { "renewed" } else { "ready" };
                 issued_once = true;
                 tracing::info!(
-                    "{verb}: {} from {source} (signer {}, valid until {}, next renewal in {:.0?})",
+                    "{verb}: {} from {source} (signer {}, valid until {}, next renewal in {})",
                     id.id,
                     id.signer,
                     rfc3339(id.not_after),
-                    until(next)
+                    signet_certs::format_duration(until(next))
                 );
                 next
             }
