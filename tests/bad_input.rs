@@ -232,3 +232,45 @@ fn garbage_on_the_wire_closes_that_connection_and_the_next_client_is_served() {
         side.proc.log()
     );
 }
+
+#[test]
+fn missing_provisioning_files_are_named_in_one_line() {
+    let mesh = Mesh::new(&["istio-system", "foo"]);
+    let root = format!("{}/ca.crt", mesh.signer_dir("istio-system"));
+    let absent = mesh.path("absent.token").display().to_string();
+    let base = [
+        "--authority",
+        "127.0.0.1:15012",
+        "--id",
+        "spiffe://cluster.local/ns/foo/sa/a",
+        "--signer",
+        "foo",
+    ];
+    let mut args = base.to_vec();
+    args.extend([
+        "--authority-ca",
+        &root,
+        "--token-file",
+        &absent,
+        "--inbound",
+        "127.0.0.1:0=127.0.0.1:9",
+    ]);
+    let err = start_fails(&args);
+    assert!(err.contains("--token-file") && err.contains("absent.token"), "{err}");
+    let mut args = base.to_vec();
+    args.extend([
+        "--authority-ca",
+        "/nonexistent/ca.crt",
+        "--inbound",
+        "127.0.0.1:0=127.0.0.1:9",
+    ]);
+    let err = start_fails(&args);
+    assert!(
+        err.contains("--authority-ca") && err.contains("/nonexistent/ca.crt"),
+        "{err}"
+    );
+    let mut args = base.to_vec();
+    args.extend(["--inbound", "127.0.0.1:0=127.0.0.1:9"]);
+    let err = start_fails(&args);
+    assert!(err.contains("--authority-ca"), "{err}");
+}

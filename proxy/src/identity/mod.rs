@@ -46,9 +46,18 @@ pub(crate) fn start(
         }
         IdentitySource::Authority(settings) => {
             let authority = authority.ok_or("provisioning is configured but no signer-service client was given")?;
-            // A bad bundle is a configuration error: report it now, not in the background.
+            // Missing or broken local files are configuration errors: report them now, in one
+            // line, not as endless retries in the background.
             if let Some(path) = &ctx.config.trust_bundle {
                 TrustBundle::load(path, &ctx.config.signer_domain).map_err(|e| e.to_string())?;
+            }
+            signet_certs::read_certs(&settings.authority.ca_root).map_err(|e| format!("--authority-ca: {e}"))?;
+            if let Some(token) = &settings.authority.token_file {
+                let text =
+                    std::fs::read_to_string(token).map_err(|e| format!("--token-file: {}: {e}", token.display()))?;
+                if text.trim().is_empty() {
+                    return Err(format!("--token-file: {}: the file is empty", token.display()));
+                }
             }
             tracker.spawn(provision::run(ctx.clone(), settings.clone(), authority));
             Ok(None)

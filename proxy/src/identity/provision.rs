@@ -135,7 +135,8 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: AuthorityIdentity, auth
 /// Re-reads the bundle and republishes the trust. Returns whether the current certificate still
 /// chains to it (if not, the caller renews at once).
 fn reload_bundle(ctx: &IdentityCtx) -> bool {
-    let Some(identity) = ctx.store.identity() else {
+    let (Some(identity), Some(_)) = (ctx.store.identity(), &ctx.config.trust_bundle) else {
+        // Without a bundle the roots come with each certificate: nothing to reload.
         return true;
     };
     let result = load_bundle(&ctx.config).and_then(|bundle| {
