@@ -257,6 +257,9 @@ pub struct ProxyArgs {
     /// Offer the X25519MLKEM768 hybrid key exchange first.
     #[arg(long)]
     pub post_quantum: bool,
+    /// Turn off TLS 1.3 session resumption (on by default; sessions never outlive a trust change).
+    #[arg(long)]
+    pub no_resumption: bool,
     /// Data-plane worker threads (default: one per CPU).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,

@@ -331,7 +331,7 @@ fn flags_overlay(args: &ProxyArgs) -> Result<ConfigFile, String> {
         };
         over.xfcc = Some(mode);
     }
-    if args.tls_min_version.is_some() || args.post_quantum {
+    if args.tls_min_version.is_some() || args.post_quantum || args.no_resumption {
         let min_version = match args.tls_min_version.as_deref() {
             None => None,
             Some("1.3") => Some(signet_proxy::tls::MinVersion::Tls13),
@@ -341,6 +341,7 @@ fn flags_overlay(args: &ProxyArgs) -> Result<ConfigFile, String> {
         over.tls = Some(TlsFile {
             min_version,
             post_quantum: args.post_quantum.then_some(true),
+            resumption: args.no_resumption.then_some(false),
         });
     }
     Ok(over)

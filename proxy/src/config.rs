@@ -173,6 +173,8 @@ pub struct TimeoutsFile {
 pub struct TlsFile {
     pub min_version: Option<MinVersion>,
     pub post_quantum: Option<bool>,
+    /// TLS 1.3 session resumption between sidecars (default on; sessions never outlive the trust).
+    pub resumption: Option<bool>,
 }
 
 impl ConfigFile {
@@ -264,6 +266,7 @@ impl ConfigFile {
             let mut mine = self.tls.take().unwrap_or_default();
             mine.min_version = t.min_version.or(mine.min_version);
             mine.post_quantum = t.post_quantum.or(mine.post_quantum);
+            mine.resumption = t.resumption.or(mine.resumption);
             self.tls = Some(mine);
         }
         self
@@ -457,6 +460,7 @@ impl ConfigFile {
                 min_version: tls.min_version.unwrap_or_default(),
                 post_quantum: tls.post_quantum.unwrap_or(false),
             },
+            resumption: tls.resumption.unwrap_or(true),
         })
     }
 }
@@ -562,6 +566,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub xfcc: XfccMode,
     pub tls: Policy,
+    pub resumption: bool,
 }
 
 #[cfg(test)]

@@ -118,7 +118,8 @@ impl Inbound {
                 return;
             }
         };
-        metrics.handshake_ok(Direction::Inbound);
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        metrics.handshake_ok(Direction::Inbound, resumed);
         let peer_cert = tls
             .get_ref()
             .1

@@ -28,6 +28,8 @@ const REASONS: usize = Reason::ALL.len();
 #[derive(Default)]
 pub struct Metrics {
     handshakes_ok: [AtomicU64; 2],
+    /// Of `handshakes_ok`, those that resumed a session.
+    resumed: [AtomicU64; 2],
     handshake_failures: [[AtomicU64; REASONS]; 2],
     connections_total: [AtomicU64; 2],
     connections_active: [AtomicI64; 2],
@@ -57,8 +59,11 @@ impl Metrics {
         ActiveGuard(&self.connections_active[d as usize])
     }
 
-    pub fn handshake_ok(&self, d: Direction) {
+    pub fn handshake_ok(&self, d: Direction, resumed: bool) {
         self.handshakes_ok[d as usize].fetch_add(1, Relaxed);
+        if resumed {
+            self.resumed[d as usize].fetch_add(1, Relaxed);
+        }
     }
 
     pub fn handshake_failed(&self, d: Direction, reason: Reason) {
@@ -126,6 +131,19 @@ impl Metrics {
                     self.handshake_failures(d, r)
                 )?;
             }
+        }
+        writeln!(
+            out,
+            "# HELP signet_tls_sessions_resumed_total Successful handshakes that resumed a session."
+        )?;
+        writeln!(out, "# TYPE signet_tls_sessions_resumed_total counter")?;
+        for d in Direction::ALL {
+            let n = self.resumed[d as usize].load(Relaxed);
+            writeln!(
+                out,
+                "signet_tls_sessions_resumed_total{{direction=\"{}\"}} {n}",
+                d.label()
+            )?;
         }
         writeln!(
             out,

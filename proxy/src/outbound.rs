@@ -124,7 +124,8 @@ pub(crate) async fn connect_peer(
     let (result, note) = diagnose::capture(tokio::time::timeout(shared.timeouts.handshake, connect)).await;
     let error = match result {
         Ok(Ok(tls)) => {
-            metrics.handshake_ok(Direction::Outbound);
+            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            metrics.handshake_ok(Direction::Outbound, resumed);
             return Ok(tls);
         }
         Ok(Err(e)) => diagnose::classify(&e, note, state.identity.signer.as_str()),

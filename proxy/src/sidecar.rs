@@ -261,6 +261,7 @@ fn tls_settings(config: &Config, services: &ServiceTable) -> TlsSettings {
     outbound.dedup();
     TlsSettings {
         policy: config.tls,
+        resumption: config.resumption,
         inbound,
         outbound,
     }

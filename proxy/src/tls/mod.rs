@@ -3,6 +3,7 @@
 
 pub mod diagnose;
 pub mod policy;
+pub mod resume;
 pub mod store;
 pub mod verify;
 

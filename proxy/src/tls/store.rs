@@ -19,6 +19,7 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, ServerConfig};
 use signet_certs::{CertInfo, SignerName, SpiffeId};
 
+use super::resume::Sessions;
 use super::verify::{AllowList, PeerClientVerifier, PeerServerVerifier, Trust};
 use super::{Policy, TlsError};
 
@@ -79,6 +80,8 @@ pub enum ClientAlpn {
 #[derive(Clone, Debug, Default)]
 pub struct TlsSettings {
     pub policy: Policy,
+    /// TLS 1.3 session resumption, bound to the trust version (see `resume`).
+    pub resumption: bool,
     /// One entry per inbound listener, by index.
     pub inbound: Vec<InboundTls>,
     /// The (expected peer identity, ALPN) pairs outbound connections will ask for.
@@ -111,6 +114,8 @@ impl TlsState {
 struct Inputs {
     trust: Option<Arc<Trust>>,
     cert: Option<Arc<CertifiedKey>>,
+    /// Ticket keys and client sessions, kept while the trust version stays the same.
+    sessions: Option<Sessions>,
     generation: u64,
 }
 
@@ -131,6 +136,7 @@ impl TlsStore {
             inputs: Mutex::new(Inputs {
                 trust: None,
                 cert: None,
+                sessions: None,
                 generation: 0,
             }),
         }
@@ -275,6 +281,16 @@ impl TlsStore {
         let resolver = Arc::new(SingleCertAndKey::from(cert.clone()));
         let versions = self.settings.policy.versions();
 
+        // Resumed sessions skip certificate checks: a new trust version gets new ticket keys and
+        // an empty client cache, so no session verified under the old roots survives.
+        let sessions = if self.settings.resumption {
+            if inputs.sessions.as_ref().map(|s| s.trust_version.as_str()) != Some(trust.version()) {
+                inputs.sessions = Some(Sessions::new(trust.version())?);
+            }
+            inputs.sessions.clone()
+        } else {
+            None
+        };
         let mut servers = Vec::with_capacity(self.settings.inbound.len());
         for inbound in &self.settings.inbound {
             let verifier = PeerClientVerifier::new(trust.clone(), inbound.allow.clone(), &self.provider)?;
@@ -283,10 +299,12 @@ impl TlsStore {
                 .with_client_cert_verifier(Arc::new(verifier))
                 .with_cert_resolver(resolver.clone());
             config.alpn_protocols = inbound.alpn.clone();
-            // Resumed sessions skip certificate checks, so a rotated-out signer would stay
-            // trusted; resumption stays off until tickets are tied to the trust version.
+            // Only stateless TLS 1.3 tickets, sealed with keys of this trust version.
             config.session_storage = Arc::new(NoServerSessionStorage {});
-            config.send_tls13_tickets = 0;
+            match &sessions {
+                Some(s) => config.ticketer = s.ticketer.clone(),
+                None => config.send_tls13_tickets = 0,
+            }
             servers.push(Arc::new(config));
         }
 
@@ -302,7 +320,10 @@ impl TlsStore {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_client_cert_resolver(resolver.clone());
-            config.resumption = Resumption::disabled();
+            config.resumption = match &sessions {
+                Some(s) => Resumption::store(s.client_cache.clone()),
+                None => Resumption::disabled(),
+            };
             if *alpn == ClientAlpn::Http {
                 config.alpn_protocols = super::policy::ALPN_HTTP.iter().map(|p| p.to_vec()).collect();
             }

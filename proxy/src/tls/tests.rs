@@ -338,3 +338,88 @@ fn a_trust_update_reports_whether_the_certificate_still_chains() {
         .unwrap();
     assert_eq!(identity.anchor_sha256, signet_certs::sha256_hex(&new_foo.roots()[0]));
 }
+
+/// One handshake plus a read (so the client receives the server's tickets); the server's view
+/// of whether it resumed.
+async fn handshake_kind(server: &TlsStore, client: &TlsStore) -> rustls::HandshakeKind {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let server_cfg = server.current().unwrap().server(0).unwrap();
+    let client_cfg = client.current().unwrap().client(&None, ClientAlpn::None).unwrap();
+    let server_side = async {
+        let mut tls = TlsAcceptor::from(server_cfg).accept(s).await.unwrap();
+        tls.write_all(b"ok").await.unwrap();
+        tls.flush().await.unwrap();
+        let kind = tls.get_ref().1.handshake_kind().unwrap();
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest).await;
+        kind
+    };
+    let client_side = async {
+        let name = ServerName::try_from("httpbin.foo").unwrap();
+        let mut tls = TlsConnector::from(client_cfg).connect(name, c).await.unwrap();
+        let mut buf = [0u8; 2];
+        tls.read_exact(&mut buf).await.unwrap();
+        tls.shutdown().await.unwrap();
+    };
+    tokio::join!(server_side, client_side).0
+}
+
+#[tokio::test]
+async fn sessions_resume_until_the_trust_changes_on_either_side() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let ca = ca();
+    let with = |mut t: TlsSettings| {
+        t.resumption = true;
+        t
+    };
+    let server = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        with(server_settings(AllowList::default())),
+    )
+    .unwrap();
+    let client = store(&ca, &ca.foo, &ca.foo, &id("foo", "curl"), with(client_settings(None))).unwrap();
+    assert_eq!(handshake_kind(&server, &client).await, Full);
+    assert_eq!(handshake_kind(&server, &client).await, Resumed);
+    // A renewed leaf under the same trust keeps sessions resumable.
+    let (chain, key) = material(&ca.foo, &id("foo", "httpbin"), IssueOptions::default());
+    server.set_certificate(chain, key, None).unwrap();
+    assert_eq!(handshake_kind(&server, &client).await, Resumed);
+
+    // Root change on the server: tickets sealed under the old trust are not accepted.
+    let new_foo = Signer::create(SignerName::with_default_domain("foo").unwrap(), DEFAULT_CA_VALIDITY).unwrap();
+    let both = TrustBundle::from_signers([
+        (ca.foo.name(), ca.foo.roots()),
+        (ca.foo.name(), new_foo.roots()),
+        (ca.bar.name(), ca.bar.roots()),
+    ])
+    .unwrap();
+    server
+        .set_trust(Trust::from_bundle(&both, ca.foo.name()).unwrap())
+        .unwrap();
+    assert_eq!(
+        handshake_kind(&server, &client).await,
+        Full,
+        "a session from before the root change"
+    );
+    assert_eq!(handshake_kind(&server, &client).await, Resumed);
+
+    // Root change on the client: it offers no session from before.
+    client
+        .set_trust(Trust::from_bundle(&both, ca.foo.name()).unwrap())
+        .unwrap();
+    assert_eq!(
+        handshake_kind(&server, &client).await,
+        Full,
+        "the client's cache was emptied"
+    );
+    assert_eq!(handshake_kind(&server, &client).await, Resumed);
+
+    // With resumption off, every handshake is full.
+    let plain = store(&ca, &ca.foo, &ca.foo, &id("foo", "curl"), client_settings(None)).unwrap();
+    assert_eq!(handshake_kind(&server, &plain).await, Full);
+    assert_eq!(handshake_kind(&server, &plain).await, Full);
+}
