@@ -44,6 +44,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve a small built-in httpbin (/html, /get, /headers, /status/CODE), the demo's app.
     Httpbin(HttpbinArgs),
+    /// Benchmarks: `signet bench handshake` loads a TLS server with full or resumed mTLS handshakes.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -120,6 +123,12 @@ pub struct CertShowArgs {
     pub bundle: Option<PathBuf>,
     #[command(flatten)]
     pub domain: DomainArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Connect, handshake (mTLS), optionally GET, close, as fast as the server allows; report rates and latency.
+    Handshake(crate::bench::HandshakeArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -28,6 +28,7 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Bundle(args) => bundle(args),
         Command::Ca(CaCommand::Serve(args)) => ca_serve(args),
         Command::Ca(CaCommand::Token(args)) => ca_token(args),
+        Command::Bench(crate::cli::BenchCommand::Handshake(args)) => crate::bench::run(args),
         Command::Proxy(args) => proxy(*args),
         Command::Demo(args) => crate::demo::run(args),
         Command::Httpbin(args) => {
@@ -233,7 +234,7 @@ pub(crate) fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime,
 }
 
 /// Turns proxy flags into a `ConfigFile` overlay.
-fn flags_overlay(args: &ProxyArgs) -> Result<ConfigFile, String> {
+fn flags_overlay(args: &ProxyArgs, file_authority: Option<&AuthorityFile>) -> Result<ConfigFile, String> {
     let split = |flag: &str, v: &str| -> Result<(String, String), String> {
         v.split_once('=')
             .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
@@ -246,18 +247,33 @@ fn flags_overlay(args: &ProxyArgs) -> Result<ConfigFile, String> {
         admin: args.admin.clone(),
         ..Default::default()
     };
-    let authority = match (&args.authority, &args.authority_ca) {
-        (Some(address), Some(ca_root)) => Some(AuthorityFile {
+    // Authority flags refine the config file's authority field by field; --authority starts one.
+    let refines = args.authority_ca.is_some() || args.token_file.is_some() || args.authority_server_name.is_some();
+    let authority = match (&args.authority, file_authority) {
+        (Some(address), base) => Some(AuthorityFile {
             address: address.clone(),
-            ca_root: ca_root.clone(),
-            server_name: args.authority_server_name.clone(),
-            token_file: args.token_file.clone(),
+            ca_root: args
+                .authority_ca
+                .clone()
+                .or(base.map(|b| b.ca_root.clone()))
+                .ok_or("--authority needs --authority-ca FILE (the root of the signer service's certificate)")?,
+            server_name: args
+                .authority_server_name
+                .clone()
+                .or(base.and_then(|b| b.server_name.clone())),
+            token_file: args.token_file.clone().or(base.and_then(|b| b.token_file.clone())),
         }),
-        (Some(_), None) => {
-            return Err("--authority needs --authority-ca FILE (the root of the signer service's certificate)".into());
-        }
-        (None, _) if args.authority_ca.is_some() || args.token_file.is_some() => {
-            return Err("--authority-ca and --token-file go with --authority ADDRESS".into());
+        (None, Some(base)) if refines => Some(AuthorityFile {
+            address: base.address.clone(),
+            ca_root: args.authority_ca.clone().unwrap_or_else(|| base.ca_root.clone()),
+            server_name: args.authority_server_name.clone().or(base.server_name.clone()),
+            token_file: args.token_file.clone().or(base.token_file.clone()),
+        }),
+        (None, None) if refines => {
+            return Err(
+                "--authority-ca, --token-file and --authority-server-name go with --authority ADDRESS (or identity.authority in the config file)"
+                    .into(),
+            );
         }
         (None, _) => None,
     };
@@ -352,10 +368,8 @@ fn proxy(args: ProxyArgs) -> Result<ExitCode, String> {
         Some(path) => ConfigFile::load(path).map_err(|e| e.to_string())?,
         None => ConfigFile::default(),
     };
-    let config = file
-        .overlay(flags_overlay(&args)?)
-        .resolve()
-        .map_err(|e| e.to_string())?;
+    let over = flags_overlay(&args, file.identity.as_ref().and_then(|i| i.authority.as_ref()))?;
+    let config = file.overlay(over).resolve().map_err(|e| e.to_string())?;
     let authority = authority_for(&config);
     let rt = runtime(args.workers)?;
     rt.block_on(async move {
@@ -455,7 +469,15 @@ fn ca_serve(args: CaServeArgs) -> Result<ExitCode, String> {
         server_name: args.server_name.clone(),
         serving_signer: SignerName::parse(&args.serving_signer, &domain)
             .map_err(|e| format!("--serving-signer: {e}"))?,
-        watch_interval: parse_duration(&args.watch_interval).map_err(|e| format!("--watch-interval: {e}"))?,
+        watch_interval: parse_duration(&args.watch_interval)
+            .map_err(|e| format!("--watch-interval: {e}"))
+            .and_then(|d| {
+                if d < signet_proxy::config::MIN_WATCH_INTERVAL {
+                    Err("--watch-interval: must be at least 50ms".to_string())
+                } else {
+                    Ok(d)
+                }
+            })?,
     };
     runtime(None)?.block_on(async move {
         let service = signet_ca::CaService::start(config).await?;

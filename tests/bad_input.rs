@@ -274,3 +274,30 @@ fn missing_provisioning_files_are_named_in_one_line() {
     let err = start_fails(&args);
     assert!(err.contains("--authority-ca"), "{err}");
 }
+
+#[test]
+fn flags_that_cannot_apply_are_refused_not_ignored() {
+    let mesh = Mesh::new(&["foo"]);
+    let certs = mesh.issue("foo", "a", &spiffe("foo", "a"), &[]);
+    let bundle = mesh.bundle();
+    let base = [
+        "--cert-dir",
+        certs.as_str(),
+        "--bundle",
+        bundle.as_str(),
+        "--inbound",
+        "127.0.0.1:0=127.0.0.1:9",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--id", "spiffe://cluster.local/ns/foo/sa/zzz"]);
+    assert!(start_fails(&args).contains("apply to provisioning (--authority)"));
+    let mut args = base.to_vec();
+    args.extend(["--token-file", "t"]);
+    assert!(start_fails(&args).contains("go with --authority"));
+    let mut args = base.to_vec();
+    args.extend(["--watch-interval", "0s"]);
+    assert!(start_fails(&args).contains("at least 50ms"));
+    let mut args = base.to_vec();
+    args.extend(["--protocol", "http", "--allow", "spiffe://cluster.local/ns/foo*"]);
+    assert!(start_fails(&args).contains("whole last path segment"));
+}

@@ -283,7 +283,7 @@ async fn accept_loop(
 /// Reloads on file changes, and renews the service certificate at half its life.
 async fn watch_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
     let mut watch = FileWatch::new(inner.config.sources.files());
-    let mut ticker = tokio::time::interval(inner.config.watch_interval);
+    let mut ticker = tokio::time::interval(inner.config.watch_interval.max(Duration::from_millis(50)));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -293,10 +293,25 @@ async fn watch_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
             let until = **inner.serving_until.load();
             until.duration_since(SystemTime::now()).unwrap_or_default() < Duration::from_secs(12 * 3600)
         };
-        if (watch.changed() || half_life_passed)
+        if watch.changed()
             && let Err(e) = inner.reload()
         {
             tracing::error!("reload failed, keeping the previous signers/bundle/policy/tokens: {e}");
+        }
+        // The service's own certificate renews from the signers already loaded, whatever state
+        // the files on disk are in.
+        if half_life_passed {
+            match serving_config(&inner.ra.inputs(), &inner.config) {
+                Ok((serving, until)) => {
+                    inner.serving.store(serving);
+                    inner.serving_until.store(Arc::new(until));
+                    tracing::info!(
+                        "renewed the service certificate (valid until {})",
+                        signet_certs::rfc3339(until)
+                    );
+                }
+                Err(e) => tracing::error!("renewing the service certificate failed: {e}"),
+            }
         }
     }
 }
@@ -305,7 +320,13 @@ async fn admin_loop(listener: TcpListener, inner: Arc<Inner>, shutdown: Cancella
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
         let inner = inner.clone();
         tracker.spawn(async move {

@@ -29,9 +29,13 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
         .unwrap_or_default();
     // The temporary name is unique per process so concurrent writers cannot clobber each other;
     // rename() then replaces the target in one step, so readers see the old or the new file.
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    // A fresh random name, created exclusively: never an existing file or a planted symlink.
+    let mut nonce = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| Error::io(path, std::io::Error::other("no randomness")))?;
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{file_name}.{nonce}.tmp"));
     let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -41,7 +45,7 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
         let mut file = options.open(&tmp)?;
         #[cfg(unix)]
         {
-            // The mode given to open() is filtered by the umask and ignored for an existing file.
+            // The mode given to open() is filtered by the umask.
             use std::os::unix::fs::PermissionsExt;
             file.set_permissions(fs::Permissions::from_mode(mode))?;
         }

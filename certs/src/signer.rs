@@ -96,8 +96,8 @@ impl Signer {
             KeyUsagePurpose::DigitalSignature,
         ];
         let now = SystemTime::now();
-        params.not_before = to_time(now - clock_skew(validity));
-        params.not_after = to_time(now + validity);
+        params.not_before = to_time(now, Duration::ZERO, clock_skew(validity))?;
+        params.not_after = to_time(now, validity, Duration::ZERO)?;
         params.serial_number = Some(random_serial());
         let cert = params
             .self_signed(&key)
@@ -229,8 +229,8 @@ impl Signer {
         let start = SystemTime::now()
             .checked_sub(options.backdate)
             .ok_or_else(|| Error::Request("backdate too large".into()))?;
-        params.not_before = to_time(start - clock_skew(options.ttl));
-        params.not_after = to_time(start + options.ttl);
+        params.not_before = to_time(start, Duration::ZERO, clock_skew(options.ttl))?;
+        params.not_after = to_time(start, options.ttl, Duration::ZERO)?;
         let leaf = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(Error::crypto("signing the certificate"))?;
@@ -253,8 +253,23 @@ impl std::fmt::Debug for Signer {
     }
 }
 
-fn to_time(t: SystemTime) -> OffsetDateTime {
-    OffsetDateTime::from(t)
+/// `base ± offset` as an X.509 time; errors (never panics) beyond what a certificate can carry.
+fn to_time(base: SystemTime, plus: Duration, minus: Duration) -> Result<OffsetDateTime, Error> {
+    let too_far = || Error::Request("the validity is too long or too far in the past for a certificate".into());
+    let t = base
+        .checked_add(plus)
+        .and_then(|t| t.checked_sub(minus))
+        .ok_or_else(too_far)?;
+    let secs = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).map_err(|_| too_far())?,
+        Err(e) => -i64::try_from(e.duration().as_secs()).map_err(|_| too_far())?,
+    };
+    let time = OffsetDateTime::from_unix_timestamp(secs).map_err(|_| too_far())?;
+    // X.509 GeneralizedTime stops at 9999.
+    if time.year() > 9999 {
+        return Err(too_far());
+    }
+    Ok(time)
 }
 
 /// 128 random bits, positive and without a leading zero byte (RFC 5280 §4.1.2.2).
@@ -395,6 +410,23 @@ mod tests {
         std::fs::copy(other.path().join("tls.key"), dir.path().join("tls.key")).unwrap();
         let e = Signer::load_dir(dir.path(), SignerName::with_default_domain("foo").unwrap()).unwrap_err();
         assert!(e.to_string().contains("does not belong"), "{e}");
+    }
+
+    #[test]
+    fn absurd_lifetimes_are_errors_not_panics() {
+        let name = SignerName::with_default_domain("foo").unwrap();
+        let e = Signer::create(name, Duration::from_secs(4_000_000 * 86_400)).unwrap_err();
+        assert!(e.to_string().contains("too long"), "{e}");
+        let key = WorkloadKey::generate().unwrap();
+        let options = IssueOptions {
+            ttl: Duration::from_secs(u64::MAX / 2),
+            backdate: Duration::ZERO,
+        };
+        assert!(
+            signer("foo")
+                .sign(&key.request(&id(), &[]).unwrap().pem, &options)
+                .is_err()
+        );
     }
 
     #[test]

@@ -13,6 +13,9 @@ use signet_certs::{DEFAULT_SIGNER_DOMAIN, SignerName, SpiffeId, files, parse_dur
 use crate::services::{Service, ServiceTable};
 use crate::tls::{AllowList, MinVersion, Policy};
 
+/// Files are hashed this often at most.
+pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(50);
+
 /// A configuration problem, reported in one line: where, what, and how to fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}: {problem}")]
@@ -327,6 +330,12 @@ impl ConfigFile {
                 renew_at,
             })
         } else {
+            if id.spiffe_id.is_some() || !id.dns.is_empty() || id.ttl.is_some() || id.renew_at.is_some() {
+                return Err(ConfigError::new(
+                    "identity",
+                    "--id, --dns, --ttl and --renew-at apply to provisioning (--authority); with certificate files the identity is the certificate's",
+                ));
+            }
             let dir = id.cert_dir.clone();
             let pick = |explicit: Option<PathBuf>, file: &str| explicit.or_else(|| dir.as_ref().map(|d| d.join(file)));
             let files = IdentityFiles {
@@ -373,6 +382,14 @@ impl ConfigFile {
                 .allow
                 .iter()
                 .map(|a| {
+                    if a.ends_with('*') && !a.ends_with("/*") {
+                        return Err(signet_certs::Error::SpiffeId {
+                            input: a.clone(),
+                            reason:
+                                "a wildcard must be a whole last path segment, e.g. spiffe://cluster.local/ns/foo/*"
+                                    .into(),
+                        });
+                    }
                     let id = a
                         .strip_suffix('*')
                         .map(|p| format!("{p}x"))
@@ -443,6 +460,9 @@ impl ConfigFile {
             .map(|w| parse_duration(&w).map_err(|e| ConfigError::new("watchInterval", e.to_string())))
             .transpose()?
             .unwrap_or(Duration::from_secs(1));
+        if watch_interval < MIN_WATCH_INTERVAL {
+            return Err(ConfigError::new("watchInterval", "must be at least 50ms"));
+        }
         Ok(Config {
             signer,
             signer_domain: domain,

@@ -31,6 +31,7 @@ pub(crate) struct Inbound {
     listen: SocketAddr,
     app: String,
     protocol: Protocol,
+    allow: crate::tls::AllowList,
     xfcc: XfccMode,
     shared: Arc<Shared>,
     app_client: Client<HttpConnector, Incoming>,
@@ -55,6 +56,7 @@ impl Inbound {
             listen,
             app: config.app.clone(),
             protocol: config.protocol,
+            allow: config.allow.clone(),
             xfcc,
             shared,
             app_client,
@@ -119,6 +121,13 @@ impl Inbound {
             }
         };
         let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        if resumed {
+            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            if let Err(e) = crate::tls::recheck_resumed(leaf, Some(&self.allow), None) {
+                self.reject(peer, e);
+                return;
+            }
+        }
         metrics.handshake_ok(Direction::Inbound, resumed);
         let peer_cert = tls
             .get_ref()

@@ -125,8 +125,20 @@ pub(crate) async fn connect_peer(
     let error = match result {
         Ok(Ok(tls)) => {
             let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-            metrics.handshake_ok(Direction::Outbound, resumed);
-            return Ok(tls);
+            let recheck = match resumed {
+                true => {
+                    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                    crate::tls::recheck_resumed(leaf, None, service.identity.as_ref()).err()
+                }
+                false => None,
+            };
+            match recheck {
+                None => {
+                    metrics.handshake_ok(Direction::Outbound, resumed);
+                    return Ok(tls);
+                }
+                Some(e) => e,
+            }
         }
         Ok(Err(e)) => diagnose::classify(&e, note, state.identity.signer.as_str()),
         Err(_) => HandshakeError::new(
@@ -244,6 +256,10 @@ impl HttpOutbound {
         strip_hop_by_hop(&mut parts.headers);
         // The app cannot vouch for anyone: identities are added by the receiving sidecar only.
         parts.headers.remove(xfcc::HEADER);
+        // The Host the peer sees is the service this request was routed (and verified) to.
+        if let Ok(host) = http::HeaderValue::from_str(&service.name) {
+            parts.headers.insert(HOST, host);
+        }
         match self.client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => {
                 self.shared

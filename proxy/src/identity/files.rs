@@ -40,7 +40,7 @@ pub(super) async fn watch(ctx: Arc<IdentityCtx>) {
     paths.extend(files.ca.iter().cloned());
     paths.extend(ctx.config.trust_bundle.iter().cloned());
     let mut watch = FileWatch::new(paths);
-    let mut ticker = tokio::time::interval(ctx.config.watch_interval);
+    let mut ticker = tokio::time::interval(ctx.config.watch_interval.max(crate::config::MIN_WATCH_INTERVAL));
     loop {
         let forced = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,

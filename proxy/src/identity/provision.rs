@@ -40,10 +40,26 @@ fn backoff(failures: u32) -> Duration {
 }
 
 /// When to renew: `renew_at` of the way from notBefore to notAfter, ±1 % of the lifetime.
+/// When to renew: `renew_at` of the way from notBefore to notAfter, ±1 % of the lifetime, but
+/// never sooner than 1 s and 5 % of the remaining life from now (a signer that backdates
+/// notBefore, or skewed clocks, must not turn renewal into a tight loop).
 fn renewal_time(id: &IdentityInfo, renew_at: f64) -> SystemTime {
     let life = id.not_after.duration_since(id.not_before).unwrap_or_default();
     let fraction = (renew_at + 0.01 * jitter_unit()).clamp(0.05, 0.95);
-    id.not_before + life.mul_f64(fraction)
+    let planned = id.not_before + life.mul_f64(fraction);
+    let now = SystemTime::now();
+    let floor = now + until(id.not_after).mul_f64(0.05).max(Duration::from_secs(1));
+    if planned < floor {
+        tracing::warn!(
+            "the renewal time for {} is already past (notBefore {}, lifetime {}); renewing in {} instead",
+            id.id,
+            rfc3339(id.not_before),
+            signet_certs::format_duration(life),
+            signet_certs::format_duration(until(floor))
+        );
+        return floor;
+    }
+    planned
 }
 
 fn until(t: SystemTime) -> Duration {
@@ -54,7 +70,7 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: AuthorityIdentity, auth
     let source = authority.describe();
     tracing::info!("requesting a certificate for {} from {source}", settings.id);
     let mut bundle_watch = FileWatch::new(ctx.config.trust_bundle.iter().cloned().collect());
-    let mut ticker = tokio::time::interval(ctx.config.watch_interval);
+    let mut ticker = tokio::time::interval(ctx.config.watch_interval.max(crate::config::MIN_WATCH_INTERVAL));
     let mut failures = 0u32;
     let mut issued_once = false;
     let mut last_error = String::new();

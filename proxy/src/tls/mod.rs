@@ -10,7 +10,7 @@ pub mod verify;
 pub use diagnose::{HandshakeError, Reason};
 pub use policy::{MinVersion, Policy};
 pub use store::{ClientAlpn, Credentials, IdentityInfo, InboundTls, TlsSettings, TlsState, TlsStore, TrustUpdate};
-pub use verify::{AllowList, Trust, signer_of_chain};
+pub use verify::{AllowList, Trust, recheck_resumed, signer_of_chain};
 
 /// Why a certificate or trust update was refused; the old configuration stays in place.
 #[derive(Debug, thiserror::Error)]

@@ -2,9 +2,11 @@
 //! session must never outlive the trust it was verified under. Each trust version (any change of
 //! roots or signer mapping) gets fresh ticket keys on the server and a fresh session cache on
 //! the client: earlier tickets can no longer be decrypted, and no earlier session is offered.
-//! Tickets also carry their issue time and are refused after `MAX_TICKET_AGE`, which rustls does
-//! not enforce itself for TLS 1.3, so a peer whose certificate has since expired cannot keep
-//! resuming.
+//! Tickets also carry their issue time and are refused after `MAX_TICKET_AGE` (rustls does not
+//! enforce ticket age itself in TLS 1.3). Because rustls re-issues tickets on resumed sessions,
+//! which carry the original peer certificate forward, the accept and connect paths re-check the
+//! peer's leaf (validity, allow-list) after every resumed handshake; each listener has its own
+//! ticket keys.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,18 +21,25 @@ pub const MAX_TICKET_AGE: Duration = Duration::from_secs(3600);
 #[derive(Clone, Debug)]
 pub(crate) struct Sessions {
     pub trust_version: String,
-    pub ticketer: Arc<dyn ProducesTickets>,
+    /// One ticketer per inbound listener: a session made on one listener (say, without an
+    /// allow-list) cannot be resumed on another.
+    pub ticketers: Vec<Arc<dyn ProducesTickets>>,
     pub client_cache: Arc<dyn ClientSessionStore>,
 }
 
 impl Sessions {
-    pub fn new(trust_version: &str) -> Result<Self, rustls::Error> {
+    pub fn new(trust_version: &str, listeners: usize) -> Result<Self, rustls::Error> {
+        let ticketers = (0..listeners)
+            .map(|_| {
+                Ok(Arc::new(AgedTicketer {
+                    inner: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+                    max_age: MAX_TICKET_AGE,
+                }) as Arc<dyn ProducesTickets>)
+            })
+            .collect::<Result<Vec<_>, rustls::Error>>()?;
         Ok(Sessions {
             trust_version: trust_version.to_string(),
-            ticketer: Arc::new(AgedTicketer {
-                inner: rustls::crypto::aws_lc_rs::Ticketer::new()?,
-                max_age: MAX_TICKET_AGE,
-            }),
+            ticketers,
             client_cache: Arc::new(ClientSessionMemoryCache::new(1024)),
         })
     }
@@ -95,7 +104,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         assert!(old.decrypt(&c).is_none());
         // Another trust version's keys cannot read it at all.
-        let other = Sessions::new("v2").unwrap();
-        assert!(other.ticketer.decrypt(&c).is_none());
+        let other = Sessions::new("v2", 1).unwrap();
+        assert!(other.ticketers[0].decrypt(&c).is_none());
     }
 }

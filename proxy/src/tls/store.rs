@@ -179,6 +179,9 @@ impl TlsStore {
             .ok_or_else(|| TlsError::Certificate("the certificate file holds no certificate".into()))?;
         let info = CertInfo::parse(leaf).map_err(|e| TlsError::Certificate(e.to_string()))?;
         let id = info.spiffe_id().map_err(|e| TlsError::Certificate(e.to_string()))?;
+        trust
+            .check_trust_domain(&id)
+            .map_err(|e| TlsError::Certificate(format!("the certificate is not usable: {}", e.detail)))?;
         let now = SystemTime::now();
         if now > info.not_after {
             return Err(TlsError::Certificate(format!(
@@ -285,7 +288,7 @@ impl TlsStore {
         // an empty client cache, so no session verified under the old roots survives.
         let sessions = if self.settings.resumption {
             if inputs.sessions.as_ref().map(|s| s.trust_version.as_str()) != Some(trust.version()) {
-                inputs.sessions = Some(Sessions::new(trust.version())?);
+                inputs.sessions = Some(Sessions::new(trust.version(), self.settings.inbound.len())?);
             }
             inputs.sessions.clone()
         } else {
@@ -301,8 +304,8 @@ impl TlsStore {
             config.alpn_protocols = inbound.alpn.clone();
             // Only stateless TLS 1.3 tickets, sealed with keys of this trust version.
             config.session_storage = Arc::new(NoServerSessionStorage {});
-            match &sessions {
-                Some(s) => config.ticketer = s.ticketer.clone(),
+            match sessions.as_ref().and_then(|s| s.ticketers.get(servers.len())) {
+                Some(ticketer) => config.ticketer = ticketer.clone(),
                 None => config.send_tls13_tickets = 0,
             }
             servers.push(Arc::new(config));

@@ -423,3 +423,69 @@ async fn sessions_resume_until_the_trust_changes_on_either_side() {
     assert_eq!(handshake_kind(&server, &plain).await, Full);
     assert_eq!(handshake_kind(&server, &plain).await, Full);
 }
+
+#[tokio::test]
+async fn a_session_from_one_listener_is_not_resumed_on_another() {
+    use rustls::HandshakeKind::Full;
+    let ca = ca();
+    let settings = TlsSettings {
+        resumption: true,
+        inbound: vec![
+            InboundTls {
+                alpn: Vec::new(),
+                allow: AllowList::default(),
+            },
+            InboundTls {
+                alpn: Vec::new(),
+                allow: AllowList::new(vec![id("foo", "curl").to_string()]),
+            },
+        ],
+        ..Default::default()
+    };
+    let server = store(&ca, &ca.foo, &ca.foo, &id("foo", "httpbin"), settings).unwrap();
+    let mut client_settings = client_settings(None);
+    client_settings.resumption = true;
+    let sleeper = store(&ca, &ca.foo, &ca.foo, &id("foo", "sleep"), client_settings).unwrap();
+    // A session on the open listener 0 ...
+    assert_eq!(handshake_kind(&server, &sleeper).await, Full);
+    // ... is no ticket into listener 1, whose allow-list refuses this identity.
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let cfg = server.current().unwrap().server(1).unwrap();
+    let client_cfg = sleeper.current().unwrap().client(&None, ClientAlpn::None).unwrap();
+    let (server_side, _) = tokio::join!(
+        async { diagnose::capture(TlsAcceptor::from(cfg).accept(s)).await },
+        async {
+            let name = ServerName::try_from("httpbin.foo").unwrap();
+            let _ = TlsConnector::from(client_cfg).connect(name, c).await;
+        }
+    );
+    let (result, note) = server_side;
+    assert!(
+        result.is_err(),
+        "the allow-list applies: no resumption across listeners"
+    );
+    assert_eq!(note.unwrap().reason, Reason::NotAllowed);
+}
+
+#[test]
+fn trust_domains_in_the_bundle_are_enforced() {
+    let ca = ca();
+    let mut entries = ca.bundle.entries().to_vec();
+    for e in &mut entries {
+        e.trust_domains = vec!["foo.tenants".into()];
+    }
+    let bundle = TrustBundle::new(entries).unwrap();
+    let trust = Trust::from_bundle(&bundle, ca.foo.name()).unwrap();
+    assert!(
+        trust
+            .check_trust_domain(&"spiffe://foo.tenants/ns/a/sa/b".parse().unwrap())
+            .is_ok()
+    );
+    let e = trust.check_trust_domain(&id("foo", "curl")).unwrap_err();
+    assert!(e.detail.contains("trusted only for foo.tenants"), "{}", e.detail);
+    // Our own certificate must fit too.
+    let store = TlsStore::new(server_settings(AllowList::default()));
+    let (chain, key) = material(&ca.foo, &id("foo", "httpbin"), IssueOptions::default());
+    let e = store.set_certificate(chain, key, Some(trust)).unwrap_err().to_string();
+    assert!(e.contains("cluster.local"), "{e}");
+}

@@ -28,6 +28,8 @@ pub struct Trust {
     root_certs: Vec<CertificateDer<'static>>,
     others: Vec<(SignerName, Vec<TrustAnchor<'static>>)>,
     version: String,
+    /// The bundle's `trustDomains` for this signer; `None` when an entry leaves them open.
+    trust_domains: Option<Vec<String>>,
 }
 
 impl Trust {
@@ -53,7 +55,31 @@ impl Trust {
                 .collect();
             others.push((name.clone(), anchors));
         }
-        Self::build(signer.clone(), own, others, bundle.version())
+        let entries: Vec<_> = bundle.entries().iter().filter(|e| e.signers.contains(signer)).collect();
+        let trust_domains = if entries.iter().all(|e| !e.trust_domains.is_empty()) {
+            Some(entries.iter().flat_map(|e| e.trust_domains.iter().cloned()).collect())
+        } else {
+            None
+        };
+        let mut trust = Self::build(signer.clone(), own, others, bundle.version())?;
+        trust.trust_domains = trust_domains;
+        Ok(trust)
+    }
+
+    /// Refuses a peer whose trust domain is not among the signer's `trustDomains` (if set).
+    pub fn check_trust_domain(&self, id: &SpiffeId) -> Result<(), HandshakeError> {
+        match &self.trust_domains {
+            Some(tds) if !tds.iter().any(|td| td == id.trust_domain()) => Err(HandshakeError::new(
+                Reason::WrongIdentity,
+                format!(
+                    "{id} is in trust domain {}, but signer {} is trusted only for {}",
+                    id.trust_domain(),
+                    self.signer,
+                    tds.join(", ")
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Trust exactly `roots` for `signer`, with no other signer known (no bundle configured).
@@ -81,6 +107,7 @@ impl Trust {
             root_certs,
             others,
             version,
+            trust_domains: None,
         })
     }
 
@@ -163,7 +190,8 @@ impl Trust {
     }
 }
 
-/// Inbound allow-list of peer SPIFFE IDs; an entry ending in `/*` matches a path prefix.
+/// Inbound allow-list of peer SPIFFE IDs; an entry ending in `/*` matches every ID below that
+/// path (`spiffe://td/ns/foo/*` matches `.../ns/foo/sa/x`, not `.../ns/foobar/...`).
 #[derive(Clone, Debug, Default)]
 pub struct AllowList(Vec<String>);
 
@@ -239,6 +267,10 @@ impl ServerCertVerifier for PeerServerVerifier {
         let id = peer_id(end_entity)
             .inspect_err(|e| diagnose::note(e.clone()))
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+        if let Err(e) = self.trust.check_trust_domain(&id) {
+            diagnose::note(e);
+            return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
+        }
         if let Some(expected) = self.expected.as_ref().filter(|e| **e != id) {
             diagnose::note(HandshakeError::new(
                 Reason::WrongIdentity,
@@ -331,6 +363,12 @@ impl ClientCertVerifier for PeerClientVerifier {
         let id = peer_id(end_entity)
             .inspect_err(|e| diagnose::note(e.clone()))
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if let Err(e) = self.trust.check_trust_domain(&id) {
+            diagnose::note(e);
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
         if !self.allow.allows(&id) {
             diagnose::note(HandshakeError::new(
                 Reason::NotAllowed,
@@ -397,4 +435,53 @@ pub fn signer_of_chain(
         (Some(one), None) => Some(one.clone()),
         _ => None,
     }
+}
+
+/// After a resumed handshake, which skips certificate verification, re-checks what can change
+/// while a session lives: the validity of the peer's leaf (carried over from the original
+/// handshake) and, inbound, this listener's allow-list; outbound, the expected identity.
+pub fn recheck_resumed(
+    leaf: Option<&CertificateDer<'_>>,
+    allow: Option<&AllowList>,
+    expected: Option<&SpiffeId>,
+) -> Result<SpiffeId, HandshakeError> {
+    let leaf = leaf.ok_or_else(|| {
+        HandshakeError::new(
+            Reason::BadCertificate,
+            "the resumed session carries no peer certificate",
+        )
+    })?;
+    let info = CertInfo::parse(leaf).map_err(|e| HandshakeError::new(Reason::BadCertificate, e.to_string()))?;
+    let now = std::time::SystemTime::now();
+    if now > info.not_after {
+        return Err(HandshakeError::new(
+            Reason::Expired,
+            format!(
+                "the resumed session's peer certificate expired at {}",
+                signet_certs::rfc3339(info.not_after)
+            ),
+        ));
+    }
+    if now < info.not_before {
+        return Err(HandshakeError::new(
+            Reason::NotYetValid,
+            "the resumed session's peer certificate is not valid yet",
+        ));
+    }
+    let id = info
+        .spiffe_id()
+        .map_err(|e| HandshakeError::new(Reason::BadCertificate, e.to_string()))?;
+    if allow.is_some_and(|a| !a.allows(&id)) {
+        return Err(HandshakeError::new(
+            Reason::NotAllowed,
+            format!("peer {id} (resumed session) is not on this listener's allow-list"),
+        ));
+    }
+    if let Some(expected) = expected.filter(|e| **e != id) {
+        return Err(HandshakeError::new(
+            Reason::WrongIdentity,
+            format!("the resumed session is with {id}, but this service should be {expected}"),
+        ));
+    }
+    Ok(id)
 }

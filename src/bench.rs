@@ -1,0 +1,414 @@
+//! `signet bench handshake`: a load generator for mTLS handshake throughput. Each connection is
+//! TCP connect, a full (or resumed) TLS handshake, an optional GET, and close; it reports
+//! handshakes per second, latency percentiles and failures by kind.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind};
+use serde_json::json;
+use signet_certs::{IssueOptions, Signer, SpiffeId, WorkloadKey, parse_key, read_certs, read_key};
+use signet_proxy::tls::verify::PeerServerVerifier;
+use signet_proxy::tls::{Policy, Trust};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+#[derive(Args, Debug)]
+pub struct HandshakeArgs {
+    /// The TLS server to load, host:port.
+    #[arg(long)]
+    pub target: String,
+    /// Server name to send (SNI) and, for plain TLS peers, the name in their certificate.
+    #[arg(long, default_value = "localhost")]
+    pub sni: String,
+    /// Client certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Roots the server's chain must anchor to (default: the --signer's ca.crt).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Mint a client identity from this signer directory instead of --cert/--key.
+    #[arg(long, value_name = "DIR", conflicts_with = "cert")]
+    pub signer: Option<PathBuf>,
+    /// SPIFFE ID of the minted client identity.
+    #[arg(long, default_value = "spiffe://cluster.local/ns/bench/sa/client")]
+    pub id: String,
+    /// Require the server to present this SPIFFE ID.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub expect_id: Option<String>,
+    /// Connections in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// How long to measure.
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Load before measuring, not counted.
+    #[arg(long, default_value = "2s")]
+    pub warmup: String,
+    /// Resume TLS 1.3 sessions (tickets) instead of full handshakes.
+    #[arg(long)]
+    pub resume: bool,
+    /// After the handshake, send one GET for PATH (HTTP/1.1, Connection: close).
+    #[arg(long, value_name = "PATH")]
+    pub http_get: Option<String>,
+    /// Print one JSON object instead of text (no progress line).
+    #[arg(long)]
+    pub json: bool,
+    /// Client threads (default 1: keep the load generator on one core).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+}
+
+#[derive(Default)]
+struct Stats {
+    ok: AtomicU64,
+    resumed: AtomicU64,
+    failed: AtomicU64,
+    failures: Mutex<BTreeMap<String, u64>>,
+    statuses: Mutex<BTreeMap<u16, u64>>,
+    /// Handshake latencies, microseconds.
+    latencies: Mutex<Vec<u32>>,
+}
+
+impl Stats {
+    fn fail(&self, kind: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
+}
+
+fn client_identity(
+    args: &HandshakeArgs,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        Vec<CertificateDer<'static>>,
+    ),
+    String,
+> {
+    if let Some(dir) = &args.signer {
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .ok_or_else(|| format!("--signer {}: not a directory", dir.display()))?;
+        let signer_name = signet_certs::SignerName::with_default_domain(&name).map_err(|e| e.to_string())?;
+        let signer = Signer::load_dir(dir, signer_name).map_err(|e| e.to_string())?;
+        let id: SpiffeId = args.id.parse().map_err(|e| format!("--id: {e}"))?;
+        let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
+        let issued = signer
+            .sign(
+                &key.request(&id, &[]).map_err(|e| e.to_string())?.pem,
+                &IssueOptions::default(),
+            )
+            .map_err(|e| e.to_string())?;
+        let roots = match &args.ca {
+            Some(ca) => read_certs(ca).map_err(|e| e.to_string())?,
+            None => issued.roots.clone(),
+        };
+        let key = parse_key(key.to_pem().as_bytes(), "minted key").map_err(|e| e.to_string())?;
+        return Ok((issued.chain, key, roots));
+    }
+    let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
+        return Err("give --cert and --key, or --signer DIR to mint a client identity".into());
+    };
+    let ca = args.ca.as_ref().ok_or("--ca FILE is needed to verify the server")?;
+    Ok((
+        read_certs(cert).map_err(|e| e.to_string())?,
+        read_key(key).map_err(|e| e.to_string())?,
+        read_certs(ca).map_err(|e| e.to_string())?,
+    ))
+}
+
+fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, String> {
+    let (chain, key, roots) = client_identity(args)?;
+    let policy = Policy {
+        min_version: signet_proxy::tls::MinVersion::Tls12,
+        post_quantum: false,
+    };
+    let provider = policy.provider();
+    let signer = signet_certs::SignerName::with_default_domain("bench-target").map_err(|e| e.to_string())?;
+    let trust = Arc::new(Trust::from_roots(signer, roots).map_err(|e| e.to_string())?);
+    let expected = args
+        .expect_id
+        .as_deref()
+        .map(|s| s.parse::<SpiffeId>())
+        .transpose()
+        .map_err(|e| format!("--expect-id: {e}"))?;
+    let verifier = PeerServerVerifier::new(trust, expected, provider.signature_verification_algorithms);
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(policy.versions())
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("client certificate: {e}"))?;
+    config.resumption = if args.resume {
+        rustls::client::Resumption::in_memory_sessions(4096)
+    } else {
+        rustls::client::Resumption::disabled()
+    };
+    if args.http_get.is_some() {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    Ok(Arc::new(config))
+}
+
+/// A short name for why a handshake failed.
+fn failure_kind(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+            "handshake: unknown CA".into()
+        }
+        Some(rustls::Error::InvalidCertificate(_)) => "handshake: bad certificate".into(),
+        Some(rustls::Error::AlertReceived(a)) => format!("handshake: alert {a:?}"),
+        Some(other) => format!("handshake: {other}"),
+        None => format!("handshake: {:?}", e.kind()),
+    }
+}
+
+async fn one(
+    target: &str,
+    sni: &ServerName<'static>,
+    tls: &TlsConnector,
+    get: Option<&str>,
+    stats: &Stats,
+    record: bool,
+) {
+    let start = Instant::now();
+    let tcp = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return stats.fail(format!("connect: {:?}", e.kind())),
+        Err(_) => return stats.fail("connect: timeout".into()),
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut conn = match tokio::time::timeout(Duration::from_secs(5), tls.connect(sni.clone(), tcp)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return stats.fail(failure_kind(&e)),
+        Err(_) => return stats.fail("handshake: timeout".into()),
+    };
+    let handshake = start.elapsed();
+    let resumed = conn.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+    // TLS 1.3: a server refusing our certificate says so only after our Finished; reading tells.
+    let outcome = async {
+        if let Some(path) = get {
+            let host = match sni {
+                ServerName::DnsName(d) => d.as_ref().to_string(),
+                other => format!("{other:?}"),
+            };
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            conn.write_all(req.as_bytes()).await?;
+            let mut reply = Vec::new();
+            conn.read_to_end(&mut reply).await?;
+            Ok::<Option<u16>, std::io::Error>(Some(
+                std::str::from_utf8(reply.get(9..12).unwrap_or_default())
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            ))
+        } else {
+            conn.shutdown().await?;
+            let mut rest = Vec::new();
+            conn.read_to_end(&mut rest).await?;
+            Ok(None)
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), outcome).await {
+        Ok(Ok(status)) => {
+            if !record {
+                return;
+            }
+            if let Some(code) = status {
+                *stats
+                    .statuses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(code)
+                    .or_default() += 1;
+                if !(200..300).contains(&code) {
+                    return stats.fail(format!("http: status {code}"));
+                }
+            }
+            stats.ok.fetch_add(1, Ordering::Relaxed);
+            if resumed {
+                stats.resumed.fetch_add(1, Ordering::Relaxed);
+            }
+            stats
+                .latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(handshake.as_micros().min(u32::MAX as u128) as u32);
+        }
+        Ok(Err(e)) if e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).is_some() => stats.fail(format!(
+            "after handshake: {}",
+            failure_kind(&e).trim_start_matches("handshake: ")
+        )),
+        // Peers that reset instead of closing cleanly (common after close_notify) still count.
+        Ok(Err(e))
+            if get.is_none()
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ) =>
+        {
+            if record {
+                stats.ok.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .latencies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(handshake.as_micros() as u32);
+            }
+        }
+        Ok(Err(e)) => stats.fail(format!("io: {:?}", e.kind())),
+        Err(_) => stats.fail("io: timeout".into()),
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+pub fn run(args: HandshakeArgs) -> Result<ExitCode, String> {
+    let duration = signet_certs::parse_duration(&args.duration).map_err(|e| format!("--duration: {e}"))?;
+    let warmup = signet_certs::parse_duration(&args.warmup).map_err(|e| format!("--warmup: {e}"))?;
+    if args.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    let sni =
+        ServerName::try_from(args.sni.clone()).map_err(|_| format!("--sni {:?}: not a DNS name or IP", args.sni))?;
+    let connector = TlsConnector::from(client_config(&args)?);
+    let rt = crate::commands::runtime(Some(args.workers.max(1)))?;
+    let stats = Arc::new(Stats::default());
+    let progress = !args.json && std::io::stderr().is_terminal();
+    let target: Arc<str> = Arc::from(args.target.as_str());
+    let get: Option<Arc<str>> = args.http_get.as_deref().map(Arc::from);
+    let elapsed = rt.block_on(async {
+        let recording = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency {
+            let (target, sni, tls, get) = (target.clone(), sni.clone(), connector.clone(), get.clone());
+            let (stats, recording, stop) = (stats.clone(), recording.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    one(
+                        &target,
+                        &sni,
+                        &tls,
+                        get.as_deref(),
+                        &stats,
+                        recording.load(Ordering::Relaxed),
+                    )
+                    .await;
+                }
+            }));
+        }
+        tokio::time::sleep(warmup).await;
+        // Failures during warmup are not part of the result.
+        stats.failed.store(0, Ordering::Relaxed);
+        stats.failures.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        stats.statuses.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        recording.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            tokio::time::sleep(Duration::from_millis(500).min(duration.saturating_sub(start.elapsed()))).await;
+            if progress {
+                let secs = start.elapsed().as_secs_f64();
+                eprint!(
+                    "\r\x1b[2K  {secs:5.1}s  {:>9.1} handshakes/s  {} failed",
+                    stats.ok.load(Ordering::Relaxed) as f64 / secs.max(0.001),
+                    stats.failed.load(Ordering::Relaxed)
+                );
+            }
+        }
+        recording.store(false, Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+        if progress {
+            eprint!("\r\x1b[2K");
+        }
+        elapsed
+    });
+
+    let mut lat = std::mem::take(&mut *stats.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    lat.sort_unstable();
+    let ok = stats.ok.load(Ordering::Relaxed);
+    let rate = ok as f64 / elapsed.as_secs_f64();
+    let failures = stats.failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let statuses = stats.statuses.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (p50, p90, p99, max) = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0),
+    );
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "target": args.target,
+                "concurrency": args.concurrency,
+                "duration_s": elapsed.as_secs_f64(),
+                "resume": args.resume,
+                "http_get": args.http_get,
+                "handshakes": ok,
+                "handshakes_per_s": rate,
+                "resumed": stats.resumed.load(Ordering::Relaxed),
+                "latency_ms": { "p50": p50, "p90": p90, "p99": p99, "max": max },
+                "failed": stats.failed.load(Ordering::Relaxed),
+                "failures": failures,
+                "http_status": statuses.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+            })
+        );
+    } else {
+        let mode = if args.resume { "resumed" } else { "full" };
+        println!(
+            "target {}  concurrency {}  {:.1} s  ({mode} handshakes{})",
+            args.target,
+            args.concurrency,
+            elapsed.as_secs_f64(),
+            args.http_get
+                .as_deref()
+                .map(|p| format!(" + GET {p}"))
+                .unwrap_or_default()
+        );
+        println!(
+            "handshakes   {ok} ok, {rate:.1}/s, {} resumed",
+            stats.resumed.load(Ordering::Relaxed)
+        );
+        println!("latency      p50 {p50:.2} ms   p90 {p90:.2} ms   p99 {p99:.2} ms   max {max:.2} ms");
+        if failures.is_empty() {
+            println!("failures     none");
+        } else {
+            for (kind, n) in &failures {
+                println!("failures     {n} × {kind}");
+            }
+        }
+    }
+    Ok(if ok == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
