@@ -152,7 +152,8 @@ fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, String> {
         .map(|s| s.parse::<SpiffeId>())
         .transpose()
         .map_err(|e| format!("--expect-id: {e}"))?;
-    let verifier = PeerServerVerifier::new(trust, expected, provider.signature_verification_algorithms);
+    // The load generator verifies every server chain in full, like any client would.
+    let verifier = PeerServerVerifier::new(trust, expected, provider.signature_verification_algorithms, false);
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(policy.versions())
         .map_err(|e| e.to_string())?
@@ -411,4 +412,92 @@ pub fn run(args: HandshakeArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(if ok == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:16443")]
+    pub listen: String,
+    /// Server certificate directory (tls.crt, tls.key).
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: PathBuf,
+    /// Roots client certificates must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub ca: PathBuf,
+    /// Answer one HTTP/1.1 request per connection with a tiny 200 (else: handshake, then close).
+    #[arg(long)]
+    pub http: bool,
+}
+
+/// `signet bench server`: the in-language ceiling for comparisons. A bare tokio-rustls mTLS
+/// server on one thread with Signet's crypto policy and rustls's stock client verifier: no
+/// SPIFFE parsing, no metrics, no upstream.
+pub fn serve(args: ServerArgs) -> Result<ExitCode, String> {
+    let policy = Policy::default();
+    let provider = policy.provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for r in read_certs(&args.ca).map_err(|e| e.to_string())? {
+        roots.add(r).map_err(|e| e.to_string())?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let chain = read_certs(&args.cert_dir.join("tls.crt")).map_err(|e| e.to_string())?;
+    let key = read_key(&args.cert_dir.join("tls.key")).map_err(|e| e.to_string())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(policy.versions())
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    config.send_tls13_tickets = 0;
+    if args.http {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        eprintln!("bench server on {} (tokio-rustls, one thread)", args.listen);
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let http = args.http;
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                if http {
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    let _ = tls.shutdown().await;
+                } else {
+                    while let Ok(n) = tls.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    })
 }

@@ -128,7 +128,9 @@ pub struct CertShowArgs {
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Connect, handshake (mTLS), optionally GET, close, as fast as the server allows; report rates and latency.
-    Handshake(crate::bench::HandshakeArgs),
+    Handshake(Box<crate::bench::HandshakeArgs>),
+    /// A bare tokio-rustls mTLS server on one thread (the in-language ceiling for comparisons).
+    Server(crate::bench::ServerArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -269,6 +271,9 @@ pub struct ProxyArgs {
     /// Turn off TLS 1.3 session resumption (on by default; sessions never outlive a trust change).
     #[arg(long)]
     pub no_resumption: bool,
+    /// Verify every peer chain in full (by default a chain verified under the current trust is remembered).
+    #[arg(long)]
+    pub no_verify_cache: bool,
     /// Data-plane worker threads (default: one per CPU).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,

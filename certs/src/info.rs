@@ -70,6 +70,42 @@ impl CertInfo {
         Ok(info)
     }
 
+    /// Just the SPIFFE ID and validity window of a DER certificate, without the rest of
+    /// [`CertInfo`] (no fingerprint, no DN strings): what the handshake path needs.
+    pub fn spiffe_id_and_validity(der: &[u8]) -> Result<(SpiffeId, SystemTime, SystemTime), Error> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| Error::Certificate(format!("not a valid X.509 certificate: {e}")))?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| Error::Certificate(format!("malformed subjectAltName: {e}")))?;
+        let mut uris = san
+            .iter()
+            .flat_map(|s| s.value.general_names.iter())
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(*u),
+                _ => None,
+            });
+        let id = match (uris.next(), uris.next()) {
+            (Some(one), None) => one.parse()?,
+            (None, _) => {
+                return Err(Error::Certificate(
+                    "the certificate has no URI SAN, so no SPIFFE ID".into(),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::Certificate(
+                    "the certificate has several URI SANs; an X509-SVID carries exactly one".into(),
+                ));
+            }
+        };
+        let validity = cert.validity();
+        Ok((
+            id,
+            unix(validity.not_before.timestamp()),
+            unix(validity.not_after.timestamp()),
+        ))
+    }
+
     /// The certificate's SPIFFE ID: exactly one URI SAN, and a valid SPIFFE ID.
     pub fn spiffe_id(&self) -> Result<SpiffeId, Error> {
         match self.uris.as_slice() {

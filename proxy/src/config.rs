@@ -178,6 +178,8 @@ pub struct TlsFile {
     pub post_quantum: Option<bool>,
     /// TLS 1.3 session resumption between sidecars (default on; sessions never outlive the trust).
     pub resumption: Option<bool>,
+    /// Remember verified peer chains per trust version (default on).
+    pub verify_cache: Option<bool>,
 }
 
 impl ConfigFile {
@@ -270,6 +272,7 @@ impl ConfigFile {
             mine.min_version = t.min_version.or(mine.min_version);
             mine.post_quantum = t.post_quantum.or(mine.post_quantum);
             mine.resumption = t.resumption.or(mine.resumption);
+            mine.verify_cache = t.verify_cache.or(mine.verify_cache);
             self.tls = Some(mine);
         }
         self
@@ -481,6 +484,7 @@ impl ConfigFile {
                 post_quantum: tls.post_quantum.unwrap_or(false),
             },
             resumption: tls.resumption.unwrap_or(true),
+            verify_cache: tls.verify_cache.unwrap_or(true),
         })
     }
 }
@@ -587,6 +591,7 @@ pub struct Config {
     pub xfcc: XfccMode,
     pub tls: Policy,
     pub resumption: bool,
+    pub verify_cache: bool,
 }
 
 #[cfg(test)]

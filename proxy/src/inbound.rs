@@ -129,20 +129,17 @@ impl Inbound {
             }
         }
         metrics.handshake_ok(Direction::Inbound, resumed);
-        let peer_cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(PeerCert::from_leaf);
-        tracing::debug!(
-            "inbound {}: accepted {peer} as {}",
-            self.listen,
-            peer_cert.as_ref().map(|p| p.id.as_str()).unwrap_or("?")
-        );
+        tracing::debug!("inbound {}: accepted {peer}", self.listen);
         match self.protocol {
             Protocol::Tcp => self.splice(tls, peer).await,
             Protocol::Http => {
+                // XFCC needs the peer's identity, hash and subject: read once per connection.
+                let peer_cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(PeerCert::from_leaf);
                 let by = state.identity.id.clone();
                 drop(state);
                 self.serve_http(tls, peer_cert, by).await
@@ -175,7 +172,7 @@ impl Inbound {
             Err(_) => return self.app_unreachable(peer, "connect timed out"),
         };
         let _ = app.set_nodelay(true);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut tls, &mut app).await {
+        if let Err(e) = crate::splice::splice(&mut tls, &mut app).await {
             tracing::debug!("inbound {}: connection from {peer} ended: {e}", self.listen);
         }
     }

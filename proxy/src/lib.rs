@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod services;
 mod sidecar;
+pub mod splice;
 pub mod tls;
 pub mod xfcc;
 

@@ -437,7 +437,7 @@ impl TcpOutbound {
         let _ = client.set_nodelay(true);
         match connect_peer(&self.shared, &self.service, ClientAlpn::None).await {
             Ok(mut tls) => {
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut tls).await {
+                if let Err(e) = crate::splice::splice(&mut client, &mut tls).await {
                     tracing::debug!("outbound tcp {}: tunnel for {peer} ended: {e}", self.listen);
                 }
             }

@@ -262,6 +262,7 @@ fn tls_settings(config: &Config, services: &ServiceTable) -> TlsSettings {
     TlsSettings {
         policy: config.tls,
         resumption: config.resumption,
+        verify_cache: config.verify_cache,
         inbound,
         outbound,
     }

@@ -1,6 +1,7 @@
 //! TLS for the data plane: crypto policy, per-signer verification, handshake diagnosis, and the
 //! store that publishes whole rustls configs whenever the certificate or the trust changes.
 
+mod chain_cache;
 pub mod diagnose;
 pub mod policy;
 pub mod resume;

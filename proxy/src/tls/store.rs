@@ -82,6 +82,8 @@ pub struct TlsSettings {
     pub policy: Policy,
     /// TLS 1.3 session resumption, bound to the trust version (see `resume`).
     pub resumption: bool,
+    /// Remember verified peer chains (one signature check per reconnect instead of two).
+    pub verify_cache: bool,
     /// One entry per inbound listener, by index.
     pub inbound: Vec<InboundTls>,
     /// The (expected peer identity, ALPN) pairs outbound connections will ask for.
@@ -296,7 +298,12 @@ impl TlsStore {
         };
         let mut servers = Vec::with_capacity(self.settings.inbound.len());
         for inbound in &self.settings.inbound {
-            let verifier = PeerClientVerifier::new(trust.clone(), inbound.allow.clone(), &self.provider)?;
+            let verifier = PeerClientVerifier::new(
+                trust.clone(),
+                inbound.allow.clone(),
+                &self.provider,
+                self.settings.verify_cache,
+            )?;
             let mut config = ServerConfig::builder_with_provider(self.provider.clone())
                 .with_protocol_versions(versions)?
                 .with_client_cert_verifier(Arc::new(verifier))
@@ -305,7 +312,11 @@ impl TlsStore {
             // Only stateless TLS 1.3 tickets, sealed with keys of this trust version.
             config.session_storage = Arc::new(NoServerSessionStorage {});
             match sessions.as_ref().and_then(|s| s.ticketers.get(servers.len())) {
-                Some(ticketer) => config.ticketer = ticketer.clone(),
+                Some(ticketer) => {
+                    config.ticketer = ticketer.clone();
+                    // One ticket per handshake: a sidecar reconnects one connection at a time.
+                    config.send_tls13_tickets = 1;
+                }
                 None => config.send_tls13_tickets = 0,
             }
             servers.push(Arc::new(config));
@@ -317,6 +328,7 @@ impl TlsStore {
                 trust.clone(),
                 expected.clone(),
                 self.provider.signature_verification_algorithms,
+                self.settings.verify_cache,
             );
             let mut config = ClientConfig::builder_with_provider(self.provider.clone())
                 .with_protocol_versions(versions)?

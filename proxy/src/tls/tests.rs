@@ -489,3 +489,68 @@ fn trust_domains_in_the_bundle_are_enforced() {
     let e = store.set_certificate(chain, key, Some(trust)).unwrap_err().to_string();
     assert!(e.contains("cluster.local"), "{e}");
 }
+
+#[tokio::test]
+async fn remembered_chains_never_admit_what_a_full_check_refuses() {
+    let ca = ca();
+    let mut settings = server_settings(AllowList::new(vec!["spiffe://cluster.local/ns/foo/*".into()]));
+    settings.verify_cache = true;
+    let server = store(&ca, &ca.foo, &ca.foo, &id("foo", "httpbin"), settings).unwrap();
+    let client = store(&ca, &ca.foo, &ca.foo, &id("foo", "curl"), client_settings(None)).unwrap();
+    for _ in 0..2 {
+        let (s, c) = handshake(&server, &client, None).await;
+        assert_eq!(s.unwrap(), Some(id("foo", "curl")));
+        c.unwrap();
+    }
+    // The same SPIFFE ID from another signer is another chain: verified in full, refused.
+    let impostor = TlsStore::new(client_settings(None));
+    let both = TrustBundle::new(
+        ca.bundle
+            .entries()
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                e.signers = vec![ca.foo.name().clone()];
+                e
+            })
+            .collect(),
+    )
+    .unwrap();
+    impostor
+        .set_trust(Trust::from_bundle(&both, ca.foo.name()).unwrap())
+        .unwrap();
+    let (chain, key) = material(&ca.bar, &id("foo", "curl"), IssueOptions::default());
+    impostor.set_certificate(chain, key, None).unwrap();
+    assert_eq!(
+        handshake(&server, &impostor, None).await.0.unwrap_err().reason,
+        Reason::UnknownSigner
+    );
+    // A remembered chain stops being accepted when it expires.
+    let short = IssueOptions {
+        ttl: Duration::from_secs(2),
+        backdate: Duration::ZERO,
+    };
+    let brief = TlsStore::new(client_settings(None));
+    brief
+        .set_trust(Trust::from_bundle(&ca.bundle, ca.foo.name()).unwrap())
+        .unwrap();
+    let (chain, key) = material(&ca.foo, &id("foo", "brief"), short);
+    brief.set_certificate(chain, key, None).unwrap();
+    let client_cfg = brief.current().unwrap().client(&None, ClientAlpn::None).unwrap();
+    assert!(handshake(&server, &brief, None).await.0.is_ok());
+    // Certificate times have one-second resolution: wait until the expiry is unambiguous.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // The client's store would refuse to publish it now, but its configs still hold it.
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let server_cfg = server.current().unwrap().server(0).unwrap();
+    let (result, note) = tokio::join!(
+        diagnose::capture(TlsAcceptor::from(server_cfg).accept(s)),
+        TlsConnector::from(client_cfg).connect(ServerName::try_from("httpbin.foo").unwrap(), c)
+    )
+    .0;
+    assert!(result.is_err(), "an expired, remembered chain is refused");
+    assert_eq!(
+        diagnose::classify(&result.err().unwrap(), note, "foo").reason,
+        Reason::Expired
+    );
+}

@@ -18,6 +18,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCer
 use signet_certs::{CertInfo, SignerName, SpiffeId, TrustBundle};
 
 use super::TlsError;
+use super::chain_cache::{self, VerifiedChains};
 use super::diagnose::{self, HandshakeError, Reason};
 
 /// What one sidecar trusts: its own signer's roots, plus every other signer's roots for naming.
@@ -214,8 +215,8 @@ impl AllowList {
 }
 
 fn peer_id(end_entity: &CertificateDer<'_>) -> Result<SpiffeId, HandshakeError> {
-    CertInfo::parse(end_entity)
-        .and_then(|info| info.spiffe_id())
+    CertInfo::spiffe_id_and_validity(end_entity)
+        .map(|(id, _, _)| id)
         .map_err(|e| {
             HandshakeError::new(
                 Reason::BadCertificate,
@@ -230,23 +231,27 @@ pub struct PeerServerVerifier {
     trust: Arc<Trust>,
     expected: Option<SpiffeId>,
     algs: WebPkiSupportedAlgorithms,
+    cache: Option<VerifiedChains>,
 }
 
 impl PeerServerVerifier {
-    pub fn new(trust: Arc<Trust>, expected: Option<SpiffeId>, algs: WebPkiSupportedAlgorithms) -> Self {
-        PeerServerVerifier { trust, expected, algs }
+    /// `cache`: remember verified chains (see `chain_cache`).
+    pub fn new(trust: Arc<Trust>, expected: Option<SpiffeId>, algs: WebPkiSupportedAlgorithms, cache: bool) -> Self {
+        PeerServerVerifier {
+            trust,
+            expected,
+            algs,
+            cache: cache.then(VerifiedChains::default),
+        }
     }
-}
 
-impl ServerCertVerifier for PeerServerVerifier {
-    fn verify_server_cert(
+    /// The full check: chain to our signer's roots, one SPIFFE ID, trust domain.
+    fn verify_chain(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<SpiffeId, rustls::Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
         if let Err(e) = rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
@@ -271,6 +276,35 @@ impl ServerCertVerifier for PeerServerVerifier {
             diagnose::note(e);
             return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
         }
+        Ok(id)
+    }
+}
+
+impl ServerCertVerifier for PeerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let key = self.cache.as_ref().map(|_| chain_cache::key(end_entity, intermediates));
+        let cached = self
+            .cache
+            .as_ref()
+            .zip(key.as_deref())
+            .and_then(|(c, k)| c.get(k, now.as_secs()));
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let id = self.verify_chain(end_entity, intermediates, now)?;
+                if let (Some(cache), Some(key)) = (&self.cache, key) {
+                    cache.insert(key, end_entity, intermediates, &id);
+                }
+                id
+            }
+        };
         if let Some(expected) = self.expected.as_ref().filter(|e| **e != id) {
             diagnose::note(HandshakeError::new(
                 Reason::WrongIdentity,
@@ -314,6 +348,7 @@ pub struct PeerClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     allow: AllowList,
     algs: WebPkiSupportedAlgorithms,
+    cache: Option<VerifiedChains>,
 }
 
 impl PeerClientVerifier {
@@ -321,6 +356,7 @@ impl PeerClientVerifier {
         trust: Arc<Trust>,
         allow: AllowList,
         provider: &Arc<rustls::crypto::CryptoProvider>,
+        cache: bool,
     ) -> Result<Self, TlsError> {
         let inner = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider.clone())
             .build()
@@ -335,21 +371,17 @@ impl PeerClientVerifier {
             inner,
             allow,
             algs: provider.signature_verification_algorithms,
+            cache: cache.then(VerifiedChains::default),
         })
     }
-}
 
-impl ClientCertVerifier for PeerClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
+    /// The full check: chain to our signer's roots (clientAuth), one SPIFFE ID, trust domain.
+    fn verify_chain(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
+    ) -> Result<SpiffeId, rustls::Error> {
         if let Err(e) = self.inner.verify_client_cert(end_entity, intermediates, now) {
             self.trust.explain(
                 &e,
@@ -369,6 +401,37 @@ impl ClientCertVerifier for PeerClientVerifier {
                 CertificateError::ApplicationVerificationFailure,
             ));
         }
+        Ok(id)
+    }
+}
+
+impl ClientCertVerifier for PeerClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let key = self.cache.as_ref().map(|_| chain_cache::key(end_entity, intermediates));
+        let cached = self
+            .cache
+            .as_ref()
+            .zip(key.as_deref())
+            .and_then(|(c, k)| c.get(k, now.as_secs()));
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let id = self.verify_chain(end_entity, intermediates, now)?;
+                if let (Some(cache), Some(key)) = (&self.cache, key) {
+                    cache.insert(key, end_entity, intermediates, &id);
+                }
+                id
+            }
+        };
         if !self.allow.allows(&id) {
             diagnose::note(HandshakeError::new(
                 Reason::NotAllowed,

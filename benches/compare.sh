@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The side-by-side handshake benchmark in one command: installs the peers (nginx with its stream
+# module, haproxy, stunnel) with apt-get if they are missing, then runs benches/compare.rs, which
+# prints a markdown table and writes benches/results/{compare.md,compare.json,handshakes.svg}.
+# Options pass through: --quick, --duration SECS, --concurrency N, --only PEER,...,
+# --idle-connections N.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v stunnel4 >/dev/null || need+=(stunnel4)
+command -v taskset >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "compare.sh: installing ${need[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The packaged services are not needed (the benchmark starts its own on loopback ports).
+for s in nginx haproxy stunnel4; do (systemctl stop "$s" 2>/dev/null || service "$s" stop 2>/dev/null) || true; done
+exec cargo bench --bench compare -- "$@"

@@ -1,0 +1,183 @@
+//! Criterion micro-benchmarks of the handshake path, in memory (no sockets): a full TLS 1.3 mTLS
+//! handshake (client and server in one thread), a resumed one, the per-signer peer verifier
+//! alone, loading and publishing configs through arc-swap, and signing a CSR.
+//!
+//! Run: `cargo bench --bench handshake` (add `-- --quick` for a shorter run).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
+use signet_certs::{
+    DEFAULT_CA_VALIDITY, IssueOptions, Signer, SignerName, SpiffeId, TrustBundle, WorkloadKey, parse_key,
+};
+use signet_proxy::tls::verify::PeerClientVerifier;
+use signet_proxy::tls::{AllowList, ClientAlpn, Credentials, InboundTls, Policy, TlsSettings, TlsStore, Trust};
+
+struct Fixture {
+    foo: Signer,
+    bundle: TrustBundle,
+}
+
+fn fixture() -> Fixture {
+    let mk = |n: &str| Signer::create(SignerName::with_default_domain(n).unwrap(), DEFAULT_CA_VALIDITY).unwrap();
+    let (tenant, other) = (mk("foo"), mk("bar"));
+    let bundle = TrustBundle::from_signers([(tenant.name(), tenant.roots()), (other.name(), other.roots())]).unwrap();
+    Fixture { foo: tenant, bundle }
+}
+
+fn identity(f: &Fixture, sa: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let id = SpiffeId::workload("cluster.local", "foo", sa).unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let issued = f
+        .foo
+        .sign(&key.request(&id, &[]).unwrap().pem, &IssueOptions::default())
+        .unwrap();
+    (issued.chain, parse_key(key.to_pem().as_bytes(), "bench").unwrap())
+}
+
+fn store(f: &Fixture, sa: &str, resumption: bool) -> TlsStore {
+    let store = TlsStore::new(TlsSettings {
+        policy: Policy::default(),
+        resumption,
+        verify_cache: true,
+        inbound: vec![InboundTls {
+            alpn: Vec::new(),
+            allow: AllowList::default(),
+        }],
+        outbound: vec![(None, ClientAlpn::None)],
+    });
+    let (chain, key) = identity(f, sa);
+    store
+        .set_certificate(chain, key, Some(Trust::from_bundle(&f.bundle, f.foo.name()).unwrap()))
+        .unwrap();
+    store
+}
+
+/// Moves all pending TLS records from one side to the other.
+fn pump(
+    from: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl Sized>>,
+    to_read: &mut dyn FnMut(&mut &[u8]) -> std::io::Result<usize>,
+    buf: &mut Vec<u8>,
+) -> bool {
+    if !from.wants_write() {
+        return false;
+    }
+    buf.clear();
+    while from.wants_write() {
+        from.write_tls(buf).unwrap();
+    }
+    let mut rest = &buf[..];
+    while !rest.is_empty() {
+        to_read(&mut rest).unwrap();
+    }
+    true
+}
+
+/// One complete in-memory handshake; returns the server's view of it.
+fn handshake(
+    server: &Arc<ServerConfig>,
+    client: &Arc<ClientConfig>,
+    name: &ServerName<'static>,
+    buf: &mut Vec<u8>,
+) -> HandshakeKind {
+    let mut c = ClientConnection::new(client.clone(), name.clone()).unwrap();
+    let mut s = ServerConnection::new(server.clone()).unwrap();
+    loop {
+        let mut moved = pump(&mut c, &mut |r| s.read_tls(r), buf);
+        if moved {
+            s.process_new_packets().unwrap();
+        }
+        if pump(&mut s, &mut |r| c.read_tls(r), buf) {
+            c.process_new_packets().unwrap();
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(!c.is_handshaking() && !s.is_handshaking());
+    s.handshake_kind().unwrap()
+}
+
+fn benches(crit: &mut Criterion) {
+    let f = fixture();
+    let name = ServerName::try_from("httpbin.foo").unwrap();
+    let mut buf = Vec::with_capacity(16 * 1024);
+
+    let server = store(&f, "httpbin", false);
+    let client = store(&f, "curl", false);
+    let (s_cfg, c_cfg) = (
+        server.current().unwrap().server(0).unwrap(),
+        client.current().unwrap().client(&None, ClientAlpn::None).unwrap(),
+    );
+    assert_eq!(handshake(&s_cfg, &c_cfg, &name, &mut buf), HandshakeKind::Full);
+    crit.bench_function("mtls13_full_handshake (client+server, ECDSA P-256, X25519)", |b| {
+        b.iter(|| black_box(handshake(&s_cfg, &c_cfg, &name, &mut buf)))
+    });
+
+    let server_r = store(&f, "httpbin", true);
+    let client_r = store(&f, "curl", true);
+    let (sr, cr) = (
+        server_r.current().unwrap().server(0).unwrap(),
+        client_r.current().unwrap().client(&None, ClientAlpn::None).unwrap(),
+    );
+    handshake(&sr, &cr, &name, &mut buf);
+    assert_eq!(handshake(&sr, &cr, &name, &mut buf), HandshakeKind::Resumed);
+    crit.bench_function("mtls13_resumed_handshake (client+server)", |b| {
+        b.iter(|| black_box(handshake(&sr, &cr, &name, &mut buf)))
+    });
+
+    let trust = Arc::new(Trust::from_bundle(&f.bundle, f.foo.name()).unwrap());
+    let provider = Policy::default().provider();
+    let verifier = PeerClientVerifier::new(trust.clone(), AllowList::default(), &provider, false).unwrap();
+    let cached = PeerClientVerifier::new(trust, AllowList::default(), &provider, true).unwrap();
+    let (chain, _) = identity(&f, "curl");
+    crit.bench_function("peer_verifier (client chain against foo's roots + SPIFFE ID)", |b| {
+        b.iter(|| {
+            black_box(
+                verifier
+                    .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+                    .unwrap(),
+            )
+        })
+    });
+
+    crit.bench_function("peer_verifier, chain remembered (reconnecting workload)", |b| {
+        b.iter(|| {
+            black_box(
+                cached
+                    .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+                    .unwrap(),
+            )
+        })
+    });
+
+    crit.bench_function("tls_state_load (arc-swap, per accept)", |b| {
+        b.iter(|| black_box(server.current().unwrap().server(0)))
+    });
+    let (chain, key) = identity(&f, "httpbin");
+    crit.bench_function(
+        "publish_configs (check chain, build server+client configs, swap)",
+        |b| b.iter(|| black_box(server.set_certificate(chain.clone(), key.clone_key(), None).unwrap())),
+    );
+
+    let csr = WorkloadKey::generate()
+        .unwrap()
+        .request(&SpiffeId::workload("cluster.local", "foo", "x").unwrap(), &[])
+        .unwrap();
+    crit.bench_function("sign_csr (parse, verify, sign with the signer's policy)", |b| {
+        b.iter(|| black_box(f.foo.sign(&csr.pem, &IssueOptions::default()).unwrap()))
+    });
+}
+
+criterion_group! {
+    name = handshake_benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    targets = benches
+}
+criterion_main!(handshake_benches);
