@@ -404,6 +404,14 @@ fn measure(name: &str, pki: &Pki, upstream: u16, o: &Opts, get: bool) -> Option<
     })
 }
 
+fn per_core_of(handshakes: f64, cpu_seconds: f64) -> f64 {
+    if cpu_seconds > 0.0 {
+        handshakes / cpu_seconds
+    } else {
+        0.0
+    }
+}
+
 /// How a peer treats a client from another signer.
 fn rejection(name: &str, pki: &Pki, upstream: u16, o: &Opts) -> Option<String> {
     let port = free_port();
@@ -790,29 +798,41 @@ fn main() {
             .as_ref()
             .is_some_and(|only| only.iter().any(|p| p == "signet-tcp"))
     {
-        // Resumed versus full handshakes, Signet tcp with resumption on.
-        let port = free_port();
-        if let Some(server) = start_peer("signet-tcp", &pki, port, upstream_port, true) {
+        // Resumed versus full handshakes, Signet with resumption on (its default).
+        for peer in ["signet-tcp", "signet-http"] {
+            let port = free_port();
+            let Some(server) = start_peer(peer, &pki, port, upstream_port, true) else {
+                continue;
+            };
             load(&pki, port, "client", &o, false, true, o.warmup);
             let cpu0 = server.cpu_seconds();
             let r = load(&pki, port, "client", &o, false, true, o.duration);
             let cpu = server.cpu_seconds() - cpu0;
             let hs = r["handshakes"].as_f64().unwrap_or(0.0);
-            let full = rows
-                .iter()
-                .find(|r| r.peer == "signet-tcp" && r.mode == "handshake")
-                .map(|r| r.per_core_s)
-                .unwrap_or(0.0);
-            let per_core = if cpu > 0.0 { hs / cpu } else { 0.0 };
+            let full = |p: &str| {
+                rows.iter()
+                    .find(|r| r.peer == p && r.mode == "handshake")
+                    .map(|r| r.per_core_s)
+                    .unwrap_or(0.0)
+            };
+            let ratio = |f: f64| {
+                if f > 0.0 {
+                    format!("{:.2}×", per_core_of(hs, cpu) / f)
+                } else {
+                    "n/a".into()
+                }
+            };
             let _ = writeln!(
                 md,
-                "\nResumed TLS 1.3 handshakes, signet-tcp: {:.0}/s, **{per_core:.0} per server-core-second** ({:.2}× full; {} of {} resumed).",
+                "\nResumed TLS 1.3 handshakes, {peer}: {:.0}/s, **{:.0} per server-core-second**: {} its full handshakes ({} the full handshakes of signet-tcp-nocache); {} of {} resumed.",
                 hs / r["duration_s"].as_f64().unwrap_or(1.0),
-                if full > 0.0 { per_core / full } else { 0.0 },
+                per_core_of(hs, cpu),
+                ratio(full(peer)),
+                ratio(full("signet-tcp-nocache")),
                 r["resumed"],
                 r["handshakes"]
             );
-            extra["resumed_per_core_s"] = json!(per_core);
+            extra[format!("resumed_per_core_s_{peer}")] = json!(per_core_of(hs, cpu));
         }
     }
     if wants("latency") {
