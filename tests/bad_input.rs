@@ -157,21 +157,7 @@ fn garbage_on_the_wire_closes_that_connection_and_the_next_client_is_served() {
         &spiffe("foo", "httpbin"),
         &["--dns", "httpbin.foo"],
     );
-    let mut side = Sidecar::start(
-        "sidecar",
-        &s(&[
-            "--cert-dir",
-            &server_certs,
-            "--bundle",
-            &mesh.bundle(),
-            "--signer",
-            "foo",
-            "--inbound",
-            &format!("127.0.0.1:0={}", app.addr),
-            "--protocol",
-            "http",
-        ]),
-    );
+    let mut side = Sidecar::start("sidecar", &mesh.inbound_args(&server_certs, "foo", app.addr, "http"));
     let inbound = side.inbound[0];
     let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
     let call = || {

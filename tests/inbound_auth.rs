@@ -24,18 +24,7 @@ fn setup(extra: &[&str]) -> Setup {
         &spiffe("foo", "httpbin"),
         &["--dns", "httpbin.foo"],
     );
-    let mut args = s(&[
-        "--cert-dir",
-        &certs,
-        "--bundle",
-        &mesh.bundle(),
-        "--signer",
-        "foo",
-        "--inbound",
-        &format!("127.0.0.1:0={}", app.addr),
-        "--protocol",
-        "http",
-    ]);
+    let mut args = mesh.inbound_args(&certs, "foo", app.addr, "http");
     args.extend(s(extra));
     let side = Sidecar::start("sidecar httpbin.foo", &args);
     let port = side.inbound[0].port();

@@ -16,18 +16,7 @@ fn calls_succeed_exactly_on_the_diagonal() {
             let certs = mesh.issue(ns, &format!("server-{ns}"), &spiffe(ns, "httpbin"), &[]);
             Sidecar::start(
                 &format!("server {ns}"),
-                &s(&[
-                    "--cert-dir",
-                    &certs,
-                    "--bundle",
-                    &mesh.bundle(),
-                    "--signer",
-                    ns,
-                    "--inbound",
-                    &format!("127.0.0.1:0={}", app.addr),
-                    "--protocol",
-                    "http",
-                ]),
+                &mesh.inbound_args(&certs, ns, app.addr, "http"),
             )
         })
         .collect();

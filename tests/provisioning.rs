@@ -126,21 +126,7 @@ fn an_expired_certificate_is_never_presented_and_readiness_turns_false() {
         &spiffe("foo", "httpbin"),
         &["--ttl", "2s", "--dns", "httpbin.foo"],
     );
-    let side = Sidecar::start(
-        "files sidecar",
-        &s(&[
-            "--cert-dir",
-            &short,
-            "--bundle",
-            &t.mesh.bundle(),
-            "--signer",
-            "foo",
-            "--inbound",
-            &format!("127.0.0.1:0={}", t.app.addr),
-            "--protocol",
-            "http",
-        ]),
-    );
+    let side = Sidecar::start("files sidecar", &t.mesh.inbound_args(&short, "foo", t.app.addr, "http"));
     assert_eq!(t.call(&side).status, 200);
     let before = t.app.wait_requests(2);
     eventually("readiness false after expiry", Duration::from_secs(10), || {
@@ -188,18 +174,7 @@ fn a_broken_certificate_file_keeps_the_old_certificate_serving() {
         &spiffe("foo", "httpbin"),
         &["--dns", "httpbin.foo"],
     );
-    let base = s(&[
-        "--cert-dir",
-        &dir,
-        "--bundle",
-        &t.mesh.bundle(),
-        "--signer",
-        "foo",
-        "--inbound",
-        &format!("127.0.0.1:0={}", t.app.addr),
-        "--protocol",
-        "http",
-    ]);
+    let base = t.mesh.inbound_args(&dir, "foo", t.app.addr, "http");
     let mut args = base.clone();
     args.extend(s(&["--watch-interval", "100ms"]));
     let side = Sidecar::start("files sidecar", &args);

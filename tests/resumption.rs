@@ -19,21 +19,7 @@ fn sessions_resume_but_never_past_the_client_certificate() {
         &spiffe("foo", "httpbin"),
         &["--dns", "httpbin.foo"],
     );
-    let side = Sidecar::start(
-        "sidecar",
-        &s(&[
-            "--cert-dir",
-            &server,
-            "--bundle",
-            &mesh.bundle(),
-            "--signer",
-            "foo",
-            "--inbound",
-            &format!("127.0.0.1:0={}", app.addr),
-            "--protocol",
-            "http",
-        ]),
-    );
+    let side = Sidecar::start("sidecar", &mesh.inbound_args(&server, "foo", app.addr, "http"));
     let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &["--ttl", "4s"]);
     let issued = Instant::now();
     let mut bench = signet_cmd();

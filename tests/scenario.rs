@@ -25,18 +25,7 @@ fn tenants(protocol: &str) -> Tenants {
         let certs = mesh.issue(ns, &format!("httpbin-{ns}"), &spiffe(ns, "httpbin"), &[]);
         sidecars.push(Sidecar::start(
             &format!("sidecar httpbin.{ns}"),
-            &s(&[
-                "--cert-dir",
-                &certs,
-                "--bundle",
-                &mesh.bundle(),
-                "--signer",
-                ns,
-                "--inbound",
-                &format!("127.0.0.1:0={}", app.addr),
-                "--protocol",
-                protocol,
-            ]),
+            &mesh.inbound_args(&certs, ns, app.addr, protocol),
         ));
     }
     let side_bar = sidecars.pop().unwrap();

@@ -16,18 +16,7 @@ fn httpbin_sees_the_callers_spiffe_id_and_forgeries_are_dropped() {
     );
     let server = Sidecar::start(
         "sidecar httpbin.foo",
-        &s(&[
-            "--cert-dir",
-            &server_certs,
-            "--bundle",
-            &mesh.bundle(),
-            "--signer",
-            "foo",
-            "--inbound",
-            &format!("127.0.0.1:0={}", app.addr),
-            "--protocol",
-            "http",
-        ]),
+        &mesh.inbound_args(&server_certs, "foo", app.addr, "http"),
     );
     let client_certs = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
     let client = Sidecar::start(

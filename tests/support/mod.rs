@@ -549,3 +549,21 @@ impl Sidecar {
         serde_json::from_str(&self.admin_get("/certs").body).unwrap()
     }
 }
+
+impl Mesh {
+    /// `signet proxy` flags for an inbound sidecar of `signer` in front of `app`, certificates in `certs`.
+    pub fn inbound_args(&self, certs: &str, signer: &str, app: SocketAddr, protocol: &str) -> Vec<String> {
+        s(&[
+            "--cert-dir",
+            certs,
+            "--bundle",
+            &self.bundle(),
+            "--signer",
+            signer,
+            "--inbound",
+            &format!("127.0.0.1:0={app}"),
+            "--protocol",
+            protocol,
+        ])
+    }
+}

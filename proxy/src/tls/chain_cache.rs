@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use signet_certs::{CertInfo, SpiffeId};
 
 /// Entries kept at most; the cache is cleared when full (peers reconnect and refill it).
@@ -91,4 +91,25 @@ impl VerifiedChains {
             },
         );
     }
+}
+
+/// The SPIFFE ID of a chain remembered by `cache` and valid `now`, or else `verify()`'s answer,
+/// remembered when it is a success. Without a cache, always `verify()`.
+pub(crate) fn remembered_or<E>(
+    cache: Option<&VerifiedChains>,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    verify: impl FnOnce() -> Result<SpiffeId, E>,
+) -> Result<SpiffeId, E> {
+    let Some(cache) = cache else {
+        return verify();
+    };
+    let key = key(end_entity, intermediates);
+    if let Some(id) = cache.get(&key, now.as_secs()) {
+        return Ok(id);
+    }
+    let id = verify()?;
+    cache.insert(key, end_entity, intermediates, &id);
+    Ok(id)
 }

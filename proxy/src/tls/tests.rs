@@ -52,6 +52,30 @@ fn store(ca: &Ca, own: &Signer, issuer: &Signer, who: &SpiffeId, settings: TlsSe
     Ok(store)
 }
 
+/// A client with foo's SPIFFE ID `curl` but a certificate from signer bar; it trusts both roots
+/// (so it accepts the server), as an attacker holding another tenant's CA would.
+fn impostor(ca: &Ca) -> TlsStore {
+    let impostor = TlsStore::new(client_settings(None));
+    let both = TrustBundle::new(
+        ca.bundle
+            .entries()
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                e.signers = vec![ca.foo.name().clone()];
+                e
+            })
+            .collect(),
+    )
+    .unwrap();
+    impostor
+        .set_trust(Trust::from_bundle(&both, ca.foo.name()).unwrap())
+        .unwrap();
+    let (chain, key) = material(&ca.bar, &id("foo", "curl"), IssueOptions::default());
+    impostor.set_certificate(chain, key, None).unwrap();
+    impostor
+}
+
 fn server_settings(allow: AllowList) -> TlsSettings {
     TlsSettings {
         inbound: vec![InboundTls {
@@ -180,25 +204,7 @@ async fn the_same_spiffe_id_from_another_signer_is_refused_by_the_server() {
     )
     .unwrap();
     // The impostor trusts foo (so it accepts the server) but its own certificate is bar's.
-    let impostor = TlsStore::new(client_settings(None));
-    let mut roots_of_both = ca.bundle.clone();
-    roots_of_both = TrustBundle::new(
-        roots_of_both
-            .entries()
-            .iter()
-            .cloned()
-            .map(|mut e| {
-                e.signers = vec![ca.foo.name().clone()];
-                e
-            })
-            .collect(),
-    )
-    .unwrap();
-    impostor
-        .set_trust(Trust::from_bundle(&roots_of_both, ca.foo.name()).unwrap())
-        .unwrap();
-    let (chain, key) = material(&ca.bar, &id("foo", "curl"), IssueOptions::default());
-    impostor.set_certificate(chain, key, None).unwrap();
+    let impostor = impostor(&ca);
     let (s, _) = handshake(&server, &impostor, None).await;
     let s = s.unwrap_err();
     assert_eq!(s.reason, Reason::UnknownSigner);
@@ -503,24 +509,7 @@ async fn remembered_chains_never_admit_what_a_full_check_refuses() {
         c.unwrap();
     }
     // The same SPIFFE ID from another signer is another chain: verified in full, refused.
-    let impostor = TlsStore::new(client_settings(None));
-    let both = TrustBundle::new(
-        ca.bundle
-            .entries()
-            .iter()
-            .cloned()
-            .map(|mut e| {
-                e.signers = vec![ca.foo.name().clone()];
-                e
-            })
-            .collect(),
-    )
-    .unwrap();
-    impostor
-        .set_trust(Trust::from_bundle(&both, ca.foo.name()).unwrap())
-        .unwrap();
-    let (chain, key) = material(&ca.bar, &id("foo", "curl"), IssueOptions::default());
-    impostor.set_certificate(chain, key, None).unwrap();
+    let impostor = impostor(&ca);
     assert_eq!(
         handshake(&server, &impostor, None).await.0.unwrap_err().reason,
         Reason::UnknownSigner

@@ -289,22 +289,9 @@ impl ServerCertVerifier for PeerServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let key = self.cache.as_ref().map(|_| chain_cache::key(end_entity, intermediates));
-        let cached = self
-            .cache
-            .as_ref()
-            .zip(key.as_deref())
-            .and_then(|(c, k)| c.get(k, now.as_secs()));
-        let id = match cached {
-            Some(id) => id,
-            None => {
-                let id = self.verify_chain(end_entity, intermediates, now)?;
-                if let (Some(cache), Some(key)) = (&self.cache, key) {
-                    cache.insert(key, end_entity, intermediates, &id);
-                }
-                id
-            }
-        };
+        let id = chain_cache::remembered_or(self.cache.as_ref(), end_entity, intermediates, now, || {
+            self.verify_chain(end_entity, intermediates, now)
+        })?;
         if let Some(expected) = self.expected.as_ref().filter(|e| **e != id) {
             diagnose::note(HandshakeError::new(
                 Reason::WrongIdentity,
@@ -416,22 +403,9 @@ impl ClientCertVerifier for PeerClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let key = self.cache.as_ref().map(|_| chain_cache::key(end_entity, intermediates));
-        let cached = self
-            .cache
-            .as_ref()
-            .zip(key.as_deref())
-            .and_then(|(c, k)| c.get(k, now.as_secs()));
-        let id = match cached {
-            Some(id) => id,
-            None => {
-                let id = self.verify_chain(end_entity, intermediates, now)?;
-                if let (Some(cache), Some(key)) = (&self.cache, key) {
-                    cache.insert(key, end_entity, intermediates, &id);
-                }
-                id
-            }
-        };
+        let id = chain_cache::remembered_or(self.cache.as_ref(), end_entity, intermediates, now, || {
+            self.verify_chain(end_entity, intermediates, now)
+        })?;
         if !self.allow.allows(&id) {
             diagnose::note(HandshakeError::new(
                 Reason::NotAllowed,
