@@ -206,28 +206,36 @@ fn pinned(cpu: &str, program: &str) -> Command {
     c
 }
 
+/// `signet proxy` with one worker on `cpus`: an inbound on `port` in front of `upstream`.
+fn signet_inbound(pki: &Pki, cpus: &str, port: u16, upstream: u16, protocol: &str) -> Command {
+    let mut c = pinned(cpus, SIGNET);
+    c.args([
+        "proxy",
+        "--workers",
+        "1",
+        "--cert-dir",
+        &pki.p("server"),
+        "--bundle",
+        &pki.p("bundle.yaml"),
+    ]);
+    c.args([
+        "--signer",
+        "foo",
+        "--inbound",
+        &format!("127.0.0.1:{port}=127.0.0.1:{upstream}"),
+        "--protocol",
+        protocol,
+    ]);
+    c
+}
+
 /// The peers: name, and how to start one listening on `port` in front of `upstream`.
 fn start_peer(name: &str, pki: &Pki, port: u16, upstream: u16, resumption: bool) -> Option<Server> {
     let d = pki.dir.display().to_string();
     let listen = format!("127.0.0.1:{port}");
     let up = format!("127.0.0.1:{upstream}");
     let signet = |protocol: &str| {
-        let mut c = pinned("0", SIGNET);
-        c.args([
-            "proxy",
-            "--workers",
-            "1",
-            "--cert-dir",
-            &pki.p("server"),
-            "--bundle",
-            &pki.p("bundle.yaml"),
-            "--signer",
-            "foo",
-            "--inbound",
-            &format!("{listen}={up}"),
-            "--protocol",
-            protocol,
-        ]);
+        let mut c = signet_inbound(pki, "0", port, upstream, protocol);
         if !resumption {
             c.arg("--no-resumption");
         }
@@ -510,23 +518,8 @@ fn fixed_rate_latency(target: SocketAddr, absolute: Option<&str>, rate: u64, sec
 /// Opens `n` idle mTLS connections to a Signet inbound and reports RSS growth per connection.
 fn idle_rss(pki: &Pki, upstream: u16, protocol: &str, n: usize) -> (f64, usize) {
     let port = free_port();
-    let mut c = pinned("0", SIGNET);
-    c.args([
-        "proxy",
-        "--workers",
-        "1",
-        "--cert-dir",
-        &pki.p("server"),
-        "--bundle",
-        &pki.p("bundle.yaml"),
-        "--signer",
-        "foo",
-        "--inbound",
-        &format!("127.0.0.1:{port}=127.0.0.1:{upstream}"),
-        "--protocol",
-        protocol,
-        "--no-resumption",
-    ]);
+    let mut c = signet_inbound(pki, "0", port, upstream, protocol);
+    c.arg("--no-resumption");
     let server = Server::start(&mut c, port, "signet idle");
     std::thread::sleep(Duration::from_millis(300));
     let before = server.rss_kib();
@@ -841,22 +834,7 @@ fn main() {
         // Latency: the sidecars are not pinned (a sidecar gets a core to itself in a real pod);
         // two busy processes sharing one pinned core measure the scheduler's time slices instead.
         let lat_cpus = std::env::var("SIGNET_LATENCY_CPUS").unwrap_or_else(|_| "0,1".into());
-        let mut server = pinned(&lat_cpus, SIGNET);
-        server.args([
-            "proxy",
-            "--workers",
-            "1",
-            "--cert-dir",
-            &pki.p("server"),
-            "--bundle",
-            &pki.p("bundle.yaml"),
-            "--signer",
-            "foo",
-            "--inbound",
-            &format!("127.0.0.1:{inb}=127.0.0.1:{upstream_port}"),
-            "--protocol",
-            "http",
-        ]);
+        let mut server = signet_inbound(&pki, &lat_cpus, inb, upstream_port, "http");
         let _s = Server::start(&mut server, inb, "server sidecar");
         let mut client = pinned(&lat_cpus, SIGNET);
         client.args([

@@ -160,25 +160,7 @@ fn garbage_on_the_wire_closes_that_connection_and_the_next_client_is_served() {
     let mut side = Sidecar::start("sidecar", &mesh.inbound_args(&server_certs, "foo", app.addr, "http"));
     let inbound = side.inbound[0];
     let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
-    let call = || {
-        let ca = format!("{}/ca.crt", mesh.signer_dir("foo"));
-        let resolve = format!("httpbin.foo:{}:127.0.0.1", inbound.port());
-        let (cert, key) = (format!("{client}/tls.crt"), format!("{client}/tls.key"));
-        curl(
-            &[
-                "--cacert",
-                &ca,
-                "--cert",
-                &cert,
-                "--key",
-                &key,
-                "--resolve",
-                &resolve,
-                &format!("https://httpbin.foo:{}/get", inbound.port()),
-            ],
-            &[],
-        )
-    };
+    let call = || mesh.curl_inbound(inbound.port(), "foo", Some(&client));
 
     let pseudo_random: Vec<u8> = (0u32..4096)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)

@@ -34,17 +34,7 @@ fn setup(extra: &[&str]) -> Setup {
 impl Setup {
     /// curl to the inbound port as https://httpbin.foo, verifying the server with foo's root.
     fn call(&self, client: Option<&str>) -> Curl {
-        let ca = format!("{}/ca.crt", self.mesh.signer_dir("foo"));
-        let resolve = format!("httpbin.foo:{}:127.0.0.1", self.port);
-        let url = format!("https://httpbin.foo:{}/get", self.port);
-        let mut args = vec!["--cacert", &ca, "--resolve", &resolve, &url];
-        let (cert, key);
-        if let Some(dir) = client {
-            cert = format!("{dir}/tls.crt");
-            key = format!("{dir}/tls.key");
-            args.extend(["--cert", &cert, "--key", &key]);
-        }
-        curl(&args, &[])
+        self.mesh.curl_inbound(self.port, "foo", client)
     }
 }
 

@@ -47,25 +47,8 @@ impl Setup {
 
     /// curl --cert straight to the inbound: a fresh handshake against the certificate served now.
     fn call(&self, side: &Sidecar) -> Curl {
-        let port = side.inbound[0].port();
-        let ca = format!("{}/ca.crt", self.mesh.signer_dir("foo"));
-        let resolve = format!("httpbin.foo:{port}:127.0.0.1");
-        let (cert, key) = (format!("{}/tls.crt", self.client), format!("{}/tls.key", self.client));
-        let url = format!("https://httpbin.foo:{port}/get");
-        curl(
-            &[
-                "--cacert",
-                &ca,
-                "--cert",
-                &cert,
-                "--key",
-                &key,
-                "--resolve",
-                &resolve,
-                &url,
-            ],
-            &[],
-        )
+        self.mesh
+            .curl_inbound(side.inbound[0].port(), "foo", Some(&self.client))
     }
 }
 

@@ -567,3 +567,21 @@ impl Mesh {
         ])
     }
 }
+
+impl Mesh {
+    /// curl straight to an inbound on `port` as `https://httpbin.foo/get`, verifying the server
+    /// with `signer`'s root and presenting the client certificate in `client` (a cert dir), if any.
+    pub fn curl_inbound(&self, port: u16, signer: &str, client: Option<&str>) -> Curl {
+        let ca = format!("{}/ca.crt", self.signer_dir(signer));
+        let resolve = format!("httpbin.foo:{port}:127.0.0.1");
+        let url = format!("https://httpbin.foo:{port}/get");
+        let mut args = vec!["--cacert", ca.as_str(), "--resolve", resolve.as_str(), url.as_str()];
+        let (cert, key);
+        if let Some(dir) = client {
+            cert = format!("{dir}/tls.crt");
+            key = format!("{dir}/tls.key");
+            args.extend(["--cert", cert.as_str(), "--key", key.as_str()]);
+        }
+        curl(&args, &[])
+    }
+}
