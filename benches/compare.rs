@@ -173,7 +173,7 @@ impl Pki {
             cmd.args([
                 "cert",
                 "issue",
-                "--signer",
+                "--signer-dir",
                 &format!("{d}/signers/{signer}"),
                 "--id",
                 &format!("spiffe://cluster.local/ns/{signer}/sa/{sa}"),

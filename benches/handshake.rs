@@ -17,7 +17,7 @@ use signet_certs::{
     DEFAULT_CA_VALIDITY, IssueOptions, Signer, SignerName, SpiffeId, TrustBundle, WorkloadKey, parse_key,
 };
 use signet_proxy::tls::verify::PeerClientVerifier;
-use signet_proxy::tls::{AllowList, ClientAlpn, Credentials, InboundTls, Policy, TlsSettings, TlsStore, Trust};
+use signet_proxy::tls::{AllowList, ClientAlpn, Credentials, CryptoPolicy, InboundTls, TlsSettings, TlsStore, Trust};
 
 struct Fixture {
     foo: Signer,
@@ -43,7 +43,7 @@ fn identity(f: &Fixture, sa: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyD
 
 fn store(f: &Fixture, sa: &str, resumption: bool, verify_cache: bool) -> TlsStore {
     let store = TlsStore::new(TlsSettings {
-        policy: Policy::default(),
+        policy: CryptoPolicy::default(),
         resumption,
         verify_cache,
         inbound: vec![InboundTls {
@@ -170,7 +170,7 @@ fn benches(crit: &mut Criterion) {
     });
 
     let trust = Arc::new(Trust::from_bundle(&f.bundle, f.foo.name()).unwrap());
-    let provider = Policy::default().provider();
+    let provider = CryptoPolicy::default().provider();
     let verifier = PeerClientVerifier::new(trust.clone(), AllowList::default(), &provider, false).unwrap();
     let cached = PeerClientVerifier::new(trust, AllowList::default(), &provider, true).unwrap();
     let (chain, _) = identity(&f, "curl");

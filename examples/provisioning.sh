@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README's provisioning walk-through as one script: the signer service with a per-namespace
+# README's provisioning walk-through as one script: the authority with a per-namespace
 # policy, sidecars that get their certificates by CSR, a refused request, and a root rotation of
 # signer foo with no restart. Needs `signet` and `gunicorn` (with httpbin) on PATH, or
 # SIGNET=... GUNICORN=...; PORT_BASE moves every port (default 15000).
@@ -28,11 +28,11 @@ namespaces:
   foo: {signer: foo}
   bar: {signer: bar}
 YAML
-$SIGNET ca token --tokens tokens.yaml --namespace foo --service-account httpbin --out httpbin-foo.token
-$SIGNET ca token --tokens tokens.yaml --namespace foo --service-account curl --out curl-foo.token
+$SIGNET authority token --tokens tokens.yaml --namespace foo --service-account httpbin --out httpbin-foo.token
+$SIGNET authority token --tokens tokens.yaml --namespace foo --service-account curl --out curl-foo.token
 
-step "2. the signer service (Istio's CA API on $CA, TLS certificate from istio-system)"
-$SIGNET ca serve --signers signers --bundle bundle.yaml --policy policy.yaml --tokens tokens.yaml \
+step "2. the authority (Istio's CA API on $CA, TLS certificate from istio-system)"
+$SIGNET authority serve --signers-dir signers --bundle bundle.yaml --signing-policy policy.yaml --tokens tokens.yaml \
   --listen 127.0.0.1:$CA --admin 127.0.0.1:$CA_ADMIN 2>ca.log & pids+=($!)
 wait_ok "http://127.0.0.1:$CA_ADMIN/ready"
 
@@ -50,7 +50,7 @@ grep -h "ready:" httpbin-sidecar.log curl-sidecar.log | sed 's/^.*ready: /  /'
 http_proxy=http://127.0.0.1:$OUTBOUND curl -sS -o /dev/null -w 'curl.foo → httpbin.foo: HTTP %{http_code}\n' http://httpbin.foo:8000/get
 
 step "4. a workload of foo naming signer bar is refused (the policy ties foo to signer foo)"
-$SIGNET ca token --tokens tokens.yaml --namespace foo --service-account rogue --out rogue.token 2>/dev/null
+$SIGNET authority token --tokens tokens.yaml --namespace foo --service-account rogue --out rogue.token 2>/dev/null
 sleep 1.5   # the service picks up the new token
 $SIGNET proxy "${AUTH[@]}" --signer bar --token-file rogue.token --id spiffe://cluster.local/ns/foo/sa/rogue \
   --inbound 127.0.0.1:$((B + 7))=127.0.0.1:$APP --admin 127.0.0.1:$((B + 200)) 2>rogue.log & ROGUE=$!

@@ -22,9 +22,9 @@ $SIGNET signer new bar --dir signers
 $SIGNET bundle signers/foo signers/bar -o bundle.yaml
 
 step "2. workload certificates: httpbin and curl in foo, curl in bar"
-$SIGNET cert issue --signer signers/foo --id spiffe://cluster.local/ns/foo/sa/httpbin --dns httpbin.foo --out w/httpbin-foo
-$SIGNET cert issue --signer signers/foo --id spiffe://cluster.local/ns/foo/sa/curl --out w/curl-foo
-$SIGNET cert issue --signer signers/bar --id spiffe://cluster.local/ns/bar/sa/curl --out w/curl-bar
+$SIGNET cert issue --signer-dir signers/foo --id spiffe://cluster.local/ns/foo/sa/httpbin --dns httpbin.foo --out w/httpbin-foo
+$SIGNET cert issue --signer-dir signers/foo --id spiffe://cluster.local/ns/foo/sa/curl --out w/curl-foo
+$SIGNET cert issue --signer-dir signers/bar --id spiffe://cluster.local/ns/bar/sa/curl --out w/curl-bar
 
 step "3. httpbin, its sidecar (inbound mTLS, trusts only foo), and the curl workload's sidecar (outbound)"
 $GUNICORN -b 127.0.0.1:$APP --no-control-socket httpbin:app 2>gunicorn.log & pids+=($!)

@@ -16,7 +16,7 @@ use rustls::{ClientConfig, HandshakeKind};
 use serde_json::json;
 use signet_certs::{IssueOptions, Signer, SpiffeId, WorkloadKey, parse_key, read_certs, read_key};
 use signet_proxy::tls::verify::PeerServerVerifier;
-use signet_proxy::tls::{Policy, Trust};
+use signet_proxy::tls::{CryptoPolicy, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -35,12 +35,12 @@ pub struct HandshakeArgs {
     /// Client private key (PEM).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// Roots the server's chain must anchor to (default: the --signer's ca.crt).
+    /// Roots the server's chain must anchor to (default: the --signer-dir's ca.crt).
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Mint a client identity from this signer directory instead of --cert/--key.
     #[arg(long, value_name = "DIR", conflicts_with = "cert")]
-    pub signer: Option<PathBuf>,
+    pub signer_dir: Option<PathBuf>,
     /// SPIFFE ID of the minted client identity.
     #[arg(long, default_value = "spiffe://cluster.local/ns/bench/sa/client")]
     pub id: String,
@@ -103,12 +103,12 @@ fn client_identity(
     ),
     String,
 > {
-    if let Some(dir) = &args.signer {
+    if let Some(dir) = &args.signer_dir {
         let name = dir
             .canonicalize()
             .ok()
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .ok_or_else(|| format!("--signer {}: not a directory", dir.display()))?;
+            .ok_or_else(|| format!("--signer-dir {}: not a directory", dir.display()))?;
         let signer_name = signet_certs::SignerName::with_default_domain(&name).map_err(|e| e.to_string())?;
         let signer = Signer::load_dir(dir, signer_name).map_err(|e| e.to_string())?;
         let id: SpiffeId = args.id.parse().map_err(|e| format!("--id: {e}"))?;
@@ -127,7 +127,7 @@ fn client_identity(
         return Ok((issued.chain, key, roots));
     }
     let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
-        return Err("give --cert and --key, or --signer DIR to mint a client identity".into());
+        return Err("give --cert and --key, or --signer-dir DIR to mint a client identity".into());
     };
     let ca = args.ca.as_ref().ok_or("--ca FILE is needed to verify the server")?;
     Ok((
@@ -139,7 +139,7 @@ fn client_identity(
 
 fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, String> {
     let (chain, key, roots) = client_identity(args)?;
-    let policy = Policy {
+    let policy = CryptoPolicy {
         min_version: signet_proxy::tls::MinVersion::Tls12,
         post_quantum: false,
     };
@@ -434,7 +434,7 @@ pub struct ServerArgs {
 /// server on one thread with Signet's crypto policy and rustls's stock client verifier: no
 /// SPIFFE parsing, no metrics, no upstream.
 pub fn serve(args: ServerArgs) -> Result<ExitCode, String> {
-    let policy = Policy::default();
+    let policy = CryptoPolicy::default();
     let provider = policy.provider();
     let mut roots = rustls::RootCertStore::empty();
     for r in read_certs(&args.ca).map_err(|e| e.to_string())? {

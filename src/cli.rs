@@ -35,9 +35,9 @@ pub enum Command {
     Cert(CertCommand),
     /// Print the trust bundle (meshConfig.caCertificates YAML) for signer directories.
     Bundle(BundleArgs),
-    /// The signer service: Istio's CA API in front of per-tenant signers, and its tokens.
+    /// The authority: Istio's CA API in front of per-tenant signers, and its tokens.
     #[command(subcommand)]
-    Ca(CaCommand),
+    Authority(AuthorityCommand),
     /// Run a sidecar: inbound mTLS in front of an app, outbound mTLS for its calls.
     Proxy(Box<ProxyArgs>),
     /// Run the two-tenant scenario locally: foo→foo answers, foo→bar fails CERTIFICATE_VERIFY_FAILED.
@@ -89,12 +89,12 @@ pub enum CertCommand {
 
 #[derive(Args, Debug)]
 pub struct CertIssueArgs {
-    /// The signer's directory (from `signet signer new`, or a cert-manager secret directory).
+    /// The signer directory (from `signet signer new`, or a cert-manager secret directory).
     #[arg(long, value_name = "DIR")]
-    pub signer: PathBuf,
+    pub signer_dir: PathBuf,
     /// The signer's name, if it differs from the directory name.
     #[arg(long, value_name = "NAME")]
-    pub signer_name: Option<String>,
+    pub signer: Option<String>,
     /// The workload's SPIFFE ID, e.g. spiffe://cluster.local/ns/foo/sa/httpbin.
     #[arg(long, value_name = "SPIFFE_ID")]
     pub id: String,
@@ -134,27 +134,27 @@ pub enum BenchCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum CaCommand {
+pub enum AuthorityCommand {
     /// Serve istio.v1.auth.IstioCertificateService (gRPC over TLS): check CSRs, sign with the namespace's signer.
-    Serve(CaServeArgs),
+    Serve(AuthorityServeArgs),
     /// Mint a bearer token for a namespace's service account (the local stand-in for its Kubernetes token).
-    Token(CaTokenArgs),
+    Token(AuthorityTokenArgs),
 }
 
 #[derive(Args, Debug)]
-pub struct CaServeArgs {
+pub struct AuthorityServeArgs {
     /// A signer directory (repeatable); its name is the signer's short name. NAME=DIR names it explicitly.
-    #[arg(long = "signer", value_name = "[NAME=]DIR")]
-    pub signer: Vec<String>,
-    /// A directory whose subdirectories are signers (as `signet signer new --dir` makes them).
+    #[arg(long = "signer-dir", value_name = "[NAME=]DIR")]
+    pub signer_dir: Vec<String>,
+    /// A directory whose subdirectories are signer directories (as `signet signer new --dir` makes them).
     #[arg(long, value_name = "DIR")]
-    pub signers: Option<PathBuf>,
+    pub signers_dir: Option<PathBuf>,
     /// Trust bundle: the roots returned with each chain (several per signer during a rotation).
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
     /// Signing policy: per-namespace signers, default signer, approvable signers, lifetimes, DNS SANs.
     #[arg(long, value_name = "FILE")]
-    pub policy: Option<PathBuf>,
+    pub signing_policy: Option<PathBuf>,
     /// Tokens file (token → namespace + service account); see `signet ca token`.
     #[arg(long, value_name = "FILE")]
     pub tokens: PathBuf,
@@ -165,7 +165,7 @@ pub struct CaServeArgs {
     #[arg(long, value_name = "LISTEN")]
     pub admin: Option<String>,
     /// DNS name in the service's own certificate; clients verify it.
-    #[arg(long, default_value = signet_ca::DEFAULT_SERVER_NAME)]
+    #[arg(long, default_value = signet_authority::DEFAULT_SERVER_NAME)]
     pub server_name: String,
     /// The signer that issues the service's own certificate.
     #[arg(long, default_value = "istio-system")]
@@ -178,7 +178,7 @@ pub struct CaServeArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct CaTokenArgs {
+pub struct AuthorityTokenArgs {
     /// The tokens file to add the token to (created 0600 if missing).
     #[arg(long, value_name = "FILE")]
     pub tokens: PathBuf,
@@ -277,13 +277,13 @@ pub struct ProxyArgs {
     /// Data-plane worker threads (default: one per CPU).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Provision the certificate from this signer service (host:port) instead of files.
+    /// Provision the certificate from this authority (host:port) instead of files.
     #[arg(long, value_name = "ADDRESS")]
     pub authority: Option<String>,
-    /// Root(s) of the signer service's certificate (e.g. signers/istio-system/ca.crt).
+    /// Root(s) of the authority's certificate (e.g. signers/istio-system/ca.crt).
     #[arg(long, value_name = "FILE")]
     pub authority_ca: Option<PathBuf>,
-    /// The DNS name in the signer service's certificate.
+    /// The DNS name in the authority's certificate.
     #[arg(long, value_name = "NAME")]
     pub authority_server_name: Option<String>,
     /// The workload's bearer token file (re-read on every request).

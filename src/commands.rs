@@ -16,8 +16,8 @@ use signet_proxy::config::{
 use signet_proxy::{ConfigFile, Sidecar};
 
 use crate::cli::{
-    BundleArgs, CaCommand, CaServeArgs, CaTokenArgs, CertCommand, CertIssueArgs, CertShowArgs, Command, ProxyArgs,
-    SignerCommand, SignerNewArgs,
+    AuthorityCommand, AuthorityServeArgs, AuthorityTokenArgs, BundleArgs, CertCommand, CertIssueArgs, CertShowArgs,
+    Command, ProxyArgs, SignerCommand, SignerNewArgs,
 };
 
 pub fn run(command: Command) -> Result<ExitCode, String> {
@@ -26,8 +26,8 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Cert(CertCommand::Issue(args)) => cert_issue(args),
         Command::Cert(CertCommand::Show(args)) => cert_show(args),
         Command::Bundle(args) => bundle(args),
-        Command::Ca(CaCommand::Serve(args)) => ca_serve(args),
-        Command::Ca(CaCommand::Token(args)) => ca_token(args),
+        Command::Authority(AuthorityCommand::Serve(args)) => authority_serve(args),
+        Command::Authority(AuthorityCommand::Token(args)) => authority_token(args),
         Command::Bench(crate::cli::BenchCommand::Handshake(args)) => crate::bench::run(*args),
         Command::Bench(crate::cli::BenchCommand::Server(args)) => crate::bench::serve(args),
         Command::Proxy(args) => proxy(*args),
@@ -82,7 +82,7 @@ fn signer_name_of(dir: &Path, explicit: Option<&str>, domain: &str) -> Result<Si
             .unwrap_or_else(|_| dir.to_path_buf())
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| format!("{}: cannot tell the signer's name; pass --signer-name", dir.display()))?,
+            .ok_or_else(|| format!("{}: cannot tell the signer's name; pass --signer NAME", dir.display()))?,
     };
     SignerName::parse(&base, domain).map_err(|e| format!("{}: {e}", dir.display()))
 }
@@ -108,8 +108,8 @@ pub(crate) fn write_identity(out: &Path, issued: &IssuedCertificate, key: &Workl
 
 fn cert_issue(args: CertIssueArgs) -> Result<ExitCode, String> {
     let domain = &args.domain.signer_domain;
-    let name = signer_name_of(&args.signer, args.signer_name.as_deref(), domain)?;
-    let signer = Signer::load_dir(&args.signer, name).map_err(|e| e.to_string())?;
+    let name = signer_name_of(&args.signer_dir, args.signer.as_deref(), domain)?;
+    let signer = Signer::load_dir(&args.signer_dir, name).map_err(|e| e.to_string())?;
     let id: SpiffeId = args.id.parse().map_err(|e| format!("--id: {e}"))?;
     let options = IssueOptions {
         ttl: parse_duration(&args.ttl).map_err(|e| format!("--ttl: {e}"))?,
@@ -262,7 +262,7 @@ fn flags_overlay(args: &ProxyArgs, file_authority: Option<&AuthorityFile>) -> Re
                 .authority_ca
                 .clone()
                 .or(base.map(|b| b.ca_root.clone()))
-                .ok_or("--authority needs --authority-ca FILE (the root of the signer service's certificate)")?,
+                .ok_or("--authority needs --authority-ca FILE (the root of the authority's certificate)")?,
             server_name: args
                 .authority_server_name
                 .clone()
@@ -389,16 +389,18 @@ fn proxy(args: ProxyArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The signer-service client for a config that provisions its identity.
-pub(crate) fn authority_for(config: &signet_proxy::Config) -> Option<std::sync::Arc<dyn signet_certs::Authority>> {
+/// The authority client for a config that provisions its identity.
+pub(crate) fn authority_for(
+    config: &signet_proxy::Config,
+) -> Option<std::sync::Arc<dyn signet_certs::AuthorityClient>> {
     match &config.identity {
-        IdentitySource::Authority(a) => Some(std::sync::Arc::new(signet_ca::GrpcAuthority {
+        IdentitySource::Authority(a) => Some(std::sync::Arc::new(signet_authority::GrpcClient {
             address: a.authority.address.clone(),
             server_name: a
                 .authority
                 .server_name
                 .clone()
-                .unwrap_or_else(|| signet_ca::DEFAULT_SERVER_NAME.to_string()),
+                .unwrap_or_else(|| signet_authority::DEFAULT_SERVER_NAME.to_string()),
             ca_root: a.authority.ca_root.clone(),
             token_file: a.authority.token_file.clone(),
             timeout: std::time::Duration::from_secs(20),
@@ -430,11 +432,11 @@ pub(crate) async fn serve_until_signal(on_hup: impl Fn()) {
     wait_for_signal().await;
 }
 
-fn signer_dirs(args: &CaServeArgs) -> Result<Vec<(SignerName, std::path::PathBuf)>, String> {
+fn signer_dirs(args: &AuthorityServeArgs) -> Result<Vec<(SignerName, std::path::PathBuf)>, String> {
     let domain = &args.domain.signer_domain;
     let mut out = Vec::new();
-    if let Some(parent) = &args.signers {
-        let entries = std::fs::read_dir(parent).map_err(|e| format!("--signers {}: {e}", parent.display()))?;
+    if let Some(parent) = &args.signers_dir {
+        let entries = std::fs::read_dir(parent).map_err(|e| format!("--signers-dir {}: {e}", parent.display()))?;
         let mut dirs: Vec<_> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -445,7 +447,7 @@ fn signer_dirs(args: &CaServeArgs) -> Result<Vec<(SignerName, std::path::PathBuf
             out.push((signer_name_of(&dir, None, domain)?, dir));
         }
     }
-    for spec in &args.signer {
+    for spec in &args.signer_dir {
         let (name, dir) = match spec.split_once('=') {
             Some((n, d)) => (Some(n), std::path::PathBuf::from(d)),
             None => (None, std::path::PathBuf::from(spec)),
@@ -453,21 +455,23 @@ fn signer_dirs(args: &CaServeArgs) -> Result<Vec<(SignerName, std::path::PathBuf
         out.push((signer_name_of(&dir, name, domain)?, dir));
     }
     if out.is_empty() {
-        return Err("no signers: give --signers DIR (each subdirectory a signer) or --signer DIR".into());
+        return Err(
+            "no signers: give --signers-dir DIR (each subdirectory a signer directory) or --signer-dir DIR".into(),
+        );
     }
     Ok(out)
 }
 
-fn ca_serve(args: CaServeArgs) -> Result<ExitCode, String> {
+fn authority_serve(args: AuthorityServeArgs) -> Result<ExitCode, String> {
     let domain = args.domain.signer_domain.clone();
     let addr = |flag: &str, v: &str| -> Result<std::net::SocketAddr, String> {
         v.parse().map_err(|_| format!("{flag} {v:?} is not an IP:port address"))
     };
-    let config = signet_ca::CaConfig {
-        sources: signet_ca::CaSources {
+    let config = signet_authority::ServerSettings {
+        sources: signet_authority::Sources {
             signers: signer_dirs(&args)?,
             bundle: args.bundle.clone(),
-            policy: args.policy.clone(),
+            policy: args.signing_policy.clone(),
             tokens: args.tokens.clone(),
             signer_domain: domain.clone(),
         },
@@ -487,34 +491,34 @@ fn ca_serve(args: CaServeArgs) -> Result<ExitCode, String> {
             })?,
     };
     runtime(None)?.block_on(async move {
-        let service = signet_ca::CaService::start(config).await?;
+        let service = signet_authority::AuthorityServer::start(config).await?;
         serve_until_signal(|| {
             if let Err(e) = service.reload() {
                 tracing::error!("reload failed, keeping the previous signers/bundle/policy/tokens: {e}");
             }
         })
         .await;
-        tracing::info!("signer service shutting down");
+        tracing::info!("authority shutting down");
         service.shutdown().await;
         Ok::<_, String>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn ca_token(args: CaTokenArgs) -> Result<ExitCode, String> {
-    let mut file: signet_ca::TokensFile = match std::fs::read_to_string(&args.tokens) {
+fn authority_token(args: AuthorityTokenArgs) -> Result<ExitCode, String> {
+    let mut file: signet_authority::TokensFile = match std::fs::read_to_string(&args.tokens) {
         Ok(text) => serde_yaml_ng::from_str(&text)
             .map_err(|e| format!("{}: invalid tokens file: {e}", args.tokens.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => signet_ca::TokensFile::default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => signet_authority::TokensFile::default(),
         Err(e) => return Err(format!("{}: {e}", args.tokens.display())),
     };
-    let token = signet_ca::new_token();
-    let entry = signet_ca::TokenEntry {
+    let token = signet_authority::new_token();
+    let entry = signet_authority::TokenEntry {
         token: token.clone(),
         namespace: args.namespace.clone(),
         service_account: args.service_account.clone(),
     };
-    signet_ca::Tokens::from_entries(std::slice::from_ref(&entry))?;
+    signet_authority::Tokens::from_entries(std::slice::from_ref(&entry))?;
     file.tokens.push(entry);
     let yaml = serde_yaml_ng::to_string(&file).map_err(|e| e.to_string())?;
     write_private(&args.tokens, yaml.as_bytes()).map_err(|e| e.to_string())?;

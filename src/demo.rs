@@ -1,5 +1,5 @@
 //! `signet demo`: Istio's "Custom CA integration using Kubernetes CSR" task on 127.0.0.1.
-//! Three signers, a trust bundle, the signer service with the task's per-namespace policy, two
+//! Three signers, a trust bundle, the authority with the task's per-namespace policy, two
 //! httpbins (foo, bar) and a curl workload in foo whose sidecars get their certificates by CSR,
 //! and the task's two requests through foo's outbound proxy.
 
@@ -102,29 +102,30 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
         bundle_path.display()
     );
 
-    // 3. The signer service with the task's policy: foo → foo, bar → bar, default istio-system.
+    // 3. The authority with the task's policy: foo → foo, bar → bar, default istio-system.
     let policy_path = dir.join("policy.yaml");
     write_public(&policy_path, POLICY.as_bytes()).map_err(|e| e.to_string())?;
     let tokens_path = dir.join("tokens.yaml");
     let mut token_files = BTreeMap::new();
     let mut entries = Vec::new();
     for w in [&HTTPBIN_FOO, &HTTPBIN_BAR, &CURL_FOO] {
-        let token = signet_ca::new_token();
+        let token = signet_authority::new_token();
         let file = dir
             .join("tokens")
             .join(format!("{}-{}", w.service_account, w.namespace));
         write_private(&file, token.as_bytes()).map_err(|e| e.to_string())?;
-        entries.push(signet_ca::TokenEntry {
+        entries.push(signet_authority::TokenEntry {
             token,
             namespace: w.namespace.into(),
             service_account: w.service_account.into(),
         });
         token_files.insert(w.label, file);
     }
-    let yaml = serde_yaml_ng::to_string(&signet_ca::TokensFile { tokens: entries }).map_err(|e| e.to_string())?;
+    let yaml =
+        serde_yaml_ng::to_string(&signet_authority::TokensFile { tokens: entries }).map_err(|e| e.to_string())?;
     write_private(&tokens_path, yaml.as_bytes()).map_err(|e| e.to_string())?;
-    let ca = signet_ca::CaService::start(signet_ca::CaConfig {
-        sources: signet_ca::CaSources {
+    let ca = signet_authority::AuthorityServer::start(signet_authority::ServerSettings {
+        sources: signet_authority::Sources {
             signers: signers
                 .iter()
                 .map(|(short, s)| (s.name().clone(), dir.join("signers").join(short)))
@@ -136,13 +137,13 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
         },
         listen: ([127, 0, 0, 1], 0).into(),
         admin: Some(([127, 0, 0, 1], 0).into()),
-        server_name: signet_ca::DEFAULT_SERVER_NAME.into(),
+        server_name: signet_authority::DEFAULT_SERVER_NAME.into(),
         serving_signer: signers["istio-system"].name().clone(),
         watch_interval: Duration::from_secs(1),
     })
     .await?;
     println!(
-        "[3/6] signer service {} (Istio's CA API over TLS; policy: foo → foo, bar → bar, default istio-system) → {}",
+        "[3/6] authority {} (Istio's CA API over TLS; policy: foo → foo, bar → bar, default istio-system) → {}",
         ca.addr,
         policy_path.display()
     );
@@ -231,7 +232,7 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
         .filter(|r| r["status"]["conditions"][0]["type"] == "Approved")
         .count();
     println!(
-        "[5/6] the signer service recorded {} CertificateSigningRequests, {approved} Approved (http://{}/requests)\n",
+        "[5/6] the authority recorded {} CertificateSigningRequests, {approved} Approved (http://{}/requests)\n",
         items.len(),
         ca.admin.map(|a| a.to_string()).unwrap_or_default()
     );
@@ -295,7 +296,7 @@ async fn start(config: ConfigFile) -> Result<Sidecar, String> {
     let side = Sidecar::start(config, authority).await.map_err(|e| e.to_string())?;
     side.ready(Duration::from_secs(10))
         .await
-        .ok_or("a sidecar got no certificate from the signer service within 10 s")?;
+        .ok_or("a sidecar got no certificate from the authority within 10 s")?;
     Ok(side)
 }
 
@@ -345,7 +346,13 @@ fn flatten_html(html: &str) -> String {
     }
 }
 
-fn print_try_it(dir: &Path, proxy: SocketAddr, side_foo: &Sidecar, side_curl: &Sidecar, ca: &signet_ca::CaService) {
+fn print_try_it(
+    dir: &Path,
+    proxy: SocketAddr,
+    side_foo: &Sidecar,
+    side_curl: &Sidecar,
+    ca: &signet_authority::AuthorityServer,
+) {
     let inbound = side_foo.addrs.inbound[0];
     let d = dir.display();
     println!("\neverything keeps running; try (Ctrl-C stops):");
@@ -357,7 +364,7 @@ fn print_try_it(dir: &Path, proxy: SocketAddr, side_foo: &Sidecar, side_curl: &S
         p = inbound.port()
     );
     if let Some(admin) = ca.admin {
-        println!("  curl http://{admin}/requests     # the signer service's CertificateSigningRequests");
+        println!("  curl http://{admin}/requests     # the authority's CertificateSigningRequests");
     }
     if let Some(admin) = side_curl.addrs.admin {
         println!("  curl http://{admin}/certs        # the curl sidecar's certificate and roots");

@@ -38,7 +38,7 @@ fn signers_certificates_and_bundles() {
     let out = signet_ok(&[
         "cert",
         "issue",
-        "--signer",
+        "--signer-dir",
         &format!("{d}/foo"),
         "--id",
         &id,
@@ -82,7 +82,7 @@ fn signers_certificates_and_bundles() {
     let bad = signet(&[
         "cert",
         "issue",
-        "--signer",
+        "--signer-dir",
         &format!("{d}/foo"),
         "--id",
         "spiffe://x/ns//a",

@@ -1,4 +1,4 @@
-//! Provisioning and reload failures: the signer service going away, certificates expiring, and
+//! Provisioning and reload failures: the authority going away, certificates expiring, and
 //! broken files on disk. In every case a still-valid certificate keeps serving, an expired one is
 //! never presented, and service resumes as soon as the cause goes away.
 
@@ -62,7 +62,7 @@ fn serial(side: &Sidecar) -> String {
 #[test]
 fn a_signer_service_outage_keeps_valid_certificates_serving_and_renewals_resume() {
     let t = setup();
-    let mut ca = Ca::start(&t.mesh, POLICY, "127.0.0.1:0");
+    let mut ca = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
     let side = t.inbound(t.mesh.provisioned(&ca, "foo", "httpbin", "10s"));
     side.wait_ready(Duration::from_secs(10));
     assert_eq!(t.call(&side).status, 200);
@@ -77,7 +77,7 @@ fn a_signer_service_outage_keeps_valid_certificates_serving_and_renewals_resume(
         assert_eq!(
             r.status,
             200,
-            "served while the signer service is down: {r:?}\n{}",
+            "served while the authority is down: {r:?}\n{}",
             side.proc.log()
         );
         calls += 1;
@@ -127,8 +127,8 @@ fn an_expired_certificate_is_never_presented_and_readiness_turns_false() {
     assert_eq!(t.app.requests(), before);
     assert!(side.metric("signet_tls_handshakes_total{direction=\"inbound\",result=\"not_ready\"}") >= 1);
 
-    // Authority mode: the signer service is gone before the 3 s certificate can be renewed.
-    let mut ca = Ca::start(&t.mesh, POLICY, "127.0.0.1:0");
+    // Authority mode: the authority is gone before the 3 s certificate can be renewed.
+    let mut ca = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
     let side = t.inbound(t.mesh.provisioned(&ca, "foo", "httpbin", "3s"));
     side.wait_ready(Duration::from_secs(10));
     ca.stop();

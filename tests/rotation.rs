@@ -120,7 +120,7 @@ fn renewals_and_a_root_rotation_under_load_lose_no_request() {
     let mesh = Mesh::new(&["istio-system", "foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
     std::fs::write(mesh.path("tokens.yaml"), "tokens: []\n").unwrap();
-    let ca = Ca::start(
+    let ca = Authority::start(
         &mesh,
         "approvableSigners: [istio-system, foo]\nnamespaces:\n  foo: {signer: foo}\n",
         "127.0.0.1:0",
@@ -261,7 +261,7 @@ fn renewals_and_a_root_rotation_under_load_lose_no_request() {
     // 20 ms); the rate achieved is printed above, not asserted (CI machines are noisy).
     assert!(sent > 1000, "the load ran: {sent} requests");
     assert_ne!(old_root, new_root);
-    // The signer service saw the switch: foo's requests after step 2 were signed by the new CA.
+    // The authority saw the switch: foo's requests after step 2 were signed by the new CA.
     let reqs = ca.requests();
     assert!(reqs["items"].as_array().unwrap().len() as u64 >= 22);
 }

@@ -1,5 +1,5 @@
 //! README's walk-throughs run as written: examples/tour.sh (signers, certificates, sidecars,
-//! curl) and examples/provisioning.sh (signer service, CSR provisioning, a refusal, a root
+//! curl) and examples/provisioning.sh (authority, CSR provisioning, a refusal, a root
 //! rotation), with the built `signet`, the real httpbin under gunicorn, and curl.
 
 use std::net::TcpListener;
@@ -54,7 +54,7 @@ fn the_readme_tour_runs_as_written() {
 fn the_readme_provisioning_walk_through_runs_as_written() {
     let stdout = run("provisioning.sh", 1);
     assert!(
-        stdout.contains("spiffe://cluster.local/ns/foo/sa/httpbin from signer service"),
+        stdout.contains("spiffe://cluster.local/ns/foo/sa/httpbin from authority"),
         "{stdout}"
     );
     assert!(stdout.contains("curl.foo → httpbin.foo: HTTP 200"), "{stdout}");

@@ -1,5 +1,5 @@
-//! The `Authority` seam: whoever can turn a workload's CSR into a signed chain (the embedded
-//! signer service over gRPC today; the Kubernetes CSR API later). The sidecar's provisioning
+//! The `AuthorityClient` seam: whoever can turn a workload's CSR into a signed chain (the embedded
+//! authority over gRPC today; the Kubernetes CSR API later). The sidecar's provisioning
 //! loop depends on this trait only.
 
 use std::fmt;
@@ -68,7 +68,7 @@ impl std::error::Error for AuthorityError {}
 
 pub type AuthorityFuture<'a> = Pin<Box<dyn Future<Output = Result<IssuedChain, AuthorityError>> + Send + 'a>>;
 
-pub trait Authority: Send + Sync {
+pub trait AuthorityClient: Send + Sync {
     /// Submits one CSR.
     fn sign<'a>(&'a self, order: &'a CsrOrder) -> AuthorityFuture<'a>;
     /// Where requests go, for logs.

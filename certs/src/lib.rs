@@ -16,7 +16,7 @@ mod signer;
 mod spiffe;
 mod watch;
 
-pub use authority::{Authority, AuthorityError, AuthorityErrorKind, AuthorityFuture, CsrOrder, IssuedChain};
+pub use authority::{AuthorityClient, AuthorityError, AuthorityErrorKind, AuthorityFuture, CsrOrder, IssuedChain};
 pub use bundle::{BundleEntry, TrustBundle};
 pub use duration::{format_duration, parse_duration, rfc3339};
 pub use error::Error;

@@ -112,7 +112,7 @@ impl Admin {
             "spiffe_id": id.id.as_str(),
             "signer": id.signer.as_str(),
             "ready": self.store.is_ready(),
-            "trust_bundle_version": id.trust_version,
+            "trust_version": id.trust_version,
             "anchor_sha256": id.anchor_sha256,
             "certificates": [{
                 "ca_cert": id.roots.iter().map(cert_json).collect::<Vec<_>>(),

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use signet_certs::{DEFAULT_SIGNER_DOMAIN, SignerName, SpiffeId, files, parse_duration};
 
 use crate::services::{Service, ServiceTable};
-use crate::tls::{AllowList, MinVersion, Policy};
+use crate::tls::{AllowList, CryptoPolicy, MinVersion};
 
 /// Files are hashed this often at most.
 pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(50);
@@ -102,7 +102,7 @@ pub struct IdentityFile {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
-    /// Provision by CSR from a signer service instead of reading files.
+    /// Provision by CSR from an authority instead of reading files.
     pub authority: Option<AuthorityFile>,
     /// The identity to request (authority mode).
     pub spiffe_id: Option<String>,
@@ -118,7 +118,7 @@ pub struct IdentityFile {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorityFile {
-    /// `host:port` of the signer service (Istio: istiod's 15012).
+    /// `host:port` of the authority (Istio: istiod's 15012).
     pub address: String,
     /// Root(s) of the service's own certificate.
     pub ca_root: PathBuf,
@@ -291,7 +291,7 @@ impl ConfigFile {
             if id.cert_dir.is_some() || id.cert.is_some() || id.key.is_some() {
                 return Err(ConfigError::new(
                     "identity",
-                    "give either a signer service (--authority) or certificate files (--cert-dir/--cert/--key), not both",
+                    "give either an authority (--authority) or certificate files (--cert-dir/--cert/--key), not both",
                 ));
             }
             let spiffe_id = id
@@ -314,7 +314,7 @@ impl ConfigFile {
             if a.address.trim().is_empty() {
                 return Err(ConfigError::new(
                     "identity.authority.address",
-                    "empty; give the signer service's host:port",
+                    "empty; give the authority's host:port",
                 ));
             }
             IdentitySource::Authority(AuthorityIdentity {
@@ -479,7 +479,7 @@ impl ConfigFile {
             admin: self.admin.as_deref().map(|a| parse_addr(a, "admin")).transpose()?,
             timeouts,
             xfcc: self.xfcc.unwrap_or_default(),
-            tls: Policy {
+            tls: CryptoPolicy {
                 min_version: tls.min_version.unwrap_or_default(),
                 post_quantum: tls.post_quantum.unwrap_or(false),
             },
@@ -505,7 +505,7 @@ fn parse_addr(text: &str, origin: &str) -> Result<SocketAddr, ConfigError> {
 pub enum IdentitySource {
     /// Files, reloaded when they change and on SIGHUP.
     Files(IdentityFiles),
-    /// A key and CSR made here, signed by a signer service; renewed before expiry.
+    /// A key and CSR made here, signed by an authority; renewed before expiry.
     Authority(AuthorityIdentity),
 }
 
@@ -526,7 +526,7 @@ pub struct AuthorityIdentity {
     pub renew_at: f64,
 }
 
-/// How to reach the signer service; the CLI turns it into a client.
+/// How to reach the authority; the CLI turns it into a client.
 #[derive(Clone, Debug)]
 pub struct AuthorityConfig {
     pub address: String,
@@ -589,7 +589,7 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub timeouts: Timeouts,
     pub xfcc: XfccMode,
-    pub tls: Policy,
+    pub tls: CryptoPolicy,
     pub resumption: bool,
     pub verify_cache: bool,
 }

@@ -36,7 +36,7 @@ pub struct Metrics {
     /// By status class 1xx..5xx.
     responses: [[AtomicU64; 5]; 2],
     app_connect_failures: AtomicU64,
-    /// CSR requests to the signer service: [ok, failed].
+    /// CSR requests to the authority: [ok, failed].
     csr_requests: [AtomicU64; 2],
     renewals: AtomicU64,
     /// Reloads of files or the bundle: [ok, failed].
@@ -196,7 +196,7 @@ impl Metrics {
         )?;
         writeln!(
             out,
-            "# HELP signet_identity_csr_requests_total Certificate requests to the signer service."
+            "# HELP signet_identity_csr_requests_total Certificate requests to the authority."
         )?;
         writeln!(out, "# TYPE signet_identity_csr_requests_total counter")?;
         for (i, result) in ["ok", "failed"].iter().enumerate() {

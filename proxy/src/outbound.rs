@@ -224,24 +224,24 @@ impl HttpOutbound {
                 "signet: CONNECT is not supported; Signet adds mTLS itself, so send plain http:// requests through http_proxy",
             );
         }
-        let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+        let target = req.uri().authority().map(|a| a.to_string()).or_else(|| {
             req.headers()
                 .get(HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         });
-        let Some(authority) = authority else {
+        let Some(target) = target else {
             return body::text(
                 StatusCode::BAD_REQUEST,
                 "signet: the request names no host (no absolute URI, no Host header)",
             );
         };
-        let Some(service) = self.services.get(&authority) else {
-            tracing::warn!("outbound {}: no route to {authority}", self.listen);
+        let Some(service) = self.services.get(&target) else {
+            tracing::warn!("outbound {}: no route to {target}", self.listen);
             return body::text(
                 StatusCode::BAD_GATEWAY,
                 format!(
-                    "signet: no route to {authority}: it is not in this sidecar's service table (add --service {authority}=ADDRESS,SPIFFE_ID)"
+                    "signet: no route to {target}: it is not in this sidecar's service table (add --service {target}=ADDRESS,SPIFFE_ID)"
                 ),
             );
         };
@@ -313,7 +313,7 @@ fn failure_body(err: &hyper_util::client::legacy::Error, our_signer: &str) -> St
     format!("{ENVOY_PREFIX}connection termination ({err})")
 }
 
-/// Dials peer sidecars for the pooled HTTP client: the URI's authority is a service name.
+/// Dials peer sidecars for the pooled HTTP client: the URI's host:port is a service name.
 #[derive(Clone)]
 pub(crate) struct MeshConnector {
     shared: Arc<Shared>,
@@ -332,10 +332,10 @@ impl tower_service::Service<Uri> for MeshConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let (shared, services) = (self.shared.clone(), self.services.clone());
         Box::pin(async move {
-            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            let target = uri.authority().map(|a| a.as_str()).unwrap_or_default();
             let service = services
-                .get(authority)
-                .ok_or_else(|| UpstreamError::NoRoute(authority.to_string()))?;
+                .get(target)
+                .ok_or_else(|| UpstreamError::NoRoute(target.to_string()))?;
             let tls = connect_peer(&shared, &service, ClientAlpn::Http).await?;
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             Ok(MeshStream {

@@ -51,9 +51,9 @@ impl ServiceTable {
         self.by_name.insert(service.name.clone(), Arc::new(service));
     }
 
-    /// Looks up an authority as an app sends it (`Host:` or absolute URI); port 80 if absent.
-    pub fn get(&self, authority: &str) -> Option<Arc<Service>> {
-        self.by_name.get(&normalize(authority)?).cloned()
+    /// Looks up a `host[:port]` target as an app sends it (`Host:` or absolute URI); port 80 if absent.
+    pub fn get(&self, target: &str) -> Option<Arc<Service>> {
+        self.by_name.get(&normalize(target)?).cloned()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
@@ -65,8 +65,8 @@ impl ServiceTable {
     }
 }
 
-fn normalize(authority: &str) -> Option<String> {
-    let a = authority.trim().to_ascii_lowercase();
+fn normalize(target: &str) -> Option<String> {
+    let a = target.trim().to_ascii_lowercase();
     if a.is_empty() || a.contains(['/', ' ', '@']) {
         return None;
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{Admin, rfc3339};
-use signet_certs::Authority;
+use signet_certs::AuthorityClient;
 
 use crate::config::{Config, Protocol, Timeouts};
 use crate::identity::IdentityCtx;
@@ -18,7 +18,7 @@ use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::{HttpOutbound, TcpOutbound};
 use crate::services::ServiceTable;
-use crate::tls::{ClientAlpn, IdentityInfo, InboundTls, TlsSettings, TlsStore, policy};
+use crate::tls::{ClientAlpn, InboundTls, TlsSettings, TlsStore, WorkloadIdentity, policy};
 
 /// What every listener and connection task shares.
 pub(crate) struct Shared {
@@ -62,8 +62,8 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
 impl Sidecar {
     /// Loads the identity (files) or starts provisioning it (`authority`), binds all listeners
     /// and starts serving on the current runtime. `authority` is required when the config asks
-    /// for provisioning; the CLI builds it (this crate knows nothing of signer services).
-    pub async fn start(config: Config, authority: Option<Arc<dyn Authority>>) -> Result<Sidecar, StartError> {
+    /// for provisioning; the CLI builds it (this crate knows nothing of authorities).
+    pub async fn start(config: Config, authority: Option<Arc<dyn AuthorityClient>>) -> Result<Sidecar, StartError> {
         let services = Arc::new(config.services.clone());
         let store = Arc::new(TlsStore::new(tls_settings(&config, &services)));
         let metrics = Arc::new(Metrics::default());
@@ -193,12 +193,12 @@ impl Sidecar {
     }
 
     /// The published identity, once there is one.
-    pub fn identity(&self) -> Option<Arc<IdentityInfo>> {
+    pub fn identity(&self) -> Option<Arc<WorkloadIdentity>> {
         self.store.identity()
     }
 
     /// Waits until a certificate is published (authority mode), up to `timeout`.
-    pub async fn ready(&self, timeout: Duration) -> Option<Arc<IdentityInfo>> {
+    pub async fn ready(&self, timeout: Duration) -> Option<Arc<WorkloadIdentity>> {
         let start = tokio::time::Instant::now();
         while start.elapsed() < timeout {
             if self.store.is_ready() {
@@ -209,7 +209,7 @@ impl Sidecar {
         None
     }
 
-    /// Re-reads certificate files and the trust bundle now, or renews from the signer service
+    /// Re-reads certificate files and the trust bundle now, or renews from the authority
     /// (what SIGHUP does).
     pub fn reload(&self) {
         self.reload.notify_one();

@@ -190,7 +190,7 @@ impl Mesh {
     pub fn issue(&self, signer: &str, name: &str, id: &str, extra: &[&str]) -> String {
         let out = self.path(&format!("workloads/{name}")).display().to_string();
         let sdir = self.signer_dir(signer);
-        let mut args = vec!["cert", "issue", "--signer", &sdir, "--id", id, "--out", &out];
+        let mut args = vec!["cert", "issue", "--signer-dir", &sdir, "--id", id, "--out", &out];
         args.extend_from_slice(extra);
         signet_ok(&args);
         out
@@ -397,29 +397,29 @@ pub fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
-/// `signet ca serve` with a policy and tokens, over the signers of a `Mesh`.
-pub struct Ca {
+/// `signet authority serve` with a signing policy and tokens, over the signers of a `Mesh`.
+pub struct Authority {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub args: Vec<String>,
 }
 
-impl Ca {
+impl Authority {
     /// Writes `policy` and starts the service on `listen` (use "127.0.0.1:0" for any port).
-    pub fn start(mesh: &Mesh, policy: &str, listen: &str) -> Ca {
+    pub fn start(mesh: &Mesh, policy: &str, listen: &str) -> Authority {
         std::fs::write(mesh.path("policy.yaml"), policy).unwrap();
         if !mesh.path("tokens.yaml").exists() {
             std::fs::write(mesh.path("tokens.yaml"), "tokens: []\n").unwrap();
         }
         let args = s(&[
-            "ca",
+            "authority",
             "serve",
-            "--signers",
+            "--signers-dir",
             &mesh.path("signers").display().to_string(),
             "--bundle",
             &mesh.bundle(),
-            "--policy",
+            "--signing-policy",
             &mesh.path("policy.yaml").display().to_string(),
             "--tokens",
             &mesh.path("tokens.yaml").display().to_string(),
@@ -433,15 +433,15 @@ impl Ca {
         Self::spawn(args)
     }
 
-    fn spawn(args: Vec<String>) -> Ca {
+    fn spawn(args: Vec<String>) -> Authority {
         let mut cmd = signet_cmd();
         cmd.args(&args);
-        let mut proc = Proc::spawn("signer service", cmd);
-        let line = proc.wait_for_line("signer service on ", Duration::from_secs(20));
-        let addr = addr_after(&line, "signer service on ").expect("service address");
+        let mut proc = Proc::spawn("authority", cmd);
+        let line = proc.wait_for_line("authority on ", Duration::from_secs(20));
+        let addr = addr_after(&line, "authority on ").expect("service address");
         let admin_line = proc.wait_for_line(" admin http://", Duration::from_secs(5));
         let admin = addr_after(&admin_line, " admin http://").expect("admin address");
-        Ca {
+        Authority {
             proc,
             addr,
             admin,
@@ -453,7 +453,7 @@ impl Ca {
     pub fn stop(&mut self) {
         self.proc
             .terminate(Duration::from_secs(10))
-            .expect("the signer service stops on SIGTERM");
+            .expect("the authority stops on SIGTERM");
     }
 
     /// Starts the same service again on the same port.
@@ -476,7 +476,7 @@ impl Mesh {
     pub fn token(&self, ns: &str, sa: &str) -> String {
         let out = self.path(&format!("tokens/{ns}-{sa}")).display().to_string();
         signet_ok(&[
-            "ca",
+            "authority",
             "token",
             "--tokens",
             &self.path("tokens.yaml").display().to_string(),
@@ -491,7 +491,7 @@ impl Mesh {
     }
 
     /// Sidecar flags that provision `ns/sa` from `ca` (signer chosen by the service's policy).
-    pub fn provisioned(&self, ca: &Ca, ns: &str, sa: &str, ttl: &str) -> Vec<String> {
+    pub fn provisioned(&self, ca: &Authority, ns: &str, sa: &str, ttl: &str) -> Vec<String> {
         let token = self.token(ns, sa);
         s(&[
             "--authority",

@@ -7,11 +7,11 @@ use signet_certs::{FileWatch, read_certs, read_key};
 
 use super::{IdentityCtx, load_bundle, signer_for, trust_for};
 use crate::config::{Config, IdentitySource};
-use crate::tls::{Credentials, IdentityInfo, TlsStore};
+use crate::tls::{Credentials, TlsStore, WorkloadIdentity};
 
 /// Loads trust and certificate from files and installs them together. Errors are one line
 /// naming the file and the problem; on error nothing changes.
-pub(crate) fn load_files(config: &Config, store: &TlsStore) -> Result<Arc<IdentityInfo>, String> {
+pub(crate) fn load_files(config: &Config, store: &TlsStore) -> Result<Arc<WorkloadIdentity>, String> {
     let IdentitySource::Files(files) = &config.identity else {
         return Err("not in files mode".into());
     };

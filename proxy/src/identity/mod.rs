@@ -1,6 +1,6 @@
 //! Keeping the workload identity fresh, on the issuance side of the `Credentials` seam:
 //! from files (reloaded on change and SIGHUP; a broken file keeps the old certificate) or from a
-//! signer service (key + CSR at start, renewal at a fraction of the lifetime with jitter,
+//! authority (key + CSR at start, renewal at a fraction of the lifetime with jitter,
 //! exponential backoff on failure, a still-valid certificate kept, an expired one never served).
 //! The trust bundle is watched in both modes.
 
@@ -10,13 +10,13 @@ mod provision;
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
-use signet_certs::{Authority, SignerName, TrustBundle};
+use signet_certs::{AuthorityClient, SignerName, TrustBundle};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, IdentitySource};
 use crate::metrics::Metrics;
-use crate::tls::{IdentityInfo, TlsStore, Trust, signer_of_chain};
+use crate::tls::{TlsStore, Trust, WorkloadIdentity, signer_of_chain};
 
 pub(crate) use files::load_files;
 
@@ -35,9 +35,9 @@ pub(crate) struct IdentityCtx {
 /// the first certificate arrives).
 pub(crate) fn start(
     ctx: Arc<IdentityCtx>,
-    authority: Option<Arc<dyn Authority>>,
+    authority: Option<Arc<dyn AuthorityClient>>,
     tracker: &tokio_util::task::TaskTracker,
-) -> Result<Option<Arc<IdentityInfo>>, String> {
+) -> Result<Option<Arc<WorkloadIdentity>>, String> {
     match &ctx.config.identity {
         IdentitySource::Files(_) => {
             let identity = load_files(&ctx.config, ctx.store.as_ref())?;
@@ -45,7 +45,7 @@ pub(crate) fn start(
             Ok(Some(identity))
         }
         IdentitySource::Authority(settings) => {
-            let authority = authority.ok_or("provisioning is configured but no signer-service client was given")?;
+            let authority = authority.ok_or("provisioning is configured but no authority client was given")?;
             // Missing or broken local files are configuration errors: report them now, in one
             // line, not as endless retries in the background.
             if let Some(path) = &ctx.config.trust_bundle {

@@ -8,11 +8,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use signet_certs::{Authority, CsrOrder, FileWatch, WorkloadKey, parse_key, rfc3339};
+use signet_certs::{AuthorityClient, CsrOrder, FileWatch, WorkloadKey, parse_key, rfc3339};
 
 use super::{IdentityCtx, load_bundle, signer_for, trust_for};
 use crate::config::AuthorityIdentity;
-use crate::tls::{Credentials, IdentityInfo};
+use crate::tls::{Credentials, WorkloadIdentity};
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(150);
@@ -43,7 +43,7 @@ fn backoff(failures: u32) -> Duration {
 /// When to renew: `renew_at` of the way from notBefore to notAfter, ±1 % of the lifetime, but
 /// never sooner than 1 s and 5 % of the remaining life from now (a signer that backdates
 /// notBefore, or skewed clocks, must not turn renewal into a tight loop).
-fn renewal_time(id: &IdentityInfo, renew_at: f64) -> SystemTime {
+fn renewal_time(id: &WorkloadIdentity, renew_at: f64) -> SystemTime {
     let life = id.not_after.duration_since(id.not_before).unwrap_or_default();
     let fraction = (renew_at + 0.01 * jitter_unit()).clamp(0.05, 0.95);
     let planned = id.not_before + life.mul_f64(fraction);
@@ -66,7 +66,7 @@ fn until(t: SystemTime) -> Duration {
     t.duration_since(SystemTime::now()).unwrap_or_default()
 }
 
-pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: AuthorityIdentity, authority: Arc<dyn Authority>) {
+pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: AuthorityIdentity, authority: Arc<dyn AuthorityClient>) {
     let source = authority.describe();
     tracing::info!("requesting a certificate for {} from {source}", settings.id);
     let mut bundle_watch = FileWatch::new(ctx.config.trust_bundle.iter().cloned().collect());
@@ -191,8 +191,8 @@ fn reload_bundle(ctx: &IdentityCtx) -> bool {
 async fn request(
     ctx: &IdentityCtx,
     settings: &AuthorityIdentity,
-    authority: &dyn Authority,
-) -> Result<Arc<IdentityInfo>, String> {
+    authority: &dyn AuthorityClient,
+) -> Result<Arc<WorkloadIdentity>, String> {
     let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
     let csr = key.request(&settings.id, &settings.dns).map_err(|e| e.to_string())?;
     let order = CsrOrder {
@@ -211,7 +211,7 @@ async fn request(
         .and_then(|info| info.spiffe_id().ok());
     if issued_id.as_ref() != Some(&settings.id) {
         return Err(format!(
-            "the signer service issued {} instead of {}",
+            "the authority issued {} instead of {}",
             issued_id
                 .map(|i| i.to_string())
                 .unwrap_or_else(|| "a certificate without SPIFFE ID".into()),
@@ -226,5 +226,5 @@ async fn request(
     // Checked against the signer's roots (and the identity asked for) before anything changes.
     ctx.store
         .set_certificate(issued.chain, key, Some(trust))
-        .map_err(|e| format!("the signer service returned an unusable certificate: {e}"))
+        .map_err(|e| format!("the authority returned an unusable certificate: {e}"))
 }

@@ -9,8 +9,8 @@ pub mod store;
 pub mod verify;
 
 pub use diagnose::{HandshakeError, Reason};
-pub use policy::{MinVersion, Policy};
-pub use store::{ClientAlpn, Credentials, IdentityInfo, InboundTls, TlsSettings, TlsState, TlsStore, TrustUpdate};
+pub use policy::{CryptoPolicy, MinVersion};
+pub use store::{ClientAlpn, Credentials, InboundTls, TlsSettings, TlsState, TlsStore, TrustUpdate, WorkloadIdentity};
 pub use verify::{AllowList, Trust, recheck_resumed, signer_of_chain};
 
 /// Why a certificate or trust update was refused; the old configuration stays in place.

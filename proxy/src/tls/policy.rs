@@ -21,7 +21,7 @@ pub enum MinVersion {
 
 /// The crypto policy of one sidecar.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Policy {
+pub struct CryptoPolicy {
     pub min_version: MinVersion,
     /// Offer the hybrid X25519MLKEM768 key exchange first (larger handshakes, quantum-safe).
     pub post_quantum: bool,
@@ -59,7 +59,7 @@ static TLS13_AND_12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &
 /// over one pooled connection) and for clients such as curl.
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
 
-impl Policy {
+impl CryptoPolicy {
     /// The aws-lc-rs provider restricted to this policy. Passed explicitly to every builder:
     /// Signet never relies on a process-wide default provider.
     pub fn provider(&self) -> Arc<CryptoProvider> {
@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn default_is_tls13_only_with_aead_suites_and_x25519_first() {
-        let policy = Policy::default();
+        let policy = CryptoPolicy::default();
         let versions: Vec<ProtocolVersion> = policy.versions().iter().map(|v| v.version).collect();
         assert_eq!(versions, vec![ProtocolVersion::TLSv1_3]);
         let p = policy.provider();
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn tls12_adds_only_ecdhe_aead_suites() {
-        let policy = Policy {
+        let policy = CryptoPolicy {
             min_version: MinVersion::Tls12,
             post_quantum: false,
         };
@@ -132,16 +132,16 @@ mod tests {
 
     #[test]
     fn post_quantum_puts_the_hybrid_group_first() {
-        let policy = Policy {
+        let policy = CryptoPolicy {
             post_quantum: true,
-            ..Policy::default()
+            ..CryptoPolicy::default()
         };
         assert_eq!(policy.provider().kx_groups[0].name(), NamedGroup::X25519MLKEM768);
     }
 
     #[test]
     fn the_provider_verifies_ecdsa_p256() {
-        let p = Policy::default().provider();
+        let p = CryptoPolicy::default().provider();
         let schemes = p.signature_verification_algorithms.supported_schemes();
         assert!(schemes.contains(&rustls::SignatureScheme::ECDSA_NISTP256_SHA256));
         assert!(!schemes.is_empty());

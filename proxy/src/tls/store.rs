@@ -21,7 +21,7 @@ use signet_certs::{CertInfo, SignerName, SpiffeId};
 
 use super::resume::Sessions;
 use super::verify::{AllowList, PeerClientVerifier, PeerServerVerifier, Trust};
-use super::{Policy, TlsError};
+use super::{CryptoPolicy, TlsError};
 
 /// The seam issuance uses; it knows nothing of rustls configs.
 pub trait Credentials: Send + Sync {
@@ -36,7 +36,7 @@ pub trait Credentials: Send + Sync {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         trust: Option<Trust>,
-    ) -> Result<Arc<IdentityInfo>, TlsError>;
+    ) -> Result<Arc<WorkloadIdentity>, TlsError>;
 }
 
 /// What a trust update means for the current certificate.
@@ -48,7 +48,7 @@ pub struct TrustUpdate {
 
 /// The published identity, for the admin endpoint, XFCC and logs.
 #[derive(Clone, Debug)]
-pub struct IdentityInfo {
+pub struct WorkloadIdentity {
     pub id: SpiffeId,
     pub signer: SignerName,
     pub chain: Vec<CertInfo>,
@@ -79,7 +79,7 @@ pub enum ClientAlpn {
 /// Everything that shapes the configs besides the certificate and the trust.
 #[derive(Clone, Debug, Default)]
 pub struct TlsSettings {
-    pub policy: Policy,
+    pub policy: CryptoPolicy,
     /// TLS 1.3 session resumption, bound to the trust version (see `resume`).
     pub resumption: bool,
     /// Remember verified peer chains (one signature check per reconnect instead of two).
@@ -92,7 +92,7 @@ pub struct TlsSettings {
 
 /// One published generation of configs.
 pub struct TlsState {
-    pub identity: Arc<IdentityInfo>,
+    pub identity: Arc<WorkloadIdentity>,
     pub generation: u64,
     servers: Vec<Arc<ServerConfig>>,
     clients: HashMap<(Option<SpiffeId>, ClientAlpn), Arc<ClientConfig>>,
@@ -151,7 +151,7 @@ impl TlsStore {
     }
 
     /// The last published identity, even if expired (for the admin endpoint).
-    pub fn identity(&self) -> Option<Arc<IdentityInfo>> {
+    pub fn identity(&self) -> Option<Arc<WorkloadIdentity>> {
         self.current.load().as_ref().map(|s| s.identity.clone())
     }
 
@@ -247,7 +247,7 @@ impl TlsStore {
 
     /// Builds and publishes configs from `inputs`. With `strict`, the certificate must chain to
     /// the trust; otherwise a stale certificate is published with the new trust (and reported).
-    fn publish(&self, inputs: &mut Inputs, strict: bool) -> Result<Option<(Arc<IdentityInfo>, bool)>, TlsError> {
+    fn publish(&self, inputs: &mut Inputs, strict: bool) -> Result<Option<(Arc<WorkloadIdentity>, bool)>, TlsError> {
         let (Some(trust), Some(cert)) = (inputs.trust.clone(), inputs.cert.clone()) else {
             return Ok(None);
         };
@@ -269,7 +269,7 @@ impl TlsStore {
             .iter()
             .filter_map(|c| CertInfo::parse(c).ok())
             .collect::<Vec<_>>();
-        let identity = Arc::new(IdentityInfo {
+        let identity = Arc::new(WorkloadIdentity {
             id,
             signer: trust.signer().clone(),
             not_before: chain.first().map(|c| c.not_before).unwrap_or(SystemTime::UNIX_EPOCH),
@@ -376,7 +376,7 @@ impl Credentials for TlsStore {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         trust: Option<Trust>,
-    ) -> Result<Arc<IdentityInfo>, TlsError> {
+    ) -> Result<Arc<WorkloadIdentity>, TlsError> {
         let mut inputs = self.lock();
         let certified = CertifiedKey::from_der(chain, key, &self.provider).map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => {
@@ -405,6 +405,6 @@ impl Credentials for TlsStore {
 }
 
 /// `publish` returns `None` only without trust or certificate, both set just before.
-fn unreachable_state() -> Result<Arc<IdentityInfo>, TlsError> {
+fn unreachable_state() -> Result<Arc<WorkloadIdentity>, TlsError> {
     Err(TlsError::Trust("no trust roots loaded yet".into()))
 }

@@ -1,4 +1,4 @@
-//! `GrpcAuthority`: a sidecar's client for the signer service (or istiod). Every call opens a
+//! `GrpcClient`: a sidecar's client for the authority (or istiod). Every call opens a
 //! fresh TLS connection, re-reading the CA root and the token file, as Istio's agent rebuilds its
 //! channel after errors and ztunnel re-reads its token: calls are rare (one per renewal).
 
@@ -14,7 +14,8 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use signet_certs::{
-    Authority, AuthorityError, AuthorityErrorKind, AuthorityFuture, CsrOrder, IssuedChain, parse_certs, read_certs,
+    AuthorityClient, AuthorityError, AuthorityErrorKind, AuthorityFuture, CsrOrder, IssuedChain, parse_certs,
+    read_certs,
 };
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -24,7 +25,7 @@ use crate::pb::IstioCertificateRequest;
 use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 
 #[derive(Clone, Debug)]
-pub struct GrpcAuthority {
+pub struct GrpcClient {
     /// `host:port` of the service.
     pub address: String,
     /// The name in the service's certificate.
@@ -41,7 +42,7 @@ fn unavailable(reason: &str, message: impl Into<String>) -> AuthorityError {
     AuthorityError::new(AuthorityErrorKind::Unavailable, reason, message)
 }
 
-impl GrpcAuthority {
+impl GrpcClient {
     async fn call(&self, order: &CsrOrder) -> Result<IssuedChain, AuthorityError> {
         let roots = read_certs(&self.ca_root).map_err(|e| unavailable("CARootUnreadable", e.to_string()))?;
         let mut store = RootCertStore::empty();
@@ -87,7 +88,7 @@ impl GrpcAuthority {
                 }
                 unavailable(
                     "Unreachable",
-                    format!("cannot reach the signer service at {}: {msg}", self.address),
+                    format!("cannot reach the authority at {}: {msg}", self.address),
                 )
             })?;
         let mut client = IstioCertificateServiceClient::new(channel);
@@ -120,18 +121,17 @@ impl GrpcAuthority {
         let Some((roots_pem, chain_pems)) = response.cert_chain.split_last().filter(|(_, c)| !c.is_empty()) else {
             return Err(unavailable(
                 "ShortChain",
-                "the signer service returned no certificate and root",
+                "the authority returned no certificate and root",
             ));
         };
         let mut chain = Vec::new();
         for pem in chain_pems {
             chain.extend(
-                parse_certs(pem.as_bytes(), "signer service reply")
-                    .map_err(|e| unavailable("BadReply", e.to_string()))?,
+                parse_certs(pem.as_bytes(), "authority reply").map_err(|e| unavailable("BadReply", e.to_string()))?,
             );
         }
-        let roots = parse_certs(roots_pem.as_bytes(), "signer service roots")
-            .map_err(|e| unavailable("BadReply", e.to_string()))?;
+        let roots =
+            parse_certs(roots_pem.as_bytes(), "authority roots").map_err(|e| unavailable("BadReply", e.to_string()))?;
         Ok(IssuedChain { chain, roots })
     }
 }
@@ -150,13 +150,13 @@ fn from_status(s: tonic::Status) -> AuthorityError {
     AuthorityError::new(kind, reason, message)
 }
 
-impl Authority for GrpcAuthority {
+impl AuthorityClient for GrpcClient {
     fn sign<'a>(&'a self, order: &'a CsrOrder) -> AuthorityFuture<'a> {
         Box::pin(self.call(order))
     }
 
     fn describe(&self) -> String {
-        format!("signer service {} ({})", self.address, self.server_name)
+        format!("authority {} ({})", self.address, self.server_name)
     }
 }
 

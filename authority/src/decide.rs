@@ -12,19 +12,19 @@ use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 use signet_certs::{IssueOptions, RequestInfo, Signer, SignerName, TrustBundle, certs_to_pem, rfc3339};
 
-use crate::policy::Policy;
+use crate::signing_policy::SigningPolicy;
 use crate::tokens::{Requester, Tokens};
 
 /// Everything the RA decides with; replaced whole on reload.
-pub struct RaInputs {
-    pub policy: Policy,
+pub struct Inputs {
+    pub policy: SigningPolicy,
     pub signers: BTreeMap<SignerName, Arc<Signer>>,
     /// Roots per signer for responses; a signer missing here answers with its own `ca.crt`.
     pub bundle: Option<TrustBundle>,
     pub tokens: Tokens,
 }
 
-impl RaInputs {
+impl Inputs {
     /// The roots returned with a chain: the bundle's (several during a rotation), else the signer's.
     pub fn roots_for(&self, signer: &Signer) -> Vec<rustls_pki_types::CertificateDer<'static>> {
         let from_bundle = self
@@ -86,16 +86,16 @@ pub struct SigningRequest {
 const USAGES: [&str; 4] = ["digital signature", "key encipherment", "server auth", "client auth"];
 const KEEP: usize = 1000;
 
-pub struct Ra {
-    inputs: ArcSwap<RaInputs>,
+pub struct Authority {
+    inputs: ArcSwap<Inputs>,
     log: Mutex<VecDeque<SigningRequest>>,
     seq: AtomicU64,
     outcomes: Mutex<HashMap<String, u64>>,
 }
 
-impl Ra {
-    pub fn new(inputs: RaInputs) -> Self {
-        Ra {
+impl Authority {
+    pub fn new(inputs: Inputs) -> Self {
+        Authority {
             inputs: ArcSwap::from_pointee(inputs),
             log: Mutex::new(VecDeque::new()),
             seq: AtomicU64::new(0),
@@ -103,11 +103,11 @@ impl Ra {
         }
     }
 
-    pub fn replace(&self, inputs: RaInputs) {
+    pub fn replace(&self, inputs: Inputs) {
         self.inputs.store(Arc::new(inputs));
     }
 
-    pub fn inputs(&self) -> Arc<RaInputs> {
+    pub fn inputs(&self) -> Arc<Inputs> {
         self.inputs.load_full()
     }
 
@@ -124,9 +124,7 @@ impl Ra {
         let requester = match token.map(|t| inputs.tokens.authenticate(t)) {
             Some(Some(r)) => r.clone(),
             Some(None) => {
-                return Err(
-                    self.unauthenticated("UnknownToken", "the bearer token is not known to this signer service")
-                );
+                return Err(self.unauthenticated("UnknownToken", "the bearer token is not known to this authority"));
             }
             None => {
                 return Err(self.unauthenticated(
@@ -219,7 +217,7 @@ impl Ra {
 
     fn decide(
         &self,
-        inputs: &RaInputs,
+        inputs: &Inputs,
         requester: &Requester,
         csr: &str,
         validity_seconds: i64,
@@ -331,7 +329,7 @@ impl Ra {
             return Err(Refusal::new(
                 PermissionDenied,
                 "SignerNotApprovable",
-                format!("this signer service may not approve requests for {signer_name} (approvableSigners)"),
+                format!("this authority may not approve requests for {signer_name} (approvableSigners)"),
             ));
         }
         let signer = inputs.signers.get(&signer_name).ok_or_else(|| {
@@ -395,11 +393,11 @@ impl Ra {
         let mut keys: Vec<_> = outcomes.keys().collect();
         keys.sort();
         let mut out = String::from(
-            "# HELP signet_ca_requests_total Certificate requests by outcome (approved, or the refusal reason).\n# TYPE signet_ca_requests_total counter\n",
+            "# HELP signet_authority_requests_total Certificate requests by outcome (approved, or the refusal reason).\n# TYPE signet_authority_requests_total counter\n",
         );
         for k in keys {
             out.push_str(&format!(
-                "signet_ca_requests_total{{outcome=\"{k}\"}} {}\n",
+                "signet_authority_requests_total{{outcome=\"{k}\"}} {}\n",
                 outcomes[k]
             ));
         }

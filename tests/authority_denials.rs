@@ -1,4 +1,4 @@
-//! The signer service refuses what Istio's RA refuses, each with a distinct reason the caller
+//! The authority refuses what Istio's RA refuses, each with a distinct reason the caller
 //! sees, and records every request as a CertificateSigningRequest with its condition.
 
 mod support;
@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
-use signet_ca::GrpcAuthority;
-use signet_certs::{Authority, AuthorityErrorKind, CsrOrder, WorkloadKey};
+use signet_authority::GrpcClient;
+use signet_certs::{AuthorityClient, AuthorityErrorKind, CsrOrder, WorkloadKey};
 use support::*;
 
 const POLICY: &str = "
@@ -24,7 +24,7 @@ dnsSans:
 
 struct Setup {
     mesh: Mesh,
-    ca: Ca,
+    ca: Authority,
 }
 
 fn setup() -> Setup {
@@ -33,15 +33,15 @@ fn setup() -> Setup {
     for (ns, sa) in [("foo", "httpbin"), ("foo", "web"), ("legacy", "app")] {
         mesh.token(ns, sa);
     }
-    let ca = Ca::start(&mesh, POLICY, "127.0.0.1:0");
+    let ca = Authority::start(&mesh, POLICY, "127.0.0.1:0");
     Setup { mesh, ca }
 }
 
 impl Setup {
-    fn client(&self, token: Option<&str>) -> GrpcAuthority {
-        GrpcAuthority {
+    fn client(&self, token: Option<&str>) -> GrpcClient {
+        GrpcClient {
             address: self.ca.addr.to_string(),
-            server_name: signet_ca::DEFAULT_SERVER_NAME.into(),
+            server_name: signet_authority::DEFAULT_SERVER_NAME.into(),
             ca_root: format!("{}/ca.crt", self.mesh.signer_dir("istio-system")).into(),
             token_file: token.map(|t| t.into()),
             timeout: Duration::from_secs(10),
@@ -257,7 +257,7 @@ fn a_signer_the_service_may_not_approve() {
     assert_eq!(t.last_condition(), ("Denied".into(), "SignerNotApprovable".into()));
     let metrics = curl(&[&format!("http://{}/metrics", t.ca.admin)], &[]).body;
     assert!(
-        metrics.contains("signet_ca_requests_total{outcome=\"SignerNotApprovable\"} 1"),
+        metrics.contains("signet_authority_requests_total{outcome=\"SignerNotApprovable\"} 1"),
         "{metrics}"
     );
 }

@@ -26,15 +26,15 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
+use crate::decide::{Authority, Inputs, RefusalCode};
 use crate::pb::istio_certificate_service_server::{IstioCertificateService, IstioCertificateServiceServer};
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::policy::Policy;
-use crate::ra::{Ra, RaInputs, RefusalCode};
+use crate::signing_policy::SigningPolicy;
 use crate::tokens::Tokens;
 
 /// Where the service's inputs live; read at start and on every reload.
 #[derive(Clone, Debug)]
-pub struct CaSources {
+pub struct Sources {
     /// Signer name → its directory (`tls.crt`, `tls.key`, `ca.crt`).
     pub signers: Vec<(SignerName, PathBuf)>,
     pub bundle: Option<PathBuf>,
@@ -43,12 +43,12 @@ pub struct CaSources {
     pub signer_domain: String,
 }
 
-impl CaSources {
+impl Sources {
     /// Reads everything; any error leaves the caller's current inputs in place.
-    pub fn load(&self) -> Result<RaInputs, String> {
+    pub fn load(&self) -> Result<Inputs, String> {
         let policy = match &self.policy {
-            Some(p) => Policy::load(p)?,
-            None => Policy::default(),
+            Some(p) => SigningPolicy::load(p)?,
+            None => SigningPolicy::default(),
         };
         let mut signers = BTreeMap::new();
         for (name, dir) in &self.signers {
@@ -61,7 +61,7 @@ impl CaSources {
             .map(|b| TrustBundle::load(b, &self.signer_domain))
             .transpose()
             .map_err(|e| e.to_string())?;
-        Ok(RaInputs {
+        Ok(Inputs {
             policy,
             signers,
             bundle,
@@ -83,8 +83,8 @@ impl CaSources {
 }
 
 #[derive(Clone, Debug)]
-pub struct CaConfig {
-    pub sources: CaSources,
+pub struct ServerSettings {
+    pub sources: Sources,
     pub listen: SocketAddr,
     pub admin: Option<SocketAddr>,
     /// DNS name in the service certificate (clients verify it).
@@ -95,7 +95,7 @@ pub struct CaConfig {
     pub watch_interval: Duration,
 }
 
-pub struct CaService {
+pub struct AuthorityServer {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     inner: Arc<Inner>,
@@ -104,8 +104,8 @@ pub struct CaService {
 }
 
 struct Inner {
-    ra: Arc<Ra>,
-    config: CaConfig,
+    ra: Arc<Authority>,
+    config: ServerSettings,
     serving: ArcSwap<ServerConfig>,
     serving_until: ArcSwap<SystemTime>,
 }
@@ -123,7 +123,7 @@ impl Inner {
     }
 }
 
-fn summary(inputs: &RaInputs) -> String {
+fn summary(inputs: &Inputs) -> String {
     let names: Vec<&str> = inputs.signers.keys().map(|s| s.short()).collect();
     format!(
         "signers [{}], default signer {}, bundle {}",
@@ -138,14 +138,15 @@ fn summary(inputs: &RaInputs) -> String {
 }
 
 /// The service's own certificate: a fresh key, signed by the serving signer for 24 h.
-fn serving_config(inputs: &RaInputs, config: &CaConfig) -> Result<(Arc<ServerConfig>, SystemTime), String> {
+fn serving_config(inputs: &Inputs, config: &ServerSettings) -> Result<(Arc<ServerConfig>, SystemTime), String> {
     let signer = inputs.signers.get(&config.serving_signer).ok_or_else(|| {
         format!(
             "the serving signer {} is not among the loaded signers; add it with --signer or pick another with --serving-signer",
             config.serving_signer
         )
     })?;
-    let id = SpiffeId::workload(&inputs.policy.trust_domain, "istio-system", "signet-ca").map_err(|e| e.to_string())?;
+    let id = SpiffeId::workload(&inputs.policy.trust_domain, "istio-system", "signet-authority")
+        .map_err(|e| e.to_string())?;
     let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
     let csr = key
         .request(&id, &[config.server_name.clone(), "localhost".to_string()])
@@ -162,14 +163,14 @@ fn serving_config(inputs: &RaInputs, config: &CaConfig) -> Result<(Arc<ServerCon
     Ok((Arc::new(tls), issued.leaf.not_after))
 }
 
-impl CaService {
-    pub async fn start(config: CaConfig) -> Result<CaService, String> {
+impl AuthorityServer {
+    pub async fn start(config: ServerSettings) -> Result<AuthorityServer, String> {
         let inputs = config.sources.load()?;
         let (serving, until) = serving_config(&inputs, &config)?;
         let summary = summary(&inputs);
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|e| format!("cannot listen on {} (signer service): {e}", config.listen))?;
+            .map_err(|e| format!("cannot listen on {} (authority): {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let admin_listener = match config.admin {
             Some(a) => Some(
@@ -181,7 +182,7 @@ impl CaService {
         };
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let inner = Arc::new(Inner {
-            ra: Arc::new(Ra::new(inputs)),
+            ra: Arc::new(Authority::new(inputs)),
             config: config.clone(),
             serving: ArcSwap::new(serving),
             serving_until: ArcSwap::from_pointee(until),
@@ -207,7 +208,7 @@ impl CaService {
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
             {
-                tracing::error!("signer service stopped: {e}");
+                tracing::error!("authority stopped: {e}");
             }
         });
         if let Some(listener) = admin_listener {
@@ -216,13 +217,13 @@ impl CaService {
         tracker.spawn(watch_loop(inner.clone(), shutdown.clone()));
 
         tracing::info!(
-            "signer service on {addr} (gRPC istio.v1.auth.IstioCertificateService, TLS as {}): {summary}",
+            "authority on {addr} (gRPC istio.v1.auth.IstioCertificateService, TLS as {}): {summary}",
             config.server_name
         );
         if let Some(a) = admin {
             tracing::info!("admin http://{a}/ (requests, metrics, ready)");
         }
-        Ok(CaService {
+        Ok(AuthorityServer {
             addr,
             admin,
             inner,
@@ -236,7 +237,7 @@ impl CaService {
         self.inner.reload()
     }
 
-    pub fn ra(&self) -> &Arc<Ra> {
+    pub fn ra(&self) -> &Arc<Authority> {
         &self.inner.ra
     }
 
@@ -260,7 +261,7 @@ async fn accept_loop(
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!("signer service: accept failed: {e}");
+                    tracing::warn!("authority: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -273,8 +274,8 @@ async fn accept_loop(
                 Ok(Ok(tls)) => {
                     let _ = tx.send(Ok(TlsConn(tls))).await;
                 }
-                Ok(Err(e)) => tracing::warn!("signer service: TLS handshake with {peer} failed: {e}"),
-                Err(_) => tracing::warn!("signer service: TLS handshake with {peer} timed out"),
+                Ok(Err(e)) => tracing::warn!("authority: TLS handshake with {peer} failed: {e}"),
+                Err(_) => tracing::warn!("authority: TLS handshake with {peer} timed out"),
             }
         });
     }
@@ -362,7 +363,7 @@ async fn admin_loop(listener: TcpListener, inner: Arc<Inner>, shutdown: Cancella
 }
 
 struct Grpc {
-    ra: Arc<Ra>,
+    ra: Arc<Authority>,
 }
 
 #[tonic::async_trait]

@@ -11,7 +11,7 @@ use signet_certs::{DEFAULT_SIGNER_DOMAIN, SignerName, SpiffeId, parse_duration};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct PolicyFile {
+struct SigningPolicyFile {
     trust_domain: Option<String>,
     signer_domain: Option<String>,
     default_signer: Option<String>,
@@ -33,7 +33,7 @@ struct NamespaceFile {
 }
 
 #[derive(Clone, Debug)]
-pub struct Policy {
+pub struct SigningPolicy {
     pub trust_domain: String,
     pub signer_domain: String,
     /// The mesh default signer, for namespaces without their own.
@@ -46,14 +46,14 @@ pub struct Policy {
     dns_sans: HashMap<SpiffeId, Vec<String>>,
 }
 
-impl Default for Policy {
+impl Default for SigningPolicy {
     fn default() -> Self {
         // Infallible: the file is empty, every field takes its default.
-        Policy::from_file(PolicyFile::default(), "defaults").expect("the default policy is valid")
+        SigningPolicy::from_file(SigningPolicyFile::default(), "defaults").expect("the default policy is valid")
     }
 }
 
-impl Policy {
+impl SigningPolicy {
     pub fn load(path: &Path) -> Result<Self, String> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: cannot read the policy: {e}"))?;
@@ -61,11 +61,12 @@ impl Policy {
     }
 
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, String> {
-        let file: PolicyFile = serde_yaml_ng::from_str(text).map_err(|e| format!("{origin}: invalid policy: {e}"))?;
+        let file: SigningPolicyFile =
+            serde_yaml_ng::from_str(text).map_err(|e| format!("{origin}: invalid policy: {e}"))?;
         Self::from_file(file, origin)
     }
 
-    fn from_file(f: PolicyFile, origin: &str) -> Result<Self, String> {
+    fn from_file(f: SigningPolicyFile, origin: &str) -> Result<Self, String> {
         let signer_domain = f.signer_domain.unwrap_or_else(|| DEFAULT_SIGNER_DOMAIN.to_string());
         let name =
             |s: &str, what: &str| SignerName::parse(s, &signer_domain).map_err(|e| format!("{origin}: {what}: {e}"));
@@ -116,7 +117,7 @@ impl Policy {
             let id: SpiffeId = id.parse().map_err(|e| format!("{origin}: dnsSans: {e}"))?;
             dns_sans.insert(id, names);
         }
-        Ok(Policy {
+        Ok(SigningPolicy {
             trust_domain: f.trust_domain.unwrap_or_else(|| "cluster.local".to_string()),
             signer_domain,
             default_signer,
@@ -178,7 +179,7 @@ dnsSans:
 
     #[test]
     fn namespaces_get_their_signer_and_others_the_default() {
-        let p = Policy::from_yaml(SEED, "p").unwrap();
+        let p = SigningPolicy::from_yaml(SEED, "p").unwrap();
         assert_eq!(p.signer_for("foo"), &n("foo"));
         assert_eq!(p.signer_for("default"), &n("istio-system"));
         assert!(p.may_use("foo", &n("foo")) && !p.may_use("foo", &n("bar")));
@@ -194,15 +195,15 @@ dnsSans:
     #[test]
     fn mistakes_are_named() {
         assert!(
-            Policy::from_yaml("namespace: {}", "p.yaml")
+            SigningPolicy::from_yaml("namespace: {}", "p.yaml")
                 .unwrap_err()
                 .contains("unknown field")
         );
         assert!(
-            Policy::from_yaml("maxWorkloadCertTtl: soon", "p.yaml")
+            SigningPolicy::from_yaml("maxWorkloadCertTtl: soon", "p.yaml")
                 .unwrap_err()
                 .starts_with("p.yaml: maxWorkloadCertTtl")
         );
-        assert!(Policy::from_yaml("defaultWorkloadCertTtl: 10d\nmaxWorkloadCertTtl: 1d", "p").is_err());
+        assert!(SigningPolicy::from_yaml("defaultWorkloadCertTtl: 10d\nmaxWorkloadCertTtl: 1d", "p").is_err());
     }
 }
