@@ -14,10 +14,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
 use signet_certs::{
-    DEFAULT_CA_VALIDITY, IssueOptions, Signer, SignerName, SpiffeId, TrustBundle, WorkloadKey, parse_key,
+    CryptoPolicy, DEFAULT_CA_VALIDITY, IssueOptions, Signer, SignerName, SpiffeId, TrustBundle, WorkloadKey,
 };
+use signet_proxy::credentials::Credentials;
 use signet_proxy::tls::verify::PeerClientVerifier;
-use signet_proxy::tls::{AllowList, ClientAlpn, Credentials, CryptoPolicy, InboundTls, TlsSettings, TlsStore, Trust};
+use signet_proxy::tls::{AllowList, ClientAlpn, InboundTls, TlsSettings, TlsStore, Trust};
 
 struct Fixture {
     foo: Signer,
@@ -33,12 +34,8 @@ fn fixture() -> Fixture {
 
 fn identity(f: &Fixture, sa: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     let id = SpiffeId::workload("cluster.local", "foo", sa).unwrap();
-    let key = WorkloadKey::generate().unwrap();
-    let issued = f
-        .foo
-        .sign(&key.request(&id, &[]).unwrap().pem, &IssueOptions::default())
-        .unwrap();
-    (issued.chain, parse_key(key.to_pem().as_bytes(), "bench").unwrap())
+    let issued = f.foo.issue_workload(&id, &[], &IssueOptions::default()).unwrap();
+    (issued.certificate.chain, issued.key.to_der())
 }
 
 fn store(f: &Fixture, sa: &str, resumption: bool, verify_cache: bool) -> TlsStore {
@@ -54,7 +51,7 @@ fn store(f: &Fixture, sa: &str, resumption: bool, verify_cache: bool) -> TlsStor
     });
     let (chain, key) = identity(f, sa);
     store
-        .set_certificate(chain, key, Some(Trust::from_bundle(&f.bundle, f.foo.name()).unwrap()))
+        .set_certificate(chain, key, Some(f.bundle.trust_for(f.foo.name()).unwrap()))
         .unwrap();
     store
 }
@@ -169,7 +166,7 @@ fn benches(crit: &mut Criterion) {
         b.iter(|| black_box(handshake(&sr, &cr, &name, &mut buf)))
     });
 
-    let trust = Arc::new(Trust::from_bundle(&f.bundle, f.foo.name()).unwrap());
+    let trust = Arc::new(Trust::new(f.bundle.trust_for(f.foo.name()).unwrap()).unwrap());
     let provider = CryptoPolicy::default().provider();
     let verifier = PeerClientVerifier::new(trust.clone(), AllowList::default(), &provider, false).unwrap();
     let cached = PeerClientVerifier::new(trust, AllowList::default(), &provider, true).unwrap();

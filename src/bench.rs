@@ -14,9 +14,12 @@ use clap::Args;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, HandshakeKind};
 use serde_json::json;
-use signet_certs::{IssueOptions, Signer, SpiffeId, WorkloadKey, parse_key, read_certs, read_key};
-use signet_proxy::tls::verify::PeerServerVerifier;
-use signet_proxy::tls::{CryptoPolicy, Trust};
+use signet_certs::{
+    CryptoPolicy, DEFAULT_SIGNER_DOMAIN, HumanDuration, IssueOptions, MinVersion, SignerName, SignerTrust, SpiffeId,
+    crypto, read_certs, read_key,
+};
+use signet_proxy::tls::diagnose::{self, HandshakeError};
+use signet_proxy::tls::{PeerServerVerifier, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -24,10 +27,10 @@ use tokio_rustls::TlsConnector;
 #[derive(Args, Debug)]
 pub struct HandshakeArgs {
     /// The TLS server to load, host:port.
-    #[arg(long)]
+    #[arg(long, value_name = "ADDRESS")]
     pub target: String,
     /// Server name to send (SNI) and, for plain TLS peers, the name in their certificate.
-    #[arg(long, default_value = "localhost")]
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub sni: String,
     /// Client certificate chain (PEM).
     #[arg(long, value_name = "FILE", requires = "key")]
@@ -42,20 +45,24 @@ pub struct HandshakeArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "cert")]
     pub signer_dir: Option<PathBuf>,
     /// SPIFFE ID of the minted client identity.
-    #[arg(long, default_value = "spiffe://cluster.local/ns/bench/sa/client")]
-    pub id: String,
-    /// Require the server to present this SPIFFE ID.
+    #[arg(
+        long,
+        value_name = "SPIFFE_ID",
+        default_value = "spiffe://cluster.local/ns/bench/sa/client"
+    )]
+    pub id: SpiffeId,
+    /// Require the server to present this SPIFFE ID (a mismatch is reported as expected vs. got).
     #[arg(long, value_name = "SPIFFE_ID")]
-    pub expect_id: Option<String>,
+    pub expect_id: Option<SpiffeId>,
     /// Connections in flight at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = 8)]
     pub concurrency: usize,
     /// How long to measure.
-    #[arg(long, default_value = "10s")]
-    pub duration: String,
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub duration: HumanDuration,
     /// Load before measuring, not counted.
-    #[arg(long, default_value = "2s")]
-    pub warmup: String,
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub warmup: HumanDuration,
     /// Resume TLS 1.3 sessions (tickets) instead of full handshakes.
     #[arg(long)]
     pub resume: bool,
@@ -65,9 +72,22 @@ pub struct HandshakeArgs {
     /// Print one JSON object instead of text (no progress line).
     #[arg(long)]
     pub json: bool,
-    /// Client threads (default 1: keep the load generator on one core).
-    #[arg(long, default_value_t = 1)]
+    /// Client threads (1 keeps the load generator on one core).
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub workers: usize,
+}
+
+/// Connect, handshake and the request each get this long.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first address `target` (host:port) resolves to.
+fn resolve(target: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    target
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("--target {target:?} is not a host:port that resolves"))
 }
 
 #[derive(Default)]
@@ -104,27 +124,15 @@ fn client_identity(
     String,
 > {
     if let Some(dir) = &args.signer_dir {
-        let name = dir
-            .canonicalize()
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .ok_or_else(|| format!("--signer-dir {}: not a directory", dir.display()))?;
-        let signer_name = signet_certs::SignerName::with_default_domain(&name).map_err(|e| e.to_string())?;
-        let signer = Signer::load_dir(dir, signer_name).map_err(|e| e.to_string())?;
-        let id: SpiffeId = args.id.parse().map_err(|e| format!("--id: {e}"))?;
-        let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
+        let signer = crate::commands::load_signer_dir("--signer-dir", dir, None, DEFAULT_SIGNER_DOMAIN)?;
         let issued = signer
-            .sign(
-                &key.request(&id, &[]).map_err(|e| e.to_string())?.pem,
-                &IssueOptions::default(),
-            )
+            .issue_workload(&args.id, &[], &IssueOptions::default())
             .map_err(|e| e.to_string())?;
         let roots = match &args.ca {
             Some(ca) => read_certs(ca).map_err(|e| e.to_string())?,
-            None => issued.roots.clone(),
+            None => issued.certificate.roots.clone(),
         };
-        let key = parse_key(key.to_pem().as_bytes(), "minted key").map_err(|e| e.to_string())?;
-        return Ok((issued.chain, key, roots));
+        return Ok((issued.certificate.chain, issued.key.to_der(), roots));
     }
     let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
         return Err("give --cert and --key, or --signer-dir DIR to mint a client identity".into());
@@ -139,23 +147,22 @@ fn client_identity(
 
 fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, String> {
     let (chain, key, roots) = client_identity(args)?;
+    // TLS 1.2 too: the load generator also measures peers (nginx, haproxy) that may prefer it.
     let policy = CryptoPolicy {
-        min_version: signet_proxy::tls::MinVersion::Tls12,
+        min_version: MinVersion::Tls12,
         post_quantum: false,
     };
-    let provider = policy.provider();
-    let signer = signet_certs::SignerName::with_default_domain("bench-target").map_err(|e| e.to_string())?;
-    let trust = Arc::new(Trust::from_roots(signer, roots).map_err(|e| e.to_string())?);
-    let expected = args
-        .expect_id
-        .as_deref()
-        .map(|s| s.parse::<SpiffeId>())
-        .transpose()
-        .map_err(|e| format!("--expect-id: {e}"))?;
+    let signer = SignerName::with_default_domain("bench-target").map_err(|e| e.to_string())?;
+    let trust = Trust::new(SignerTrust::from_roots(signer, roots)).map_err(|e| format!("--ca: {e}"))?;
     // The load generator verifies every server chain in full, like any client would.
-    let verifier = PeerServerVerifier::new(trust, expected, provider.signature_verification_algorithms, false);
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(policy.versions())
+    let verifier = PeerServerVerifier::new(
+        Arc::new(trust),
+        args.expect_id.clone(),
+        policy.signature_algorithms(),
+        false,
+    );
+    let mut config = policy
+        .client_builder()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -167,22 +174,15 @@ fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, String> {
         rustls::client::Resumption::disabled()
     };
     if args.http_get.is_some() {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = crypto::alpn(&[b"http/1.1"]);
     }
     Ok(Arc::new(config))
 }
 
-/// A short name for why a handshake failed.
-fn failure_kind(e: &std::io::Error) -> String {
-    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
-            "handshake: unknown CA".into()
-        }
-        Some(rustls::Error::InvalidCertificate(_)) => "handshake: bad certificate".into(),
-        Some(rustls::Error::AlertReceived(a)) => format!("handshake: alert {a:?}"),
-        Some(other) => format!("handshake: {other}"),
-        None => format!("handshake: {:?}", e.kind()),
-    }
+/// Why a handshake failed, as the sidecar would explain it (the verifier's note when there is
+/// one: a wrong --expect-id says which identity the server presented).
+fn failure_kind(e: &std::io::Error, note: Option<HandshakeError>) -> String {
+    format!("handshake: {}", diagnose::classify(e, note, "bench-target"))
 }
 
 async fn one(
@@ -194,15 +194,16 @@ async fn one(
     record: bool,
 ) {
     let start = Instant::now();
-    let tcp = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target)).await {
+    let tcp = match tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return stats.fail(format!("connect: {:?}", e.kind())),
         Err(_) => return stats.fail("connect: timeout".into()),
     };
     let _ = tcp.set_nodelay(true);
-    let mut conn = match tokio::time::timeout(Duration::from_secs(5), tls.connect(sni.clone(), tcp)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return stats.fail(failure_kind(&e)),
+    let connect = diagnose::capture(tls.connect(sni.clone(), tcp));
+    let mut conn = match tokio::time::timeout(IO_TIMEOUT, connect).await {
+        Ok((Ok(c), _)) => c,
+        Ok((Err(e), note)) => return stats.fail(failure_kind(&e, note)),
         Err(_) => return stats.fail("handshake: timeout".into()),
     };
     let handshake = start.elapsed();
@@ -231,7 +232,7 @@ async fn one(
             Ok(None)
         }
     };
-    match tokio::time::timeout(Duration::from_secs(5), outcome).await {
+    match tokio::time::timeout(IO_TIMEOUT, outcome).await {
         Ok(Ok(status)) => {
             if !record {
                 return;
@@ -259,7 +260,7 @@ async fn one(
         }
         Ok(Err(e)) if e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).is_some() => stats.fail(format!(
             "after handshake: {}",
-            failure_kind(&e).trim_start_matches("handshake: ")
+            failure_kind(&e, None).trim_start_matches("handshake: ")
         )),
         // Peers that reset instead of closing cleanly (common after close_notify) still count.
         Ok(Err(e))
@@ -292,10 +293,16 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 pub fn run(args: HandshakeArgs) -> Result<ExitCode, String> {
-    let duration = signet_certs::parse_duration(&args.duration).map_err(|e| format!("--duration: {e}"))?;
-    let warmup = signet_certs::parse_duration(&args.warmup).map_err(|e| format!("--warmup: {e}"))?;
+    let (duration, warmup) = (args.duration.0, args.warmup.0);
     if args.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
+    }
+    // Minutes of "connection refused" measure nothing: say so at once.
+    if let Err(e) = std::net::TcpStream::connect_timeout(&resolve(&args.target)?, IO_TIMEOUT) {
+        return Err(format!(
+            "nothing answers at --target {}: {e}; start the server first (e.g. signet proxy --inbound ... or signet bench server)",
+            args.target
+        ));
     }
     let sni =
         ServerName::try_from(args.sni.clone()).map_err(|_| format!("--sni {:?}: not a DNS name or IP", args.sni))?;
@@ -417,8 +424,8 @@ pub fn run(args: HandshakeArgs) -> Result<ExitCode, String> {
 #[derive(Args, Debug)]
 pub struct ServerArgs {
     /// Where to listen.
-    #[arg(long, default_value = "127.0.0.1:16443")]
-    pub listen: String,
+    #[arg(long, value_name = "LISTEN", default_value = "127.0.0.1:16443")]
+    pub listen: std::net::SocketAddr,
     /// Server certificate directory (tls.crt, tls.key).
     #[arg(long, value_name = "DIR")]
     pub cert_dir: PathBuf,
@@ -435,25 +442,24 @@ pub struct ServerArgs {
 /// SPIFFE parsing, no metrics, no upstream.
 pub fn serve(args: ServerArgs) -> Result<ExitCode, String> {
     let policy = CryptoPolicy::default();
-    let provider = policy.provider();
     let mut roots = rustls::RootCertStore::empty();
     for r in read_certs(&args.ca).map_err(|e| e.to_string())? {
-        roots.add(r).map_err(|e| e.to_string())?;
+        roots.add(r).map_err(|e| format!("--ca: {e}"))?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), policy.provider())
         .build()
-        .map_err(|e| e.to_string())?;
-    let chain = read_certs(&args.cert_dir.join("tls.crt")).map_err(|e| e.to_string())?;
-    let key = read_key(&args.cert_dir.join("tls.key")).map_err(|e| e.to_string())?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(policy.versions())
+        .map_err(|e| format!("--ca: {e}"))?;
+    let chain = read_certs(&args.cert_dir.join(signet_certs::files::CERT)).map_err(|e| e.to_string())?;
+    let key = read_key(&args.cert_dir.join(signet_certs::files::KEY)).map_err(|e| e.to_string())?;
+    let mut config = policy
+        .server_builder()
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| e.to_string())?;
     config.send_tls13_tickets = 0;
     if args.http {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = crypto::alpn(&[b"http/1.1"]);
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -461,18 +467,15 @@ pub fn serve(args: ServerArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         eprintln!("bench server on {} (tokio-rustls, one thread)", args.listen);
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
+        let http = args.http;
+        let life = signet_proxy::serve::Lifecycle::default();
+        signet_proxy::serve::accept_loop(listener, "bench server".into(), life, move |tcp, _| {
             let acceptor = acceptor.clone();
-            let http = args.http;
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
+            async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
@@ -497,7 +500,9 @@ pub fn serve(args: ServerArgs) -> Result<ExitCode, String> {
                     }
                     let _ = tls.shutdown().await;
                 }
-            });
-        }
+            }
+        })
+        .await;
+        Ok::<_, String>(ExitCode::SUCCESS)
     })
 }

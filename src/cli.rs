@@ -1,10 +1,17 @@
 //! Command-line interface. Flags and the Istio-compatible environment variables are read here
-//! and nowhere else; they become a `ConfigFile` overlay, then one typed `Config`.
+//! and nowhere else. A sidecar's flags become one `ConfigFile` layer, laid over the config
+//! file's, then resolved once into the typed `Config` (see `signet_proxy::config`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use signet_certs::{HumanDuration, IdPattern, MinVersion, SpiffeId};
+use signet_proxy::config::{
+    AuthorityFile, IdentityFile, InboundFile, OutboundFile, ServiceFile, TcpRouteFile, TimeoutsFile, TlsFile,
+};
+use signet_proxy::{ConfigFile, Protocol, Setting, XfccMode};
 
 use crate::commands;
 
@@ -18,16 +25,18 @@ Each sidecar holds a certificate from its tenant's signer and accepts only peers
 same signer, as Istio does with per-namespace cert-manager ClusterIssuers.\n\nStart with: signet demo"
 )]
 pub struct Cli {
-    /// Log filter, e.g. info, warn, signet_proxy=debug (RUST_LOG is honoured too).
-    #[arg(long, global = true, value_name = "FILTER")]
-    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+    /// Log filter, e.g. info, warn, signet_proxy=debug (RUST_LOG is honoured too) [default: info].
+    #[arg(long, global = true, value_name = "FILTER", display_order = 1000)]
+    pub log_level: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create and inspect signers (CAs), one per tenant.
+    /// Run the two-tenant scenario locally: foo→foo answers, foo→bar fails CERTIFICATE_VERIFY_FAILED.
+    Demo(DemoArgs),
+    /// Create signers (CAs), one per tenant.
     #[command(subcommand)]
     Signer(SignerCommand),
     /// Issue and inspect workload certificates.
@@ -40,9 +49,7 @@ pub enum Command {
     Authority(AuthorityCommand),
     /// Run a sidecar: inbound mTLS in front of an app, outbound mTLS for its calls.
     Proxy(Box<ProxyArgs>),
-    /// Run the two-tenant scenario locally: foo→foo answers, foo→bar fails CERTIFICATE_VERIFY_FAILED.
-    Demo(DemoArgs),
-    /// Serve a small built-in httpbin (/html, /get, /headers, /status/CODE), the demo's app.
+    /// Serve a small built-in httpbin (/html, /get, /headers, /ip, /status/CODE), the demo's app.
     Httpbin(HttpbinArgs),
     /// Benchmarks: `signet bench handshake` loads a TLS server with full or resumed mTLS handshakes.
     #[command(subcommand)]
@@ -59,12 +66,12 @@ pub enum SignerCommand {
 pub struct SignerNewArgs {
     /// Signer name: `foo` (expanded with --signer-domain) or a full `domain/name`.
     pub name: String,
-    /// Parent directory; the signer goes into DIR/<short name>.
-    #[arg(long, default_value = ".")]
+    /// Parent directory; the signer directory is DIR/<short name>.
+    #[arg(long, value_name = "DIR", default_value = ".")]
     pub dir: PathBuf,
-    /// How long the CA certificate is valid.
-    #[arg(long, default_value = "3650d")]
-    pub validity: String,
+    /// How long the signer's CA certificate is valid.
+    #[arg(long, value_name = "DURATION", default_value = "3650d")]
+    pub validity: HumanDuration,
     /// Replace an existing signer directory (its key is lost).
     #[arg(long)]
     pub force: bool,
@@ -75,7 +82,7 @@ pub struct SignerNewArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DomainArg {
     /// Domain for bare signer names (Istio's CERT_SIGNER_DOMAIN).
-    #[arg(long = "signer-domain", env = "CERT_SIGNER_DOMAIN", default_value = signet_certs::DEFAULT_SIGNER_DOMAIN)]
+    #[arg(long = "signer-domain", value_name = "DOMAIN", env = "CERT_SIGNER_DOMAIN", default_value = signet_certs::DEFAULT_SIGNER_DOMAIN)]
     pub signer_domain: String,
 }
 
@@ -89,25 +96,25 @@ pub enum CertCommand {
 
 #[derive(Args, Debug)]
 pub struct CertIssueArgs {
-    /// The signer directory (from `signet signer new`, or a cert-manager secret directory).
+    /// The signer directory: made by `signet signer new`, or a cert-manager secret with tls.crt, tls.key, ca.crt.
     #[arg(long, value_name = "DIR")]
     pub signer_dir: PathBuf,
-    /// The signer's name, if it differs from the directory name.
+    /// The signer's name, if it differs from the signer directory's name.
     #[arg(long, value_name = "NAME")]
     pub signer: Option<String>,
-    /// The workload's SPIFFE ID, e.g. spiffe://cluster.local/ns/foo/sa/httpbin.
+    /// The workload's SPIFFE ID: spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
     #[arg(long, value_name = "SPIFFE_ID")]
-    pub id: String,
+    pub id: SpiffeId,
     /// Extra DNS SAN (repeatable), e.g. httpbin.foo, so plain TLS clients such as curl can verify the name.
     #[arg(long = "dns", value_name = "NAME")]
     pub dns: Vec<String>,
-    /// Lifetime.
-    #[arg(long, default_value = "24h")]
-    pub ttl: String,
+    /// Lifetime of the certificate.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub ttl: HumanDuration,
     /// Move the validity window into the past (e.g. to make an expired certificate for tests).
-    #[arg(long, default_value = "0s")]
-    pub backdate: String,
-    /// Output directory.
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub backdate: HumanDuration,
+    /// Output directory (tls.crt, tls.key with mode 0600, ca.crt).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     #[command(flatten)]
@@ -118,7 +125,7 @@ pub struct CertIssueArgs {
 pub struct CertShowArgs {
     /// A PEM certificate file (tls.crt) or a directory holding tls.crt.
     pub path: PathBuf,
-    /// A trust bundle, to name the signer the certificate anchors to.
+    /// A trust bundle, to name the signer the certificate anchors to (checked by signature).
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
     #[command(flatten)]
@@ -152,48 +159,53 @@ pub struct AuthorityServeArgs {
     /// Trust bundle: the roots returned with each chain (several per signer during a rotation).
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
-    /// Signing policy: per-namespace signers, default signer, approvable signers, lifetimes, DNS SANs.
+    /// Signing policy (YAML): per-namespace signers, default signer, approvable signers, lifetimes, DNS SANs.
     #[arg(long, value_name = "FILE")]
     pub signing_policy: Option<PathBuf>,
-    /// Tokens file (token → namespace + service account); see `signet ca token`.
+    /// Tokens file (token → namespace + service account); see `signet authority token`.
     #[arg(long, value_name = "FILE")]
     pub tokens: PathBuf,
     /// gRPC listener.
-    #[arg(long, default_value = "127.0.0.1:15012")]
+    #[arg(long, value_name = "LISTEN", default_value = "127.0.0.1:15012")]
     pub listen: String,
-    /// Admin listener (/requests, /metrics, /ready).
+    /// Admin listener (/requests, /metrics, /ready); off unless given.
     #[arg(long, value_name = "LISTEN")]
     pub admin: Option<String>,
-    /// DNS name in the service's own certificate; clients verify it.
-    #[arg(long, default_value = signet_authority::DEFAULT_SERVER_NAME)]
+    /// DNS name in the authority's own certificate; clients verify it.
+    #[arg(long, value_name = "NAME", default_value = signet_certs::AUTHORITY_SERVER_NAME)]
     pub server_name: String,
-    /// The signer that issues the service's own certificate.
-    #[arg(long, default_value = "istio-system")]
+    /// The signer that issues the authority's own certificate.
+    #[arg(long, value_name = "NAME", default_value = "istio-system")]
     pub serving_signer: String,
-    /// How often signer, bundle, policy and tokens files are checked for changes (SIGHUP reloads at once).
-    #[arg(long, default_value = "1s")]
-    pub watch_interval: String,
+    /// How often signer directories, bundle, signing policy and tokens are checked for changes (SIGHUP reloads at once).
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub watch_interval: HumanDuration,
+    /// Once listening, write the bound addresses to FILE as JSON ({"authority": ..., "admin": ...}).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
     #[command(flatten)]
     pub domain: DomainArg,
 }
 
 #[derive(Args, Debug)]
 pub struct AuthorityTokenArgs {
-    /// The tokens file to add the token to (created 0600 if missing).
+    /// The tokens file to add the token to (created with mode 0600 if missing).
     #[arg(long, value_name = "FILE")]
     pub tokens: PathBuf,
-    #[arg(long)]
+    /// The service account's namespace.
+    #[arg(long, value_name = "NAMESPACE")]
     pub namespace: String,
-    #[arg(long)]
+    /// The service account.
+    #[arg(long, value_name = "NAME")]
     pub service_account: String,
-    /// Write the token to FILE (0600) instead of printing it.
+    /// Write the token to FILE (mode 0600) instead of printing it.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct BundleArgs {
-    /// Signer directories (each with ca.crt); the directory name is the signer's short name.
+    /// Signer directories (tls.crt, tls.key, ca.crt); each directory's name is its signer's short name.
     #[arg(required = true, value_name = "SIGNER_DIR")]
     pub signers: Vec<PathBuf>,
     /// Write to FILE instead of standard output.
@@ -203,9 +215,10 @@ pub struct BundleArgs {
     pub domain: DomainArg,
 }
 
+/// `signet proxy`. Every flag has a YAML twin (see README, "Sidecar configuration"); flags win.
 #[derive(Args, Debug, Default)]
 pub struct ProxyArgs {
-    /// Sidecar config file (YAML); flags below override it.
+    /// Sidecar config file (YAML); the flags below override it.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory with tls.crt, tls.key and ca.crt (what `signet cert issue` writes).
@@ -217,54 +230,54 @@ pub struct ProxyArgs {
     /// Private key file (overrides --cert-dir).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// Roots of this sidecar's signer, when no --bundle is given.
+    /// Roots of this sidecar's signer, when no --bundle is given (overrides --cert-dir's ca.crt).
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// Trust bundle (caCertificates YAML, as `signet bundle` prints or Istio's meshConfig holds).
+    /// Trust bundle (caCertificates YAML, as `signet bundle` writes it or Istio's meshConfig holds it).
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
-    /// This workload's signer; only its roots are trusted.
+    /// This workload's signer name; only its roots are trusted. Optional with --bundle: read off the certificate.
     #[arg(long, env = "ISTIO_META_CERT_SIGNER", value_name = "NAME")]
     pub signer: Option<String>,
-    /// Domain for a bare --signer (Istio's CERT_SIGNER_DOMAIN).
+    /// Domain for a bare --signer (Istio's CERT_SIGNER_DOMAIN) [default: clusterissuers.cert-manager.io].
     #[arg(long, env = "CERT_SIGNER_DOMAIN", value_name = "DOMAIN")]
     pub signer_domain: Option<String>,
-    /// Inbound listener in front of the local app (repeatable).
+    /// Inbound listener in front of the local app (repeatable), e.g. 127.0.0.1:15006=127.0.0.1:8000.
     #[arg(long = "inbound", value_name = "LISTEN=APP")]
     pub inbound: Vec<String>,
-    /// Protocol of the --inbound listeners: tcp (bytes) or http (adds x-forwarded-client-cert).
+    /// Protocol of the --inbound listeners: tcp (copy bytes) or http (adds x-forwarded-client-cert) [default: tcp].
     #[arg(long, value_name = "tcp|http")]
-    pub protocol: Option<signet_proxy::Protocol>,
-    /// Accept only these peer SPIFFE IDs on --inbound listeners (repeatable; a trailing * matches a prefix).
+    pub protocol: Option<Protocol>,
+    /// Accept only these peers on --inbound listeners (repeatable; spiffe://td/ns/foo/* matches a namespace).
     #[arg(long = "allow", value_name = "SPIFFE_ID")]
-    pub allow: Vec<String>,
+    pub allow: Vec<IdPattern>,
     /// Outbound HTTP proxy listener; the app sets http_proxy=http://LISTEN.
     #[arg(long, value_name = "LISTEN")]
     pub outbound: Option<String>,
-    /// Outbound TCP listener tunnelling to one service (repeatable).
+    /// Outbound TCP listener tunnelling to one service of the table (repeatable).
     #[arg(long = "tcp", value_name = "LISTEN=SERVICE")]
     pub tcp: Vec<String>,
-    /// Service table entry (repeatable): the peer sidecar's address and the identity it must present.
+    /// Service table entry (repeatable): where the peer sidecar listens and the identity it must present.
     #[arg(long = "service", value_name = "HOST:PORT=ADDRESS[,SPIFFE_ID]")]
     pub service: Vec<String>,
-    /// Admin listener (/ready, /metrics, /certs).
+    /// Admin listener (/ready, /metrics, /certs, /listeners); off unless given.
     #[arg(long, value_name = "LISTEN")]
     pub admin: Option<String>,
-    /// Time allowed for a TLS handshake.
+    /// Time allowed for a TLS handshake [default: 10s].
     #[arg(long, value_name = "DURATION")]
-    pub handshake_timeout: Option<String>,
-    /// Time allowed to connect to a peer sidecar or the app.
+    pub handshake_timeout: Option<HumanDuration>,
+    /// Time allowed to connect to a peer sidecar or the app [default: 5s].
     #[arg(long, value_name = "DURATION")]
-    pub connect_timeout: Option<String>,
-    /// On SIGTERM/Ctrl-C, how long open connections may finish.
+    pub connect_timeout: Option<HumanDuration>,
+    /// On SIGTERM/Ctrl-C, how long open connections may finish [default: 5s].
     #[arg(long, value_name = "DURATION")]
-    pub drain_timeout: Option<String>,
-    /// x-forwarded-client-cert handling on http inbound: SANITIZE_SET (default) or APPEND_FORWARD.
+    pub drain_timeout: Option<HumanDuration>,
+    /// x-forwarded-client-cert on http inbound: SANITIZE_SET or APPEND_FORWARD [default: SANITIZE_SET].
     #[arg(long, value_name = "MODE")]
-    pub xfcc: Option<String>,
-    /// Lowest TLS version: 1.3 (default) or 1.2 (ECDHE+AEAD suites only).
+    pub xfcc: Option<XfccMode>,
+    /// Lowest TLS version: 1.3 or 1.2 (ECDHE+AEAD suites only) [default: 1.3].
     #[arg(long, value_name = "VERSION")]
-    pub tls_min_version: Option<String>,
+    pub tls_min_version: Option<MinVersion>,
     /// Offer the X25519MLKEM768 hybrid key exchange first.
     #[arg(long)]
     pub post_quantum: bool,
@@ -274,7 +287,7 @@ pub struct ProxyArgs {
     /// Verify every peer chain in full (by default a chain verified under the current trust is remembered).
     #[arg(long)]
     pub no_verify_cache: bool,
-    /// Data-plane worker threads (default: one per CPU).
+    /// Data-plane worker threads [default: one per CPU; 1 runs a current-thread runtime].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// Provision the certificate from this authority (host:port) instead of files.
@@ -283,27 +296,177 @@ pub struct ProxyArgs {
     /// Root(s) of the authority's certificate (e.g. signers/istio-system/ca.crt).
     #[arg(long, value_name = "FILE")]
     pub authority_ca: Option<PathBuf>,
-    /// The DNS name in the authority's certificate.
+    /// The DNS name in the authority's certificate [default: signet-authority.istio-system.svc].
     #[arg(long, value_name = "NAME")]
     pub authority_server_name: Option<String>,
     /// The workload's bearer token file (re-read on every request).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// The SPIFFE ID to request.
+    /// The SPIFFE ID to request from the authority.
     #[arg(long, value_name = "SPIFFE_ID")]
-    pub id: Option<String>,
-    /// DNS SAN to request (repeatable; the signer's policy must allow it).
+    pub id: Option<SpiffeId>,
+    /// DNS SAN to request (repeatable; the signing policy must allow it).
     #[arg(long = "dns", value_name = "NAME")]
     pub dns: Vec<String>,
-    /// Requested certificate lifetime (Istio's SECRET_TTL).
+    /// Requested certificate lifetime (Istio's SECRET_TTL) [default: the signing policy's].
     #[arg(long, env = "SECRET_TTL", value_name = "DURATION")]
-    pub ttl: Option<String>,
-    /// Renew at this fraction of the lifetime (Istio's SECRET_GRACE_PERIOD_RATIO).
+    pub ttl: Option<HumanDuration>,
+    /// Renew at this fraction of the lifetime (Istio's SECRET_GRACE_PERIOD_RATIO) [default: 0.5].
     #[arg(long, env = "SECRET_GRACE_PERIOD_RATIO", value_name = "RATIO")]
     pub renew_at: Option<f64>,
-    /// How often certificate files and the trust bundle are checked for changes (SIGHUP reloads at once).
+    /// How often certificate files and the trust bundle are checked for changes (SIGHUP: at once) [default: 1s].
     #[arg(long, value_name = "DURATION")]
-    pub watch_interval: Option<String>,
+    pub watch_interval: Option<HumanDuration>,
+    /// Once every listener is bound, write their addresses to FILE as JSON (as /listeners answers).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+impl ProxyArgs {
+    /// The flags as one configuration layer: no logic beyond splitting `LEFT=RIGHT` values.
+    pub fn layer(&self) -> Result<ConfigFile, String> {
+        let split = |flag: &str, v: &str| -> Result<(String, String), String> {
+            v.split_once('=')
+                .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+                .ok_or_else(|| format!("{flag} {v:?}: expected LEFT=RIGHT"))
+        };
+        if (self.protocol.is_some() || !self.allow.is_empty()) && self.inbound.is_empty() {
+            return Err("--protocol and --allow apply to --inbound listeners; give --inbound LISTEN=APP too".into());
+        }
+        let mut inbound = Vec::new();
+        for v in &self.inbound {
+            let (listen, app) = split("--inbound", v)?;
+            inbound.push(InboundFile {
+                listen,
+                app,
+                protocol: self.protocol.unwrap_or_default(),
+                allow: self.allow.clone(),
+            });
+        }
+        let mut tcp = Vec::new();
+        for v in &self.tcp {
+            let (listen, service) = split("--tcp", v)?;
+            tcp.push(TcpRouteFile { listen, service });
+        }
+        let mut services = std::collections::BTreeMap::new();
+        for v in &self.service {
+            let (name, rest) = split("--service", v)?;
+            let (address, identity) = match rest.split_once(',') {
+                Some((a, id)) => (
+                    a.trim().to_string(),
+                    Some(id.trim().parse().map_err(|e| format!("--service {v:?}: {e}"))?),
+                ),
+                None => (rest, None),
+            };
+            services.insert(name, ServiceFile { address, identity });
+        }
+        let authority = AuthorityFile {
+            address: self.authority.clone(),
+            ca: self.authority_ca.clone(),
+            server_name: self.authority_server_name.clone(),
+            token_file: self.token_file.clone(),
+        };
+        let names_authority = authority.address.is_some()
+            || authority.ca.is_some()
+            || authority.server_name.is_some()
+            || authority.token_file.is_some();
+        let identity = IdentityFile {
+            cert_dir: self.cert_dir.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+            authority: names_authority.then_some(authority),
+            spiffe_id: self.id.clone(),
+            dns: self.dns.clone(),
+            ttl: self.ttl,
+            renew_at: self.renew_at,
+        };
+        let names_identity = identity.cert_dir.is_some()
+            || identity.cert.is_some()
+            || identity.key.is_some()
+            || identity.ca.is_some()
+            || identity.authority.is_some()
+            || identity.spiffe_id.is_some()
+            || !identity.dns.is_empty()
+            || identity.ttl.is_some()
+            || identity.renew_at.is_some();
+        let timeouts = TimeoutsFile {
+            handshake: self.handshake_timeout,
+            connect: self.connect_timeout,
+            drain: self.drain_timeout,
+            idle: None,
+        };
+        let tls = TlsFile {
+            min_version: self.tls_min_version,
+            post_quantum: self.post_quantum.then_some(true),
+            resumption: self.no_resumption.then_some(false),
+            verify_cache: self.no_verify_cache.then_some(false),
+        };
+        Ok(ConfigFile {
+            signer: self.signer.clone(),
+            signer_domain: self.signer_domain.clone(),
+            identity: names_identity.then_some(identity),
+            trust_bundle: self.bundle.clone(),
+            inbound,
+            outbound: (self.outbound.is_some() || !tcp.is_empty()).then(|| OutboundFile {
+                http: self.outbound.clone(),
+                tcp,
+            }),
+            services,
+            admin: self.admin.clone(),
+            timeouts: (timeouts.handshake.is_some() || timeouts.connect.is_some() || timeouts.drain.is_some())
+                .then_some(timeouts),
+            xfcc: self.xfcc,
+            tls: (tls.min_version.is_some()
+                || tls.post_quantum.is_some()
+                || tls.resumption.is_some()
+                || tls.verify_cache.is_some())
+            .then_some(tls),
+            watch_interval: self.watch_interval,
+        })
+    }
+}
+
+/// The flag that sets a setting, if there is one.
+fn flag_of(setting: &Setting) -> Option<&'static str> {
+    Some(match setting {
+        Setting::Signer => "--signer",
+        Setting::SignerDomain => "--signer-domain",
+        Setting::CertDir => "--cert-dir",
+        Setting::Cert => "--cert",
+        Setting::Key => "--key",
+        Setting::Ca => "--ca",
+        Setting::TrustBundle => "--bundle",
+        Setting::AuthorityAddress => "--authority",
+        Setting::AuthorityCa => "--authority-ca",
+        Setting::AuthorityServerName => "--authority-server-name",
+        Setting::TokenFile => "--token-file",
+        Setting::SpiffeId => "--id",
+        Setting::Dns => "--dns",
+        Setting::Ttl => "--ttl",
+        Setting::RenewAt => "--renew-at",
+        Setting::Inbound(_) | Setting::InboundListen(_) | Setting::InboundApp(_) => "--inbound",
+        Setting::InboundAllow(_) => "--allow",
+        Setting::OutboundHttp => "--outbound",
+        Setting::OutboundTcp(_) => "--tcp",
+        Setting::Service(_) => "--service",
+        Setting::Admin => "--admin",
+        Setting::Timeout("handshake") => "--handshake-timeout",
+        Setting::Timeout("connect") => "--connect-timeout",
+        Setting::Timeout("drain") => "--drain-timeout",
+        Setting::Xfcc => "--xfcc",
+        Setting::TlsMinVersion => "--tls-min-version",
+        Setting::WatchInterval => "--watch-interval",
+        _ => return None,
+    })
+}
+
+/// A setting as errors name it for someone at the command line: the YAML path and the flag.
+pub fn setting_name(setting: &Setting) -> String {
+    match flag_of(setting) {
+        Some(flag) => format!("{} ({flag})", setting.yaml()),
+        None => setting.yaml(),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -311,7 +474,7 @@ pub struct DemoArgs {
     /// After the scenario, keep everything running and print curl commands to try (Ctrl-C stops).
     #[arg(long)]
     pub keep_running: bool,
-    /// Keep the generated signers, certificates and bundle in DIR (default: a temporary directory).
+    /// Keep the generated signers, certificates and bundle in DIR [default: a temporary directory, removed at exit].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Show the sidecars' logs (rejections, failures) on stderr.
@@ -322,12 +485,30 @@ pub struct DemoArgs {
 #[derive(Args, Debug)]
 pub struct HttpbinArgs {
     /// Where to listen.
-    #[arg(long, default_value = "127.0.0.1:8000")]
-    pub listen: String,
+    #[arg(long, value_name = "LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Once listening, write the bound address to FILE as JSON ({"httpbin": ...}).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A bad value is one line, like every other error; usage errors keep clap's help.
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("signet: {first}");
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let default_level = match &cli.command {
         Command::Demo(d) if !d.verbose => "error",
         _ => "info",

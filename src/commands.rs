@@ -1,58 +1,43 @@
-//! What each subcommand does. Errors come back as one line for `signet: error: ...`.
+//! What each subcommand does. This is the CLI edge: library errors become one line for
+//! `signet: error: ...`, with settings named by their flags.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use signet_authority::{AuthorityServer, GrpcClient, ServerSettings, Sources, TokensFile};
 use signet_certs::{
-    CertInfo, IssueOptions, IssuedCertificate, Signer, SignerName, SpiffeId, TrustBundle, WorkloadKey, files,
-    format_duration, parse_duration, read_certs, write_private, write_public,
+    AuthorityClient, CertInfo, IssueOptions, Signer, SignerName, TrustBundle, files, format_duration, read_certs,
+    rfc3339, write_private, write_public,
 };
-use signet_proxy::admin::rfc3339;
-use signet_proxy::config::{
-    AuthorityFile, IdentityFile, IdentitySource, InboundFile, OutboundFile, ServiceFile, TcpRouteFile, TimeoutsFile,
-    TlsFile,
-};
-use signet_proxy::{ConfigFile, Sidecar};
+use signet_proxy::config::IdentitySource;
+use signet_proxy::{Config, ConfigFile, Sidecar};
 
 use crate::cli::{
-    AuthorityCommand, AuthorityServeArgs, AuthorityTokenArgs, BundleArgs, CertCommand, CertIssueArgs, CertShowArgs,
-    Command, ProxyArgs, SignerCommand, SignerNewArgs,
+    AuthorityCommand, AuthorityServeArgs, AuthorityTokenArgs, BenchCommand, BundleArgs, CertCommand, CertIssueArgs,
+    CertShowArgs, Command, HttpbinArgs, ProxyArgs, SignerCommand, SignerNewArgs, setting_name,
 };
 
 pub fn run(command: Command) -> Result<ExitCode, String> {
     match command {
+        Command::Demo(args) => crate::demo::run(args),
         Command::Signer(SignerCommand::New(args)) => signer_new(args),
         Command::Cert(CertCommand::Issue(args)) => cert_issue(args),
         Command::Cert(CertCommand::Show(args)) => cert_show(args),
         Command::Bundle(args) => bundle(args),
         Command::Authority(AuthorityCommand::Serve(args)) => authority_serve(args),
         Command::Authority(AuthorityCommand::Token(args)) => authority_token(args),
-        Command::Bench(crate::cli::BenchCommand::Handshake(args)) => crate::bench::run(*args),
-        Command::Bench(crate::cli::BenchCommand::Server(args)) => crate::bench::serve(args),
         Command::Proxy(args) => proxy(*args),
-        Command::Demo(args) => crate::demo::run(args),
-        Command::Httpbin(args) => {
-            let addr = args
-                .listen
-                .parse()
-                .map_err(|_| format!("--listen {:?} is not an IP:port address", args.listen))?;
-            runtime(None)?.block_on(async {
-                let server = crate::httpbin::Httpbin::start(addr, "httpbin")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                eprintln!("httpbin listening on http://{}/ (Ctrl-C to stop)", server.addr);
-                let _ = tokio::signal::ctrl_c().await;
-                Ok::<_, String>(())
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Httpbin(args) => httpbin(args),
+        Command::Bench(BenchCommand::Handshake(args)) => crate::bench::run(*args),
+        Command::Bench(BenchCommand::Server(args)) => crate::bench::serve(args),
     }
 }
 
 fn signer_new(args: SignerNewArgs) -> Result<ExitCode, String> {
     let name = SignerName::parse(&args.name, &args.domain.signer_domain).map_err(|e| e.to_string())?;
-    let validity = parse_duration(&args.validity).map_err(|e| format!("--validity: {e}"))?;
     let dir = args.dir.join(name.short());
     if dir.join(files::KEY).exists() && !args.force {
         return Err(format!(
@@ -60,7 +45,7 @@ fn signer_new(args: SignerNewArgs) -> Result<ExitCode, String> {
             dir.display()
         ));
     }
-    let signer = Signer::create(name, validity).map_err(|e| e.to_string())?;
+    let signer = Signer::create(name, args.validity.0).map_err(|e| e.to_string())?;
     signer.write_dir(&dir).map_err(|e| e.to_string())?;
     let info = CertInfo::parse(signer.certificate()).map_err(|e| e.to_string())?;
     println!(
@@ -73,7 +58,26 @@ fn signer_new(args: SignerNewArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The signer name of a signer directory: `--signer-name`, else the directory's name.
+/// What a flag that takes a signer directory expects, for errors.
+const SIGNER_DIR_EXPECTED: &str =
+    "a directory made by `signet signer new`, or a cert-manager secret with tls.crt, tls.key, ca.crt";
+
+/// Loads the signer directory `dir` given as `flag`; its name is `explicit` or the directory's.
+pub(crate) fn load_signer_dir(flag: &str, dir: &Path, explicit: Option<&str>, domain: &str) -> Result<Signer, String> {
+    let not_a_signer = |why: String| {
+        format!(
+            "{flag} {}: not a signer directory ({why}); give {SIGNER_DIR_EXPECTED}",
+            dir.display()
+        )
+    };
+    if !dir.is_dir() {
+        return Err(not_a_signer("no such directory".into()));
+    }
+    let name = signer_name_of(dir, explicit, domain)?;
+    Signer::load_dir(dir, name).map_err(|e| not_a_signer(e.to_string()))
+}
+
+/// The signer name of a signer directory: `explicit`, else the directory's name.
 fn signer_name_of(dir: &Path, explicit: Option<&str>, domain: &str) -> Result<SignerName, String> {
     let base = match explicit {
         Some(n) => n.to_string(),
@@ -87,43 +91,36 @@ fn signer_name_of(dir: &Path, explicit: Option<&str>, domain: &str) -> Result<Si
     SignerName::parse(&base, domain).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Makes a key and CSR for `id` and has `signer` sign it: the same path a sidecar's CSR takes.
-pub(crate) fn issue(
-    signer: &Signer,
-    id: &SpiffeId,
-    dns: &[String],
-    options: &IssueOptions,
-) -> Result<(IssuedCertificate, WorkloadKey), String> {
-    let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
-    let csr = key.request(id, dns).map_err(|e| e.to_string())?;
-    let issued = signer.sign(&csr.pem, options).map_err(|e| e.to_string())?;
-    Ok((issued, key))
-}
-
-pub(crate) fn write_identity(out: &Path, issued: &IssuedCertificate, key: &WorkloadKey) -> Result<(), String> {
-    write_public(&out.join(files::CERT), issued.chain_pem().as_bytes()).map_err(|e| e.to_string())?;
-    write_private(&out.join(files::KEY), key.to_pem().as_bytes()).map_err(|e| e.to_string())?;
-    write_public(&out.join(files::CA), issued.roots_pem().as_bytes()).map_err(|e| e.to_string())
-}
-
 fn cert_issue(args: CertIssueArgs) -> Result<ExitCode, String> {
-    let domain = &args.domain.signer_domain;
-    let name = signer_name_of(&args.signer_dir, args.signer.as_deref(), domain)?;
-    let signer = Signer::load_dir(&args.signer_dir, name).map_err(|e| e.to_string())?;
-    let id: SpiffeId = args.id.parse().map_err(|e| format!("--id: {e}"))?;
+    let signer = load_signer_dir(
+        "--signer-dir",
+        &args.signer_dir,
+        args.signer.as_deref(),
+        &args.domain.signer_domain,
+    )?;
     let options = IssueOptions {
-        ttl: parse_duration(&args.ttl).map_err(|e| format!("--ttl: {e}"))?,
-        backdate: parse_duration(&args.backdate).map_err(|e| format!("--backdate: {e}"))?,
+        ttl: args.ttl.0,
+        backdate: args.backdate.0,
     };
-    let (issued, key) = issue(&signer, &id, &args.dns, &options)?;
-    write_identity(&args.out, &issued, &key)?;
+    let issued = signer
+        .issue_workload(&args.id, &args.dns, &options)
+        .map_err(|e| e.to_string())?;
+    issued.write_dir(&args.out).map_err(|e| e.to_string())?;
+    let leaf = &issued.certificate.leaf;
     println!(
-        "issued {id} by signer {} (valid until {}, serial {}) into {}/{{tls.crt,tls.key,ca.crt}}",
+        "issued {} by signer {} (valid until {}, serial {}) into {}/{{tls.crt,tls.key,ca.crt}}",
+        args.id,
         signer.name(),
-        rfc3339(issued.leaf.not_after),
-        issued.leaf.serial,
+        rfc3339(leaf.not_after),
+        leaf.serial,
         args.out.display()
     );
+    if leaf.not_after < SystemTime::now() {
+        eprintln!(
+            "signet: warning: the certificate is already expired (--backdate {} is more than --ttl {}); a sidecar will refuse it",
+            args.backdate, args.ttl
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -171,22 +168,10 @@ fn cert_show(args: CertShowArgs) -> Result<ExitCode, String> {
         }
     }
     if let Some(bundle) = bundle {
-        // A root's subject equal to the chain's last issuer names the signer; the sidecar checks signatures.
-        let last = CertInfo::parse(chain.last().map(|c| c.as_ref()).unwrap_or_default()).map_err(|e| e.to_string())?;
-        let signers: Vec<String> = bundle
-            .entries()
-            .iter()
-            .filter(|e| {
-                e.roots.iter().any(|r| {
-                    CertInfo::parse(r)
-                        .map(|ri| ri.subject == last.issuer || ri.sha256 == last.sha256)
-                        .unwrap_or(false)
-                })
-            })
-            .flat_map(|e| e.signers.iter().map(|s| s.to_string()))
-            .collect();
+        // Decided by signature against each signer's roots, as a sidecar decides it.
+        let signers: Vec<String> = bundle.signers_of(&chain).iter().map(|s| s.to_string()).collect();
         match signers.as_slice() {
-            [] => println!("signer:      none in the bundle (issuer \"{}\")", last.issuer),
+            [] => println!("signer:      none in the bundle (no signer's root signed this chain)"),
             names => println!("signer:      {}", names.join(", ")),
         }
     }
@@ -197,20 +182,11 @@ fn bundle(args: BundleArgs) -> Result<ExitCode, String> {
     let domain = &args.domain.signer_domain;
     let mut signers = Vec::new();
     for dir in &args.signers {
-        let name = signer_name_of(dir, None, domain)?;
-        let ca = dir.join(files::CA);
-        let roots = if ca.exists() {
-            read_certs(&ca).map_err(|e| e.to_string())?
-        } else {
-            Signer::load_dir(dir, name.clone())
-                .map_err(|e| e.to_string())?
-                .roots()
-                .to_vec()
-        };
-        signers.push((name, roots));
+        // The same check `signet authority serve` makes: a CA certificate with its key.
+        let signer = load_signer_dir("SIGNER_DIR", dir, None, domain)?;
+        signers.push(signer);
     }
-    let bundle =
-        TrustBundle::from_signers(signers.iter().map(|(n, r)| (n, r.as_slice()))).map_err(|e| e.to_string())?;
+    let bundle = TrustBundle::from_signers(signers.iter().map(|s| (s.name(), s.roots()))).map_err(|e| e.to_string())?;
     let yaml = bundle.to_yaml();
     match args.out {
         Some(path) => {
@@ -239,148 +215,34 @@ pub(crate) fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime,
     builder.build().map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-/// Turns proxy flags into a `ConfigFile` overlay.
-fn flags_overlay(args: &ProxyArgs, file_authority: Option<&AuthorityFile>) -> Result<ConfigFile, String> {
-    let split = |flag: &str, v: &str| -> Result<(String, String), String> {
-        v.split_once('=')
-            .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
-            .ok_or_else(|| format!("{flag} {v:?}: expected LEFT=RIGHT"))
+/// Writes `value` as JSON to `path` (atomically: readers see all of it or nothing).
+fn write_ready_file(path: Option<&Path>, value: &serde_json::Value) -> Result<(), String> {
+    match path {
+        Some(p) => write_public(p, format!("{value:#}\n").as_bytes()).map_err(|e| format!("--ready-file: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Flags laid over the config file, resolved once.
+fn proxy_config(args: &ProxyArgs) -> Result<Config, String> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path).map_err(|e| e.describe(&setting_name))?,
+        None => ConfigFile::default(),
     };
-    let mut over = ConfigFile {
-        signer: args.signer.clone(),
-        signer_domain: args.signer_domain.clone(),
-        trust_bundle: args.bundle.clone(),
-        admin: args.admin.clone(),
-        ..Default::default()
-    };
-    // Authority flags refine the config file's authority field by field; --authority starts one.
-    let refines = args.authority_ca.is_some() || args.token_file.is_some() || args.authority_server_name.is_some();
-    let authority = match (&args.authority, file_authority) {
-        (Some(address), base) => Some(AuthorityFile {
-            address: address.clone(),
-            ca_root: args
-                .authority_ca
-                .clone()
-                .or(base.map(|b| b.ca_root.clone()))
-                .ok_or("--authority needs --authority-ca FILE (the root of the authority's certificate)")?,
-            server_name: args
-                .authority_server_name
-                .clone()
-                .or(base.and_then(|b| b.server_name.clone())),
-            token_file: args.token_file.clone().or(base.and_then(|b| b.token_file.clone())),
-        }),
-        (None, Some(base)) if refines => Some(AuthorityFile {
-            address: base.address.clone(),
-            ca_root: args.authority_ca.clone().unwrap_or_else(|| base.ca_root.clone()),
-            server_name: args.authority_server_name.clone().or(base.server_name.clone()),
-            token_file: args.token_file.clone().or(base.token_file.clone()),
-        }),
-        (None, None) if refines => {
-            return Err(
-                "--authority-ca, --token-file and --authority-server-name go with --authority ADDRESS (or identity.authority in the config file)"
-                    .into(),
-            );
-        }
-        (None, _) => None,
-    };
-    if args.cert_dir.is_some()
-        || args.cert.is_some()
-        || args.key.is_some()
-        || args.ca.is_some()
-        || authority.is_some()
-        || args.id.is_some()
-        || !args.dns.is_empty()
-        || args.ttl.is_some()
-        || args.renew_at.is_some()
-    {
-        over.identity = Some(IdentityFile {
-            cert_dir: args.cert_dir.clone(),
-            cert: args.cert.clone(),
-            key: args.key.clone(),
-            ca: args.ca.clone(),
-            authority,
-            spiffe_id: args.id.clone(),
-            dns: args.dns.clone(),
-            ttl: args.ttl.clone(),
-            renew_at: args.renew_at,
-        });
-    }
-    over.watch_interval = args.watch_interval.clone();
-    if (args.protocol.is_some() || !args.allow.is_empty()) && args.inbound.is_empty() {
-        return Err("--protocol and --allow apply to --inbound listeners; give --inbound LISTEN=APP too".into());
-    }
-    for v in &args.inbound {
-        let (listen, app) = split("--inbound", v)?;
-        over.inbound.push(InboundFile {
-            listen,
-            app,
-            protocol: args.protocol.unwrap_or_default(),
-            allow: args.allow.clone(),
-        });
-    }
-    if args.outbound.is_some() || !args.tcp.is_empty() {
-        let mut tcp = Vec::new();
-        for v in &args.tcp {
-            let (listen, service) = split("--tcp", v)?;
-            tcp.push(TcpRouteFile { listen, service });
-        }
-        over.outbound = Some(OutboundFile {
-            http: args.outbound.clone(),
-            tcp,
-        });
-    }
-    for v in &args.service {
-        let (name, rest) = split("--service", v)?;
-        let (address, identity) = match rest.split_once(',') {
-            Some((a, id)) => (a.trim().to_string(), Some(id.trim().to_string())),
-            None => (rest, None),
-        };
-        over.services.insert(name, ServiceFile { address, identity });
-    }
-    if args.handshake_timeout.is_some() || args.connect_timeout.is_some() || args.drain_timeout.is_some() {
-        over.timeouts = Some(TimeoutsFile {
-            handshake: args.handshake_timeout.clone(),
-            connect: args.connect_timeout.clone(),
-            drain: args.drain_timeout.clone(),
-            idle: None,
-        });
-    }
-    if let Some(x) = &args.xfcc {
-        let mode = match x.to_ascii_uppercase().replace('-', "_").as_str() {
-            "SANITIZE_SET" => signet_proxy::XfccMode::SanitizeSet,
-            "APPEND_FORWARD" => signet_proxy::XfccMode::AppendForward,
-            _ => return Err(format!("--xfcc {x:?}: use SANITIZE_SET or APPEND_FORWARD")),
-        };
-        over.xfcc = Some(mode);
-    }
-    if args.tls_min_version.is_some() || args.post_quantum || args.no_resumption || args.no_verify_cache {
-        let min_version = match args.tls_min_version.as_deref() {
-            None => None,
-            Some("1.3") => Some(signet_proxy::tls::MinVersion::Tls13),
-            Some("1.2") => Some(signet_proxy::tls::MinVersion::Tls12),
-            Some(other) => return Err(format!("--tls-min-version {other:?}: use 1.3 or 1.2")),
-        };
-        over.tls = Some(TlsFile {
-            min_version,
-            post_quantum: args.post_quantum.then_some(true),
-            resumption: args.no_resumption.then_some(false),
-            verify_cache: args.no_verify_cache.then_some(false),
-        });
-    }
-    Ok(over)
+    file.overlay(args.layer()?)
+        .resolve()
+        .map_err(|e| e.describe(&setting_name))
 }
 
 fn proxy(args: ProxyArgs) -> Result<ExitCode, String> {
-    let file = match &args.config {
-        Some(path) => ConfigFile::load(path).map_err(|e| e.to_string())?,
-        None => ConfigFile::default(),
-    };
-    let over = flags_overlay(&args, file.identity.as_ref().and_then(|i| i.authority.as_ref()))?;
-    let config = file.overlay(over).resolve().map_err(|e| e.to_string())?;
-    let authority = authority_for(&config);
-    let rt = runtime(args.workers)?;
-    rt.block_on(async move {
-        let sidecar = Sidecar::start(config, authority).await.map_err(|e| e.to_string())?;
+    let config = proxy_config(&args)?;
+    let client = authority_client(&config);
+    runtime(args.workers)?.block_on(async move {
+        let sidecar = Sidecar::start(config, client)
+            .await
+            .map_err(|e| e.describe(&setting_name))?;
+        let listeners = serde_json::to_value(&sidecar.addrs).unwrap_or_default();
+        write_ready_file(args.ready_file.as_deref(), &listeners)?;
         serve_until_signal(|| sidecar.reload()).await;
         tracing::info!("shutting down: no new connections, draining open ones");
         sidecar.shutdown().await;
@@ -390,21 +252,9 @@ fn proxy(args: ProxyArgs) -> Result<ExitCode, String> {
 }
 
 /// The authority client for a config that provisions its identity.
-pub(crate) fn authority_for(
-    config: &signet_proxy::Config,
-) -> Option<std::sync::Arc<dyn signet_certs::AuthorityClient>> {
+pub(crate) fn authority_client(config: &Config) -> Option<Arc<dyn AuthorityClient>> {
     match &config.identity {
-        IdentitySource::Authority(a) => Some(std::sync::Arc::new(signet_authority::GrpcClient {
-            address: a.authority.address.clone(),
-            server_name: a
-                .authority
-                .server_name
-                .clone()
-                .unwrap_or_else(|| signet_authority::DEFAULT_SERVER_NAME.to_string()),
-            ca_root: a.authority.ca_root.clone(),
-            token_file: a.authority.token_file.clone(),
-            timeout: std::time::Duration::from_secs(20),
-        })),
+        IdentitySource::Provisioned(p) => Some(Arc::new(GrpcClient::new(p.authority.clone()))),
         IdentitySource::Files(_) => None,
     }
 }
@@ -432,11 +282,16 @@ pub(crate) async fn serve_until_signal(on_hup: impl Fn()) {
     wait_for_signal().await;
 }
 
-fn signer_dirs(args: &AuthorityServeArgs) -> Result<Vec<(SignerName, std::path::PathBuf)>, String> {
+fn signer_dirs(args: &AuthorityServeArgs) -> Result<Vec<(SignerName, PathBuf)>, String> {
     let domain = &args.domain.signer_domain;
     let mut out = Vec::new();
     if let Some(parent) = &args.signers_dir {
-        let entries = std::fs::read_dir(parent).map_err(|e| format!("--signers-dir {}: {e}", parent.display()))?;
+        let entries = std::fs::read_dir(parent).map_err(|e| {
+            format!(
+                "--signers-dir {}: {e}; give a directory whose subdirectories are signer directories",
+                parent.display()
+            )
+        })?;
         let mut dirs: Vec<_> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -449,9 +304,16 @@ fn signer_dirs(args: &AuthorityServeArgs) -> Result<Vec<(SignerName, std::path::
     }
     for spec in &args.signer_dir {
         let (name, dir) = match spec.split_once('=') {
-            Some((n, d)) => (Some(n), std::path::PathBuf::from(d)),
-            None => (None, std::path::PathBuf::from(spec)),
+            Some((n, d)) => (Some(n), PathBuf::from(d)),
+            None => (None, PathBuf::from(spec)),
         };
+        if !dir.join(files::KEY).exists() {
+            return Err(format!(
+                "--signer-dir {}: not a signer directory (no {}); give {SIGNER_DIR_EXPECTED}",
+                dir.display(),
+                files::KEY
+            ));
+        }
         out.push((signer_name_of(&dir, name, domain)?, dir));
     }
     if out.is_empty() {
@@ -462,66 +324,57 @@ fn signer_dirs(args: &AuthorityServeArgs) -> Result<Vec<(SignerName, std::path::
     Ok(out)
 }
 
+fn parse_listen(flag: &str, v: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|_| format!("{flag} {v:?} is not an IP:port address (e.g. 127.0.0.1:15012)"))
+}
+
 fn authority_serve(args: AuthorityServeArgs) -> Result<ExitCode, String> {
     let domain = args.domain.signer_domain.clone();
-    let addr = |flag: &str, v: &str| -> Result<std::net::SocketAddr, String> {
-        v.parse().map_err(|_| format!("{flag} {v:?} is not an IP:port address"))
-    };
-    let config = signet_authority::ServerSettings {
-        sources: signet_authority::Sources {
+    if args.watch_interval.0 < signet_proxy::config::MIN_WATCH_INTERVAL {
+        return Err(format!(
+            "--watch-interval: must be at least {}",
+            format_duration(signet_proxy::config::MIN_WATCH_INTERVAL)
+        ));
+    }
+    let settings = ServerSettings {
+        sources: Sources {
             signers: signer_dirs(&args)?,
             bundle: args.bundle.clone(),
-            policy: args.signing_policy.clone(),
+            signing_policy: args.signing_policy.clone(),
             tokens: args.tokens.clone(),
             signer_domain: domain.clone(),
         },
-        listen: addr("--listen", &args.listen)?,
-        admin: args.admin.as_deref().map(|a| addr("--admin", a)).transpose()?,
+        listen: parse_listen("--listen", &args.listen)?,
+        admin: args.admin.as_deref().map(|a| parse_listen("--admin", a)).transpose()?,
         server_name: args.server_name.clone(),
         serving_signer: SignerName::parse(&args.serving_signer, &domain)
             .map_err(|e| format!("--serving-signer: {e}"))?,
-        watch_interval: parse_duration(&args.watch_interval)
-            .map_err(|e| format!("--watch-interval: {e}"))
-            .and_then(|d| {
-                if d < signet_proxy::config::MIN_WATCH_INTERVAL {
-                    Err("--watch-interval: must be at least 50ms".to_string())
-                } else {
-                    Ok(d)
-                }
-            })?,
+        watch_interval: args.watch_interval.0,
     };
     runtime(None)?.block_on(async move {
-        let service = signet_authority::AuthorityServer::start(config).await?;
+        let server = AuthorityServer::start(settings).await.map_err(|e| e.to_string())?;
+        let listeners = serde_json::json!({ "authority": server.addr, "admin": server.admin });
+        write_ready_file(args.ready_file.as_deref(), &listeners)?;
         serve_until_signal(|| {
-            if let Err(e) = service.reload() {
-                tracing::error!("reload failed, keeping the previous signers/bundle/policy/tokens: {e}");
+            if let Err(e) = server.reload() {
+                tracing::error!("reload failed, keeping the previous signers, bundle, signing policy and tokens: {e}");
             }
         })
         .await;
         tracing::info!("authority shutting down");
-        service.shutdown().await;
+        server.shutdown().await;
         Ok::<_, String>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn authority_token(args: AuthorityTokenArgs) -> Result<ExitCode, String> {
-    let mut file: signet_authority::TokensFile = match std::fs::read_to_string(&args.tokens) {
-        Ok(text) => serde_yaml_ng::from_str(&text)
-            .map_err(|e| format!("{}: invalid tokens file: {e}", args.tokens.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => signet_authority::TokensFile::default(),
-        Err(e) => return Err(format!("{}: {e}", args.tokens.display())),
-    };
-    let token = signet_authority::new_token();
-    let entry = signet_authority::TokenEntry {
-        token: token.clone(),
-        namespace: args.namespace.clone(),
-        service_account: args.service_account.clone(),
-    };
-    signet_authority::Tokens::from_entries(std::slice::from_ref(&entry))?;
-    file.tokens.push(entry);
-    let yaml = serde_yaml_ng::to_string(&file).map_err(|e| e.to_string())?;
-    write_private(&args.tokens, yaml.as_bytes()).map_err(|e| e.to_string())?;
+    let mut file = TokensFile::read_or_empty(&args.tokens).map_err(|e| e.to_string())?;
+    let token = file
+        .mint(&args.namespace, &args.service_account)
+        .map_err(|e| e.to_string())?;
+    file.write(&args.tokens).map_err(|e| e.to_string())?;
     match &args.out {
         Some(out) => {
             write_private(out, format!("{token}\n").as_bytes()).map_err(|e| e.to_string())?;
@@ -535,6 +388,23 @@ fn authority_token(args: AuthorityTokenArgs) -> Result<ExitCode, String> {
         }
         None => println!("{token}"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn httpbin(args: HttpbinArgs) -> Result<ExitCode, String> {
+    runtime(None)?.block_on(async {
+        let server = crate::httpbin::Httpbin::start(args.listen, "httpbin")
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        write_ready_file(
+            args.ready_file.as_deref(),
+            &serde_json::json!({ "httpbin": server.addr }),
+        )?;
+        eprintln!("httpbin listening on http://{}/ (Ctrl-C to stop)", server.addr);
+        wait_for_signal().await;
+        server.stop();
+        Ok::<_, String>(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,13 +13,16 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use signet_certs::{DEFAULT_CA_VALIDITY, Signer, SignerName, SpiffeId, TrustBundle, write_private, write_public};
-use signet_proxy::admin::rfc3339;
+use signet_authority::{AuthorityServer, ServerSettings, Sources, TokensFile};
+use signet_certs::{
+    AUTHORITY_SERVER_NAME, DEFAULT_CA_VALIDITY, Signer, SignerName, SpiffeId, TrustBundle, rfc3339, write_private,
+    write_public,
+};
 use signet_proxy::config::{AuthorityFile, IdentityFile, InboundFile, OutboundFile, ServiceFile};
 use signet_proxy::{ConfigFile, Protocol, Sidecar};
 
 use crate::cli::DemoArgs;
-use crate::commands::{authority_for, runtime, wait_for_signal};
+use crate::commands::{authority_client, runtime, wait_for_signal};
 use crate::httpbin::Httpbin;
 
 const TRUST_DOMAIN: &str = "cluster.local";
@@ -107,44 +110,38 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
     write_public(&policy_path, POLICY.as_bytes()).map_err(|e| e.to_string())?;
     let tokens_path = dir.join("tokens.yaml");
     let mut token_files = BTreeMap::new();
-    let mut entries = Vec::new();
+    let mut tokens = TokensFile::default();
     for w in [&HTTPBIN_FOO, &HTTPBIN_BAR, &CURL_FOO] {
-        let token = signet_authority::new_token();
+        let token = tokens.mint(w.namespace, w.service_account).map_err(|e| e.to_string())?;
         let file = dir
             .join("tokens")
             .join(format!("{}-{}", w.service_account, w.namespace));
         write_private(&file, token.as_bytes()).map_err(|e| e.to_string())?;
-        entries.push(signet_authority::TokenEntry {
-            token,
-            namespace: w.namespace.into(),
-            service_account: w.service_account.into(),
-        });
         token_files.insert(w.label, file);
     }
-    let yaml =
-        serde_yaml_ng::to_string(&signet_authority::TokensFile { tokens: entries }).map_err(|e| e.to_string())?;
-    write_private(&tokens_path, yaml.as_bytes()).map_err(|e| e.to_string())?;
-    let ca = signet_authority::AuthorityServer::start(signet_authority::ServerSettings {
-        sources: signet_authority::Sources {
+    tokens.write(&tokens_path).map_err(|e| e.to_string())?;
+    let authority = AuthorityServer::start(ServerSettings {
+        sources: Sources {
             signers: signers
                 .iter()
                 .map(|(short, s)| (s.name().clone(), dir.join("signers").join(short)))
                 .collect(),
             bundle: Some(bundle_path.clone()),
-            policy: Some(policy_path.clone()),
+            signing_policy: Some(policy_path.clone()),
             tokens: tokens_path,
             signer_domain: signet_certs::DEFAULT_SIGNER_DOMAIN.into(),
         },
         listen: ([127, 0, 0, 1], 0).into(),
         admin: Some(([127, 0, 0, 1], 0).into()),
-        server_name: signet_authority::DEFAULT_SERVER_NAME.into(),
+        server_name: AUTHORITY_SERVER_NAME.into(),
         serving_signer: signers["istio-system"].name().clone(),
         watch_interval: Duration::from_secs(1),
     })
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     println!(
         "[3/6] authority {} (Istio's CA API over TLS; policy: foo → foo, bar → bar, default istio-system) → {}",
-        ca.addr,
+        authority.addr,
         policy_path.display()
     );
 
@@ -155,12 +152,12 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
     let provisioned = |w: &Workload| -> Result<IdentityFile, String> {
         Ok(IdentityFile {
             authority: Some(AuthorityFile {
-                address: ca.addr.to_string(),
-                ca_root: dir.join("signers/istio-system/ca.crt"),
+                address: Some(authority.addr.to_string()),
+                ca: Some(dir.join("signers/istio-system/ca.crt")),
                 server_name: None,
                 token_file: Some(token_files[w.label].clone()),
             }),
-            spiffe_id: Some(id_of(w)?.to_string()),
+            spiffe_id: Some(id_of(w)?),
             dns: w.dns.iter().map(|d| d.to_string()).collect(),
             ..Default::default()
         })
@@ -176,7 +173,7 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
             format!("{}:8000", w.label),
             ServiceFile {
                 address: side.addrs.inbound[0].to_string(),
-                identity: Some(id_of(w)?.to_string()),
+                identity: Some(id_of(w)?),
             },
         );
     }
@@ -225,7 +222,7 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
         "      curl (foo)        sidecar outbound http proxy {proxy} (trusts only {})",
         signer_of(&side_curl)
     );
-    let requests = ca.ra().requests_json();
+    let requests = authority.authority().requests_json();
     let items = requests["items"].as_array().cloned().unwrap_or_default();
     let approved = items
         .iter()
@@ -234,7 +231,7 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
     println!(
         "[5/6] the authority recorded {} CertificateSigningRequests, {approved} Approved (http://{}/requests)\n",
         items.len(),
-        ca.admin.map(|a| a.to_string()).unwrap_or_default()
+        authority.admin.map(|a| a.to_string()).unwrap_or_default()
     );
 
     // 6. The task's two requests.
@@ -260,13 +257,13 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
     );
 
     if keep_running {
-        print_try_it(dir, proxy, &side_foo, &side_curl, &ca);
+        print_try_it(dir, proxy, &side_foo, &side_curl, &authority);
         wait_for_signal().await;
     }
     for side in [side_curl, side_foo, side_bar] {
         side.shutdown().await;
     }
-    ca.shutdown().await;
+    authority.shutdown().await;
     app_foo.stop();
     app_bar.stop();
     Ok(if foo_ok && bar_ok {
@@ -292,8 +289,8 @@ dnsSans:
 /// Starts a sidecar and waits for its first certificate.
 async fn start(config: ConfigFile) -> Result<Sidecar, String> {
     let config = config.resolve().map_err(|e| e.to_string())?;
-    let authority = authority_for(&config);
-    let side = Sidecar::start(config, authority).await.map_err(|e| e.to_string())?;
+    let client = authority_client(&config);
+    let side = Sidecar::start(config, client).await.map_err(|e| e.to_string())?;
     side.ready(Duration::from_secs(10))
         .await
         .ok_or("a sidecar got no certificate from the authority within 10 s")?;
@@ -346,24 +343,18 @@ fn flatten_html(html: &str) -> String {
     }
 }
 
-fn print_try_it(
-    dir: &Path,
-    proxy: SocketAddr,
-    side_foo: &Sidecar,
-    side_curl: &Sidecar,
-    ca: &signet_authority::AuthorityServer,
-) {
+fn print_try_it(dir: &Path, proxy: SocketAddr, side_foo: &Sidecar, side_curl: &Sidecar, authority: &AuthorityServer) {
     let inbound = side_foo.addrs.inbound[0];
     let d = dir.display();
     println!("\neverything keeps running; try (Ctrl-C stops):");
     println!("  http_proxy=http://{proxy} curl http://httpbin.foo:8000/headers");
     println!("  http_proxy=http://{proxy} curl -i http://httpbin.bar:8000/html");
-    println!("  signet cert issue --signer {d}/signers/foo --id spiffe://cluster.local/ns/foo/sa/me --out {d}/me");
+    println!("  signet cert issue --signer-dir {d}/signers/foo --id spiffe://cluster.local/ns/foo/sa/me --out {d}/me");
     println!(
         "  curl --cacert {d}/signers/foo/ca.crt --cert {d}/me/tls.crt --key {d}/me/tls.key --resolve httpbin.foo:{p}:127.0.0.1 https://httpbin.foo:{p}/headers",
         p = inbound.port()
     );
-    if let Some(admin) = ca.admin {
+    if let Some(admin) = authority.admin {
         println!("  curl http://{admin}/requests     # the authority's CertificateSigningRequests");
     }
     if let Some(admin) = side_curl.addrs.admin {

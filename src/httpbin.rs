@@ -5,15 +5,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Map, Value, json};
+use signet_proxy::body::{self, Body};
+use signet_proxy::serve::{Lifecycle, accept_loop, serve_http_auto};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// httpbin's `/html`: the opening of Moby-Dick, chapter 112 (public domain).
 pub const MOBY_DICK_HTML: &str = r#"<!DOCTYPE html>
@@ -33,7 +31,7 @@ pub const MOBY_DICK_HTML: &str = r#"<!DOCTYPE html>
 
 pub struct Httpbin {
     pub addr: SocketAddr,
-    shutdown: CancellationToken,
+    life: Lifecycle,
 }
 
 impl Httpbin {
@@ -41,37 +39,30 @@ impl Httpbin {
     pub async fn start(addr: SocketAddr, name: &str) -> std::io::Result<Httpbin> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                };
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
+        let life = Lifecycle::default();
+        let shutdown = life.shutdown.clone();
+        life.spawn(accept_loop(
+            listener,
+            name.to_string(),
+            life.clone(),
+            move |stream, peer| {
+                let shutdown = shutdown.clone();
+                async move {
                     let svc = service_fn(move |req| async move { Ok::<_, Infallible>(route(&req, peer)) });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+                    let _ = serve_http_auto(stream, svc, &shutdown).await;
+                }
+            },
+        ));
         tracing::debug!("{name}: httpbin on {addr}");
-        Ok(Httpbin { addr, shutdown })
+        Ok(Httpbin { addr, life })
     }
 
     pub fn stop(&self) {
-        self.shutdown.cancel();
+        self.life.shutdown.cancel();
     }
 }
 
-fn route(req: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
     match path {
         "/html" => respond(StatusCode::OK, "text/html; charset=utf-8", MOBY_DICK_HTML.to_string()),
@@ -136,12 +127,12 @@ fn headers_json(headers: &HeaderMap) -> Value {
     Value::Object(out)
 }
 
-fn json_response(v: Value) -> Response<Full<Bytes>> {
+fn json_response(v: Value) -> Response<Body> {
     respond(StatusCode::OK, "application/json", format!("{v:#}\n"))
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+fn respond(status: StatusCode, content_type: &'static str, text: String) -> Response<Body> {
+    let mut resp = Response::new(body::full(text));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use signet_authority::GrpcClient;
-use signet_certs::{AuthorityClient, AuthorityErrorKind, CsrOrder, WorkloadKey};
+use signet_certs::{AuthorityClient, AuthorityError, CsrOrder, Refusal, RefusalKind, WorkloadKey};
+use signet_proxy::config::AuthorityEndpoint;
 use support::*;
 
 const POLICY: &str = "
@@ -39,27 +40,20 @@ fn setup() -> Setup {
 
 impl Setup {
     fn client(&self, token: Option<&str>) -> GrpcClient {
-        GrpcClient {
+        GrpcClient::new(AuthorityEndpoint {
             address: self.ca.addr.to_string(),
-            server_name: signet_authority::DEFAULT_SERVER_NAME.into(),
-            ca_root: format!("{}/ca.crt", self.mesh.signer_dir("istio-system")).into(),
+            server_name: signet_certs::AUTHORITY_SERVER_NAME.into(),
+            ca: format!("{}/ca.crt", self.mesh.signer_dir("istio-system")).into(),
             token_file: token.map(|t| t.into()),
-            timeout: Duration::from_secs(10),
-        }
+        })
     }
 
     fn token_file(&self, ns: &str, sa: &str) -> String {
         self.mesh.path(&format!("tokens/{ns}-{sa}")).display().to_string()
     }
 
-    /// Sends `csr` as ns/sa; returns (kind, reason) of the refusal, or None if signed.
-    fn send(
-        &self,
-        who: (&str, &str),
-        csr: String,
-        signer: Option<&str>,
-        ttl: Option<Duration>,
-    ) -> Option<(AuthorityErrorKind, String)> {
+    /// Sends `csr` as ns/sa; returns the refusal's reason, or None if signed.
+    fn send(&self, who: (&str, &str), csr: String, signer: Option<&str>, ttl: Option<Duration>) -> Option<Refusal> {
         let token = self.token_file(who.0, who.1);
         let order = CsrOrder {
             csr_pem: csr,
@@ -72,7 +66,10 @@ impl Setup {
             .unwrap();
         match rt.block_on(self.client(Some(&token)).sign(&order)) {
             Ok(_) => None,
-            Err(e) => Some((e.kind, e.reason)),
+            Err(e) => Some(
+                e.refusal()
+                    .unwrap_or_else(|| panic!("a refusal with a reason, not {e}")),
+            ),
         }
     }
 
@@ -112,9 +109,10 @@ fn raw_csr(uris: &[&str], dns: &[&str], ca: bool) -> String {
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
-fn assert_denied(got: Option<(AuthorityErrorKind, String)>, kind: AuthorityErrorKind, reason: &str) {
-    let (k, r) = got.unwrap_or_else(|| panic!("expected a refusal with reason {reason}, the CSR was signed"));
-    assert_eq!((k, r.as_str()), (kind, reason));
+fn assert_denied(got: Option<Refusal>, reason: Refusal) {
+    let r = got.unwrap_or_else(|| panic!("expected a refusal with reason {reason}, the CSR was signed"));
+    assert_eq!(r, reason);
+    assert_eq!(r.kind(), RefusalKind::Denied, "{r} is a policy decision");
 }
 
 #[test]
@@ -165,14 +163,13 @@ fn unknown_token() {
     let e = rt
         .block_on(t.client(Some(bogus.to_str().unwrap())).sign(&order))
         .unwrap_err();
-    assert_eq!(
-        (e.kind, e.reason.as_str()),
-        (AuthorityErrorKind::Unauthenticated, "UnknownToken")
-    );
+    assert_eq!(e.refusal(), Some(Refusal::UnknownToken), "{e}");
+    assert_eq!(Refusal::UnknownToken.kind(), RefusalKind::Unauthenticated);
     let e = rt.block_on(t.client(None).sign(&order)).unwrap_err();
-    assert_eq!(
-        (e.kind, e.reason.as_str()),
-        (AuthorityErrorKind::Unauthenticated, "NoToken")
+    assert_eq!(e.refusal(), Some(Refusal::NoToken), "{e}");
+    assert!(
+        matches!(&e, AuthorityError::Refused { message, .. } if message.contains("authorization: Bearer")),
+        "the message is the authority's own, without the label: {e}"
     );
     assert!(
         t.ca.proc
@@ -184,7 +181,7 @@ fn unknown_token() {
 fn a_san_of_another_identity() {
     let t = setup();
     let got = t.send(("foo", "httpbin"), csr_for(&spiffe("bar", "httpbin")), None, None);
-    assert_denied(got, AuthorityErrorKind::Denied, "IdentityMismatch");
+    assert_denied(got, Refusal::IdentityMismatch);
     assert_eq!(t.last_condition(), ("Denied".into(), "IdentityMismatch".into()));
 }
 
@@ -192,11 +189,7 @@ fn a_san_of_another_identity() {
 fn two_uri_sans() {
     let t = setup();
     let csr = raw_csr(&[&spiffe("foo", "httpbin"), &spiffe("foo", "admin")], &[], false);
-    assert_denied(
-        t.send(("foo", "httpbin"), csr, None, None),
-        AuthorityErrorKind::Denied,
-        "MultipleURISANs",
-    );
+    assert_denied(t.send(("foo", "httpbin"), csr, None, None), Refusal::MultipleUriSans);
     assert_eq!(t.last_condition(), ("Denied".into(), "MultipleURISANs".into()));
 }
 
@@ -204,11 +197,7 @@ fn two_uri_sans() {
 fn a_dns_san() {
     let t = setup();
     let csr = raw_csr(&[&spiffe("foo", "httpbin")], &["httpbin.foo"], false);
-    assert_denied(
-        t.send(("foo", "httpbin"), csr, None, None),
-        AuthorityErrorKind::Denied,
-        "DNSSANNotAllowed",
-    );
+    assert_denied(t.send(("foo", "httpbin"), csr, None, None), Refusal::DnsSanNotAllowed);
     assert_eq!(t.last_condition(), ("Denied".into(), "DNSSANNotAllowed".into()));
 }
 
@@ -216,11 +205,7 @@ fn a_dns_san() {
 fn ca_true() {
     let t = setup();
     let csr = raw_csr(&[&spiffe("foo", "httpbin")], &[], true);
-    assert_denied(
-        t.send(("foo", "httpbin"), csr, None, None),
-        AuthorityErrorKind::Denied,
-        "CARequested",
-    );
+    assert_denied(t.send(("foo", "httpbin"), csr, None, None), Refusal::CaRequested);
     assert_eq!(t.last_condition(), ("Denied".into(), "CARequested".into()));
 }
 
@@ -229,7 +214,7 @@ fn a_lifetime_above_the_maximum() {
     let t = setup();
     let ttl = Some(Duration::from_secs(49 * 3600));
     let got = t.send(("foo", "httpbin"), csr_for(&spiffe("foo", "httpbin")), None, ttl);
-    assert_denied(got, AuthorityErrorKind::Denied, "TTLTooLong");
+    assert_denied(got, Refusal::TtlTooLong);
     assert_eq!(t.last_condition(), ("Denied".into(), "TTLTooLong".into()));
 }
 
@@ -242,7 +227,7 @@ fn a_signer_the_namespace_may_not_use() {
         Some("bar"),
         None,
     );
-    assert_denied(got, AuthorityErrorKind::Denied, "SignerNotAllowedForNamespace");
+    assert_denied(got, Refusal::SignerNotAllowedForNamespace);
     let reqs = t.ca.requests();
     let last = reqs["items"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["spec"]["signerName"], "clusterissuers.cert-manager.io/bar");
@@ -253,7 +238,7 @@ fn a_signer_the_service_may_not_approve() {
     let t = setup();
     // Namespace legacy uses signer legacy, which the service holds but may not approve.
     let got = t.send(("legacy", "app"), csr_for(&spiffe("legacy", "app")), None, None);
-    assert_denied(got, AuthorityErrorKind::Denied, "SignerNotApprovable");
+    assert_denied(got, Refusal::SignerNotApprovable);
     assert_eq!(t.last_condition(), ("Denied".into(), "SignerNotApprovable".into()));
     let metrics = curl(&[&format!("http://{}/metrics", t.ca.admin)], &[]).body;
     assert!(

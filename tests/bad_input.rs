@@ -258,10 +258,19 @@ fn flags_that_cannot_apply_are_refused_not_ignored() {
     ];
     let mut args = base.to_vec();
     args.extend(["--id", "spiffe://cluster.local/ns/foo/sa/zzz"]);
-    assert!(start_fails(&args).contains("apply to provisioning (--authority)"));
+    let err = start_fails(&args);
+    assert!(
+        err.starts_with("signet: error: identity.spiffeId (--id): ") && err.contains("apply to provisioning"),
+        "{err}"
+    );
     let mut args = base.to_vec();
     args.extend(["--token-file", "t"]);
-    assert!(start_fails(&args).contains("go with --authority"));
+    let err = start_fails(&args);
+    assert!(
+        err.contains("identity.authority.tokenFile (--token-file): goes with an authority")
+            && err.contains("(--authority)"),
+        "{err}"
+    );
     let mut args = base.to_vec();
     args.extend(["--watch-interval", "0s"]);
     assert!(start_fails(&args).contains("at least 50ms"));

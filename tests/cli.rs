@@ -79,18 +79,90 @@ fn signers_certificates_and_bundles() {
         "{shown}"
     );
 
-    let bad = signet(&[
+    // One rule for SPIFFE IDs everywhere: the Kubernetes workload form, checked when parsed.
+    for (id, why) in [
+        ("spiffe://x/ns//a", "empty path segment"),
+        ("spiffe://cluster.local/httpbin", "/ns/<namespace>/sa/<service-account>"),
+    ] {
+        let bad = signet(&[
+            "cert",
+            "issue",
+            "--signer-dir",
+            &format!("{d}/foo"),
+            "--id",
+            id,
+            "--out",
+            &format!("{d}/x"),
+        ]);
+        assert_ne!(bad.code, 0);
+        assert_eq!(bad.stderr.lines().count(), 1, "one line: {}", bad.stderr);
+        assert!(
+            bad.stderr.contains("--id <SPIFFE_ID>")
+                && bad.stderr.contains("invalid SPIFFE ID")
+                && bad.stderr.contains(why),
+            "{}",
+            bad.stderr
+        );
+    }
+
+    // A certificate that is expired the moment it is made is issued (tests need them), with a warning.
+    let expired = signet(&[
         "cert",
         "issue",
         "--signer-dir",
         &format!("{d}/foo"),
         "--id",
-        "spiffe://x/ns//a",
+        &id,
+        "--ttl",
+        "1h",
+        "--backdate",
+        "2h",
         "--out",
-        &format!("{d}/x"),
+        &format!("{d}/old"),
     ]);
-    assert_ne!(bad.code, 0);
-    assert!(bad.stderr.contains("--id: invalid SPIFFE ID"), "{}", bad.stderr);
+    assert_eq!(expired.code, 0, "{}", expired.stderr);
+    assert!(
+        expired.stderr.contains("warning: the certificate is already expired"),
+        "{}",
+        expired.stderr
+    );
+    let fresh = signet(&[
+        "cert",
+        "issue",
+        "--signer-dir",
+        &format!("{d}/foo"),
+        "--id",
+        &id,
+        "--out",
+        &format!("{d}/new"),
+    ]);
+    assert!(!fresh.stderr.contains("warning"), "{}", fresh.stderr);
+
+    // Flags that take a signer directory say what they expect; `bundle` checks like the authority.
+    let wrong = signet(&[
+        "cert",
+        "issue",
+        "--signer-dir",
+        &format!("{d}/w"),
+        "--id",
+        &id,
+        "--out",
+        &format!("{d}/y"),
+    ]);
+    assert!(
+        wrong.stderr.contains("--signer-dir")
+            && wrong.stderr.contains("not a signer directory")
+            && wrong.stderr.contains("signet signer new"),
+        "{}",
+        wrong.stderr
+    );
+    let not_a_ca = signet(&["bundle", &format!("{d}/foo"), &format!("{d}/w")]);
+    assert_ne!(not_a_ca.code, 0);
+    assert!(
+        not_a_ca.stderr.contains("not a signer directory") && not_a_ca.stderr.contains("not a CA"),
+        "{}",
+        not_a_ca.stderr
+    );
 }
 
 #[test]

@@ -133,7 +133,7 @@ fn renewals_and_a_root_rotation_under_load_lose_no_request() {
     std::fs::write(
         &server_yaml,
         format!(
-            "identity:\n  authority: {{address: \"{ca}\", caRoot: \"{root}\", tokenFile: \"{token}\"}}\n  spiffeId: {id}\n  ttl: 4s\ntrustBundle: {bundle}\nwatchInterval: 200ms\ninbound:\n- {{listen: \"127.0.0.1:0\", app: \"{app}\", protocol: http}}\n- {{listen: \"127.0.0.1:0\", app: \"{app}\", protocol: tcp}}\n",
+            "identity:\n  authority: {{address: \"{ca}\", ca: \"{root}\", tokenFile: \"{token}\"}}\n  spiffeId: {id}\n  ttl: 4s\ntrustBundle: {bundle}\nwatchInterval: 200ms\ninbound:\n- {{listen: \"127.0.0.1:0\", app: \"{app}\", protocol: http}}\n- {{listen: \"127.0.0.1:0\", app: \"{app}\", protocol: tcp}}\n",
             ca = ca.addr,
             root = root_of_service,
             token = server_token,

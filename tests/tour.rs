@@ -54,7 +54,7 @@ fn the_readme_tour_runs_as_written() {
 fn the_readme_provisioning_walk_through_runs_as_written() {
     let stdout = run("provisioning.sh", 1);
     assert!(
-        stdout.contains("spiffe://cluster.local/ns/foo/sa/httpbin from authority"),
+        stdout.contains("spiffe://cluster.local/ns/foo/sa/httpbin from the authority at 127.0.0.1:"),
         "{stdout}"
     );
     assert!(stdout.contains("curl.foo → httpbin.foo: HTTP 200"), "{stdout}");

@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
-use signet_certs::{IssueOptions, RequestInfo, Signer, SignerName, TrustBundle, certs_to_pem, rfc3339};
+use signet_certs::{
+    IssueOptions, Refusal, RefusalKind, RequestInfo, Signer, SignerName, TrustBundle, certs_to_pem, rfc3339,
+};
+use signet_proxy::prometheus::{Exposition, Kind};
 
 use crate::signing_policy::SigningPolicy;
 use crate::tokens::{Requester, Tokens};
@@ -40,30 +43,17 @@ impl Inputs {
     }
 }
 
-/// How a refusal maps onto gRPC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefusalCode {
-    Unauthenticated,
-    InvalidArgument,
-    PermissionDenied,
-    Internal,
-}
-
-/// A request the RA did not sign: the caller sees `reason: message`.
-#[derive(Clone, Debug)]
-pub struct Refusal {
-    pub code: RefusalCode,
-    pub reason: &'static str,
+/// A request the authority did not sign: the reason (a stable label) and what the caller sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: Refusal,
     pub message: String,
 }
 
-impl Refusal {
-    fn new(code: RefusalCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Refusal {
-            code,
-            reason,
-            message: message.into(),
-        }
+fn refuse(reason: Refusal, message: impl Into<String>) -> Refused {
+    Refused {
+        reason,
+        message: message.into(),
     }
 }
 
@@ -84,13 +74,18 @@ pub struct SigningRequest {
 }
 
 const USAGES: [&str; 4] = ["digital signature", "key encipherment", "server auth", "client auth"];
+
+/// How many requests the admin port lists (the oldest are dropped first).
 const KEEP: usize = 1000;
 
+/// Decides CSRs: authenticates the caller, applies the RA checks and the signing policy, has the
+/// chosen signer sign, and records each request.
 pub struct Authority {
     inputs: ArcSwap<Inputs>,
     log: Mutex<VecDeque<SigningRequest>>,
     seq: AtomicU64,
-    outcomes: Mutex<HashMap<String, u64>>,
+    /// Requests by outcome: `approved`, or the refusal's label.
+    outcomes: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl Authority {
@@ -119,18 +114,21 @@ impl Authority {
         csr: &str,
         validity_seconds: i64,
         cert_signer: Option<&str>,
-    ) -> Result<Vec<String>, Refusal> {
+    ) -> Result<Vec<String>, Refused> {
         let inputs = self.inputs.load_full();
         let requester = match token.map(|t| inputs.tokens.authenticate(t)) {
             Some(Some(r)) => r.clone(),
             Some(None) => {
-                return Err(self.unauthenticated("UnknownToken", "the bearer token is not known to this authority"));
+                return Err(self.unauthenticated(refuse(
+                    Refusal::UnknownToken,
+                    "the bearer token is not known to this authority",
+                )));
             }
             None => {
-                return Err(self.unauthenticated(
-                    "NoToken",
+                return Err(self.unauthenticated(refuse(
+                    Refusal::NoToken,
                     "no bearer token; send `authorization: Bearer <token>` (the workload's service-account token)",
-                ));
+                )));
             }
         };
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -172,12 +170,14 @@ impl Authority {
                 );
             }
             Err(r) => {
-                let kind = if r.code == RefusalCode::Internal {
+                let kind = if r.reason.kind() == RefusalKind::Failed {
                     "Failed"
                 } else {
                     "Denied"
                 };
-                record.conditions.push((kind, r.reason.to_string(), r.message.clone()));
+                record
+                    .conditions
+                    .push((kind, r.reason.label().to_string(), r.message.clone()));
                 tracing::warn!(
                     "{} by {} for {}: {kind}: {}: {}",
                     record.name,
@@ -190,7 +190,7 @@ impl Authority {
         }
         self.count(match &result {
             Ok(_) => "approved",
-            Err(r) => r.reason,
+            Err(r) => r.reason.label(),
         });
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         if log.len() == KEEP {
@@ -200,18 +200,22 @@ impl Authority {
         result
     }
 
-    fn unauthenticated(&self, reason: &'static str, message: &str) -> Refusal {
-        tracing::warn!("rejected a request: Unauthenticated: {reason}: {message}");
-        self.count(reason);
-        Refusal::new(RefusalCode::Unauthenticated, reason, message)
+    fn unauthenticated(&self, refused: Refused) -> Refused {
+        tracing::warn!(
+            "rejected a request: Unauthenticated: {}: {}",
+            refused.reason,
+            refused.message
+        );
+        self.count(refused.reason.label());
+        refused
     }
 
-    fn count(&self, outcome: &str) {
+    fn count(&self, outcome: &'static str) {
         *self
             .outcomes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(outcome.to_string())
+            .entry(outcome)
             .or_default() += 1;
     }
 
@@ -223,33 +227,29 @@ impl Authority {
         validity_seconds: i64,
         cert_signer: Option<&str>,
         record: &mut SigningRequest,
-    ) -> Result<Vec<String>, Refusal> {
-        use RefusalCode::*;
+    ) -> Result<Vec<String>, Refused> {
         let policy = &inputs.policy;
         let caller = requester
             .spiffe_id(&policy.trust_domain)
-            .map_err(|e| Refusal::new(InvalidArgument, "IdentityInvalid", e))?;
-        let info = RequestInfo::parse(csr).map_err(|e| Refusal::new(InvalidArgument, "CSRInvalid", e.to_string()))?;
+            .map_err(|e| refuse(Refusal::IdentityInvalid, e.to_string()))?;
+        let info = RequestInfo::parse(csr).map_err(|e| refuse(Refusal::CsrInvalid, e.to_string()))?;
         match info.uris.as_slice() {
             [] => {
-                return Err(Refusal::new(
-                    InvalidArgument,
-                    "NoSPIFFEID",
+                return Err(refuse(
+                    Refusal::NoSpiffeId,
                     "the CSR has no URI SAN; it must carry the caller's SPIFFE ID",
                 ));
             }
             [uri] if uri != caller.as_str() => {
-                return Err(Refusal::new(
-                    PermissionDenied,
-                    "IdentityMismatch",
+                return Err(refuse(
+                    Refusal::IdentityMismatch,
                     format!("the CSR asks for {uri}, but the caller is {caller}"),
                 ));
             }
             [_] => {}
             many => {
-                return Err(Refusal::new(
-                    PermissionDenied,
-                    "MultipleURISANs",
+                return Err(refuse(
+                    Refusal::MultipleUriSans,
                     format!(
                         "the CSR has {} URI SANs; a workload certificate carries exactly one",
                         many.len()
@@ -258,37 +258,26 @@ impl Authority {
             }
         }
         if let Some(name) = info.dns.iter().find(|d| !policy.allows_dns(&caller, d)) {
-            return Err(Refusal::new(
-                PermissionDenied,
-                "DNSSANNotAllowed",
+            return Err(refuse(
+                Refusal::DnsSanNotAllowed,
                 format!("DNS SAN {name} is not allowed for {caller} (policy dnsSans)"),
             ));
         }
         if let Some(ip) = info.ips.first() {
-            return Err(Refusal::new(
-                PermissionDenied,
-                "IPSANNotAllowed",
-                format!("IP SAN {ip} is not allowed"),
-            ));
+            return Err(refuse(Refusal::IpSanNotAllowed, format!("IP SAN {ip} is not allowed")));
         }
         if let Some(mail) = info.emails.first() {
-            return Err(Refusal::new(
-                PermissionDenied,
-                "EmailSANNotAllowed",
+            return Err(refuse(
+                Refusal::EmailSanNotAllowed,
                 format!("email SAN {mail} is not allowed"),
             ));
         }
         if let Some(ext) = info.other_extensions.first() {
-            return Err(Refusal::new(
-                PermissionDenied,
-                "ExtensionNotAllowed",
-                format!("the CSR carries {ext}"),
-            ));
+            return Err(refuse(Refusal::ExtensionNotAllowed, format!("the CSR carries {ext}")));
         }
         if info.requests_ca {
-            return Err(Refusal::new(
-                PermissionDenied,
-                "CARequested",
+            return Err(refuse(
+                Refusal::CaRequested,
                 "the CSR asks for a CA certificate (basicConstraints CA:TRUE); workloads get leaf certificates only",
             ));
         }
@@ -298,9 +287,8 @@ impl Authority {
             Duration::from_secs(validity_seconds as u64)
         };
         if ttl > policy.max_ttl {
-            return Err(Refusal::new(
-                PermissionDenied,
-                "TTLTooLong",
+            return Err(refuse(
+                Refusal::TtlTooLong,
                 format!(
                     "requested lifetime {} is above the maximum {}",
                     signet_certs::format_duration(ttl),
@@ -310,14 +298,13 @@ impl Authority {
         }
         let signer_name = match cert_signer {
             Some(s) => SignerName::parse(s, &policy.signer_domain)
-                .map_err(|e| Refusal::new(InvalidArgument, "SignerNameInvalid", e.to_string()))?,
+                .map_err(|e| refuse(Refusal::SignerNameInvalid, e.to_string()))?,
             None => policy.signer_for(&requester.namespace).clone(),
         };
         record.signer_name = signer_name.to_string();
         if !policy.may_use(&requester.namespace, &signer_name) {
-            return Err(Refusal::new(
-                PermissionDenied,
-                "SignerNotAllowedForNamespace",
+            return Err(refuse(
+                Refusal::SignerNotAllowedForNamespace,
                 format!(
                     "namespace {} may not use signer {signer_name}; its signer is {}",
                     requester.namespace,
@@ -326,16 +313,14 @@ impl Authority {
             ));
         }
         if !policy.may_approve(&signer_name) {
-            return Err(Refusal::new(
-                PermissionDenied,
-                "SignerNotApprovable",
+            return Err(refuse(
+                Refusal::SignerNotApprovable,
                 format!("this authority may not approve requests for {signer_name} (approvableSigners)"),
             ));
         }
         let signer = inputs.signers.get(&signer_name).ok_or_else(|| {
-            Refusal::new(
-                Internal,
-                "SignerUnavailable",
+            refuse(
+                Refusal::SignerUnavailable,
                 format!("signer {signer_name} is not loaded in this service"),
             )
         })?;
@@ -347,7 +332,7 @@ impl Authority {
                     backdate: Duration::ZERO,
                 },
             )
-            .map_err(|e| Refusal::new(Internal, "SigningError", e.to_string()))?;
+            .map_err(|e| refuse(Refusal::SigningFailed, e.to_string()))?;
         record.expiration_seconds = ttl.as_secs();
         let mut chain: Vec<String> = issued
             .chain
@@ -392,15 +377,225 @@ impl Authority {
         let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
         let mut keys: Vec<_> = outcomes.keys().collect();
         keys.sort();
-        let mut out = String::from(
-            "# HELP signet_authority_requests_total Certificate requests by outcome (approved, or the refusal reason).\n# TYPE signet_authority_requests_total counter\n",
+        let mut e = Exposition::new();
+        e.family(
+            "signet_authority_requests_total",
+            Kind::Counter,
+            "Certificate requests by outcome (approved, or the refusal reason).",
         );
         for k in keys {
-            out.push_str(&format!(
-                "signet_authority_requests_total{{outcome=\"{k}\"}} {}\n",
-                outcomes[k]
-            ));
+            e.sample("signet_authority_requests_total", &[("outcome", k)], outcomes[k]);
         }
-        out
+        e.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use signet_certs::{CertInfo, DEFAULT_CA_VALIDITY, SpiffeId, WorkloadKey, parse_certs};
+
+    use super::*;
+    use crate::tokens::{TokenEntry, new_token};
+
+    const POLICY: &str = "
+defaultSigner: istio-system
+approvableSigners: [istio-system, foo]
+namespaces:
+  foo: {signer: foo}
+  legacy: {signer: legacy}
+maxWorkloadCertTtl: 48h
+dnsSans:
+  spiffe://cluster.local/ns/foo/sa/web: [web.foo]
+";
+
+    struct Setup {
+        authority: Authority,
+        /// ns/sa → token
+        tokens: BTreeMap<(&'static str, &'static str), String>,
+    }
+
+    fn setup() -> Setup {
+        let mut signers = BTreeMap::new();
+        for name in ["istio-system", "foo", "bar", "legacy"] {
+            let name = SignerName::with_default_domain(name).unwrap();
+            signers.insert(
+                name.clone(),
+                Arc::new(Signer::create(name, DEFAULT_CA_VALIDITY).unwrap()),
+            );
+        }
+        let mut entries = Vec::new();
+        let mut tokens = BTreeMap::new();
+        for who in [
+            ("foo", "httpbin"),
+            ("foo", "web"),
+            ("legacy", "app"),
+            ("default", "app"),
+        ] {
+            let token = new_token();
+            entries.push(TokenEntry {
+                token: token.clone(),
+                namespace: who.0.into(),
+                service_account: who.1.into(),
+            });
+            tokens.insert(who, token);
+        }
+        let authority = Authority::new(Inputs {
+            policy: SigningPolicy::from_yaml(POLICY, "policy").unwrap(),
+            signers,
+            bundle: None,
+            tokens: Tokens::from_entries(&entries, "tokens").unwrap(),
+        });
+        Setup { authority, tokens }
+    }
+
+    fn csr(id: &str, dns: &[&str]) -> String {
+        let id: SpiffeId = id.parse().unwrap();
+        let dns: Vec<String> = dns.iter().map(|d| d.to_string()).collect();
+        WorkloadKey::generate().unwrap().request(&id, &dns).unwrap().pem
+    }
+
+    impl Setup {
+        fn ask(
+            &self,
+            who: (&'static str, &'static str),
+            csr: &str,
+            ttl: i64,
+            signer: Option<&str>,
+        ) -> Result<Vec<String>, Refusal> {
+            self.authority
+                .create_certificate(Some(&self.tokens[&who]), csr, ttl, signer)
+                .map_err(|r| r.reason)
+        }
+    }
+
+    #[test]
+    fn the_namespace_signer_signs_and_the_roots_come_last() {
+        let t = setup();
+        let chain = t
+            .ask(
+                ("foo", "httpbin"),
+                &csr("spiffe://cluster.local/ns/foo/sa/httpbin", &[]),
+                0,
+                None,
+            )
+            .unwrap();
+        let leaf = CertInfo::parse(&parse_certs(chain[0].as_bytes(), "leaf").unwrap()[0]).unwrap();
+        let root = CertInfo::parse(&parse_certs(chain.last().unwrap().as_bytes(), "root").unwrap()[0]).unwrap();
+        assert_eq!(leaf.issuer, root.subject);
+        assert!(
+            root.subject.contains("clusterissuers.cert-manager.io/foo"),
+            "{}",
+            root.subject
+        );
+        let life = leaf.not_after.duration_since(leaf.not_before).unwrap();
+        assert!(
+            life > Duration::from_secs(86_000) && life < Duration::from_secs(86_500),
+            "{life:?}"
+        );
+        // Namespaces without a signer of their own get the mesh default.
+        let chain = t
+            .ask(
+                ("default", "app"),
+                &csr("spiffe://cluster.local/ns/default/sa/app", &[]),
+                0,
+                None,
+            )
+            .unwrap();
+        let root = CertInfo::parse(&parse_certs(chain.last().unwrap().as_bytes(), "root").unwrap()[0]).unwrap();
+        assert!(root.subject.contains("/istio-system"), "{}", root.subject);
+    }
+
+    #[test]
+    fn each_rule_refuses_with_its_own_reason() {
+        let t = setup();
+        let me = "spiffe://cluster.local/ns/foo/sa/httpbin";
+        let cases = [
+            (
+                ("foo", "httpbin"),
+                csr("spiffe://cluster.local/ns/bar/sa/httpbin", &[]),
+                0,
+                None,
+                Refusal::IdentityMismatch,
+            ),
+            (
+                ("foo", "httpbin"),
+                csr(me, &["evil.example"]),
+                0,
+                None,
+                Refusal::DnsSanNotAllowed,
+            ),
+            (("foo", "httpbin"), csr(me, &[]), 49 * 3600, None, Refusal::TtlTooLong),
+            (
+                ("foo", "httpbin"),
+                csr(me, &[]),
+                0,
+                Some("bar"),
+                Refusal::SignerNotAllowedForNamespace,
+            ),
+            (
+                ("foo", "httpbin"),
+                csr(me, &[]),
+                0,
+                Some("no such signer"),
+                Refusal::SignerNameInvalid,
+            ),
+            (
+                ("foo", "httpbin"),
+                "not a CSR".to_string(),
+                0,
+                None,
+                Refusal::CsrInvalid,
+            ),
+            (
+                ("legacy", "app"),
+                csr("spiffe://cluster.local/ns/legacy/sa/app", &[]),
+                0,
+                None,
+                Refusal::SignerNotApprovable,
+            ),
+        ];
+        for (who, csr, ttl, signer, reason) in cases {
+            assert_eq!(t.ask(who, &csr, ttl, signer).unwrap_err(), reason, "{reason:?}");
+        }
+        // A DNS SAN the policy allows passes.
+        assert!(
+            t.ask(
+                ("foo", "web"),
+                &csr("spiffe://cluster.local/ns/foo/sa/web", &["web.foo"]),
+                0,
+                None
+            )
+            .is_ok()
+        );
+        let refused = t
+            .authority
+            .create_certificate(Some("not-a-known-token-at-all"), &csr(me, &[]), 0, None);
+        assert_eq!(refused.unwrap_err().reason, Refusal::UnknownToken);
+        let refused = t.authority.create_certificate(None, &csr(me, &[]), 0, None);
+        assert_eq!(refused.unwrap_err().reason, Refusal::NoToken);
+    }
+
+    #[test]
+    fn every_request_is_recorded_and_counted_by_outcome() {
+        let t = setup();
+        let me = "spiffe://cluster.local/ns/foo/sa/httpbin";
+        t.ask(("foo", "httpbin"), &csr(me, &[]), 0, None).unwrap();
+        t.ask(("foo", "httpbin"), &csr(me, &[]), 49 * 3600, None).unwrap_err();
+        let items = t.authority.requests_json()["items"].as_array().unwrap().clone();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0]["status"]["conditions"][0]["type"], "Approved");
+        assert_eq!(items[1]["status"]["conditions"][0]["type"], "Denied");
+        assert_eq!(items[1]["status"]["conditions"][0]["reason"], "TTLTooLong");
+        let metrics = t.authority.metrics();
+        assert!(
+            metrics.contains("signet_authority_requests_total{outcome=\"approved\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("signet_authority_requests_total{outcome=\"TTLTooLong\"} 1"),
+            "{metrics}"
+        );
     }
 }

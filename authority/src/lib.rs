@@ -1,7 +1,8 @@
-//! Signet's authority: Istio's CA API (`istio.v1.auth.IstioCertificateService`) over
-//! gRPC+TLS in front of per-tenant signers. It plays istiod's RA and cert-manager's CA issuers on
-//! one machine: authenticate the caller, check the CSR, pick the namespace's signer, sign, and
-//! return the chain with that signer's current roots.
+//! Signet's authority: Istio's CA API (`istio.v1.auth.IstioCertificateService`) over gRPC+TLS
+//! in front of per-tenant signers. It plays istiod's RA and cert-manager's CA issuers on one
+//! machine: authenticate the caller, check the CSR, pick the namespace's signer by the signing
+//! policy, sign, and return the chain with that signer's current roots. It serves with the
+//! sidecar's serving stack and the one crypto policy (`signet_certs::crypto`).
 
 pub mod client;
 pub mod decide;
@@ -16,19 +17,10 @@ pub mod pb {
 }
 
 pub use client::GrpcClient;
-pub use decide::{Authority, Inputs, Refusal, RefusalCode};
-pub use server::{AuthorityServer, ServerSettings, Sources};
-pub use signing_policy::SigningPolicy;
-pub use tokens::{Requester, TokenEntry, Tokens, TokensFile, new_token};
+pub use decide::{Authority, Inputs, Refused};
+pub use server::{AuthorityServer, ServerError, ServerSettings, Sources, SourcesError};
+pub use signing_policy::{SigningPolicy, SigningPolicyError};
+pub use tokens::{Requester, TokenEntry, Tokens, TokensError, TokensFile, new_token};
 
-/// The port istiod serves its CA on.
-pub const DEFAULT_PORT: u16 = 15012;
-/// The DNS name in the service's own certificate, and what clients verify by default.
-pub const DEFAULT_SERVER_NAME: &str = "signet-authority.istio-system.svc";
 /// Istio's gRPC metadata key for the signer a workload names.
 pub const CERT_SIGNER_KEY: &str = "CertSigner";
-
-/// TLS 1.3 with aws-lc-rs for the service and its clients (h2 for gRPC).
-fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}

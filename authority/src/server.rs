@@ -1,6 +1,6 @@
-//! `signet ca serve`: the gRPC service over TLS (its own certificate from the serving signer,
-//! renewed at half-life), an admin port (`/requests`, `/metrics`, `/ready`), and reloads of
-//! signers, bundle, policy and tokens on file change or `reload()` (SIGHUP).
+//! `signet authority serve`: the gRPC service over TLS (its own certificate from the serving
+//! signer, renewed at half-life), an admin port (`/requests`, `/metrics`, `/ready`), and reloads
+//! of signers, bundle, signing policy and tokens on file change or `reload()` (SIGHUP).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -12,47 +12,80 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use http::{Response, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
-use signet_certs::{FileWatch, IssueOptions, Signer, SignerName, SpiffeId, TrustBundle, WorkloadKey, files, parse_key};
+use signet_certs::{
+    CryptoPolicy, FileWatch, IssueOptions, Refusal, RefusalKind, Signer, SignerName, SpiffeId, TrustBundle, crypto,
+    files,
+};
+use signet_proxy::body;
+use signet_proxy::serve::{Lifecycle, accept_loop, serve_http1};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
-use crate::decide::{Authority, Inputs, RefusalCode};
+use crate::decide::{Authority, Inputs, Refused};
 use crate::pb::istio_certificate_service_server::{IstioCertificateService, IstioCertificateServiceServer};
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::signing_policy::SigningPolicy;
-use crate::tokens::Tokens;
+use crate::signing_policy::{SigningPolicy, SigningPolicyError};
+use crate::tokens::{Tokens, TokensError};
 
-/// Where the service's inputs live; read at start and on every reload.
+/// The authority's own certificate lives this long ...
+const SERVING_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// ... and is renewed when less than this is left (half its life).
+const SERVING_CERT_RENEW_BEFORE: Duration = Duration::from_secs(12 * 3600);
+/// A client's TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, open calls may finish for this long.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshaken connections waiting for the gRPC server to take them.
+const ACCEPT_QUEUE: usize = 64;
+/// The gRPC metadata key that carries a refusal's reason, so clients need not parse messages.
+pub const REFUSAL_KEY: &str = "signet-refusal";
+
+/// Where the authority's inputs live; read at start and on every reload.
 #[derive(Clone, Debug)]
 pub struct Sources {
-    /// Signer name → its directory (`tls.crt`, `tls.key`, `ca.crt`).
+    /// Signer name → its signer directory (`tls.crt`, `tls.key`, `ca.crt`).
     pub signers: Vec<(SignerName, PathBuf)>,
     pub bundle: Option<PathBuf>,
-    pub policy: Option<PathBuf>,
+    pub signing_policy: Option<PathBuf>,
     pub tokens: PathBuf,
     pub signer_domain: String,
 }
 
+/// Why the authority's inputs could not be loaded; the current ones stay in place.
+#[derive(Debug, thiserror::Error)]
+pub enum SourcesError {
+    #[error("signer {name}: {source}")]
+    Signer {
+        name: SignerName,
+        source: signet_certs::Error,
+    },
+    #[error("{0}")]
+    Bundle(signet_certs::Error),
+    #[error("{0}")]
+    SigningPolicy(#[from] SigningPolicyError),
+    #[error("{0}")]
+    Tokens(#[from] TokensError),
+}
+
 impl Sources {
     /// Reads everything; any error leaves the caller's current inputs in place.
-    pub fn load(&self) -> Result<Inputs, String> {
-        let policy = match &self.policy {
+    pub fn load(&self) -> Result<Inputs, SourcesError> {
+        let policy = match &self.signing_policy {
             Some(p) => SigningPolicy::load(p)?,
             None => SigningPolicy::default(),
         };
         let mut signers = BTreeMap::new();
         for (name, dir) in &self.signers {
-            let signer = Signer::load_dir(dir, name.clone()).map_err(|e| format!("signer {name}: {e}"))?;
+            let signer = Signer::load_dir(dir, name.clone()).map_err(|source| SourcesError::Signer {
+                name: name.clone(),
+                source,
+            })?;
             signers.insert(name.clone(), Arc::new(signer));
         }
         let bundle = self
@@ -60,7 +93,7 @@ impl Sources {
             .as_ref()
             .map(|b| TrustBundle::load(b, &self.signer_domain))
             .transpose()
-            .map_err(|e| e.to_string())?;
+            .map_err(SourcesError::Bundle)?;
         Ok(Inputs {
             policy,
             signers,
@@ -76,7 +109,7 @@ impl Sources {
             .flat_map(|(_, d)| [files::CERT, files::KEY, files::CA].map(|f| d.join(f)))
             .collect();
         out.extend(self.bundle.iter().cloned());
-        out.extend(self.policy.iter().cloned());
+        out.extend(self.signing_policy.iter().cloned());
         out.push(self.tokens.clone());
         out
     }
@@ -87,35 +120,56 @@ pub struct ServerSettings {
     pub sources: Sources,
     pub listen: SocketAddr,
     pub admin: Option<SocketAddr>,
-    /// DNS name in the service certificate (clients verify it).
+    /// DNS name in the authority's certificate (clients verify it).
     pub server_name: String,
-    /// The signer that issues the service's own certificate (Istio: `istio-system`).
+    /// The signer that issues the authority's own certificate (Istio: `istio-system`).
     pub serving_signer: SignerName,
     /// How often the input files are checked for changes.
     pub watch_interval: Duration,
+}
+
+/// Why the authority did not start, or a reload was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Sources(#[from] SourcesError),
+    #[error(
+        "the serving signer {0} is not among the loaded signers; add its signer directory or pick another serving signer"
+    )]
+    NoServingSigner(SignerName),
+    #[error("issuing the authority's own certificate: {0}")]
+    ServingCertificate(signet_certs::Error),
+    #[error("the authority's TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 pub struct AuthorityServer {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     inner: Arc<Inner>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    life: Lifecycle,
 }
 
 struct Inner {
-    ra: Arc<Authority>,
-    config: ServerSettings,
+    authority: Arc<Authority>,
+    settings: ServerSettings,
     serving: ArcSwap<ServerConfig>,
     serving_until: ArcSwap<SystemTime>,
 }
 
 impl Inner {
-    fn reload(&self) -> Result<(), String> {
-        let inputs = self.config.sources.load()?;
-        let (serving, until) = serving_config(&inputs, &self.config)?;
+    fn reload(&self) -> Result<(), ServerError> {
+        let inputs = self.settings.sources.load()?;
+        let (serving, until) = serving_config(&inputs, &self.settings)?;
         let summary = summary(&inputs);
-        self.ra.replace(inputs);
+        self.authority.replace(inputs);
         self.serving.store(serving);
         self.serving_until.store(Arc::new(until));
         tracing::info!("reloaded: {summary}");
@@ -126,7 +180,7 @@ impl Inner {
 fn summary(inputs: &Inputs) -> String {
     let names: Vec<&str> = inputs.signers.keys().map(|s| s.short()).collect();
     format!(
-        "signers [{}], default signer {}, bundle {}",
+        "signers [{}], default signer {}, trust bundle {}",
         names.join(", "),
         inputs.policy.default_signer,
         inputs
@@ -137,71 +191,82 @@ fn summary(inputs: &Inputs) -> String {
     )
 }
 
-/// The service's own certificate: a fresh key, signed by the serving signer for 24 h.
-fn serving_config(inputs: &Inputs, config: &ServerSettings) -> Result<(Arc<ServerConfig>, SystemTime), String> {
-    let signer = inputs.signers.get(&config.serving_signer).ok_or_else(|| {
-        format!(
-            "the serving signer {} is not among the loaded signers; add it with --signer or pick another with --serving-signer",
-            config.serving_signer
-        )
-    })?;
+/// The authority's own certificate: a fresh key, signed by the serving signer.
+fn serving_config(inputs: &Inputs, settings: &ServerSettings) -> Result<(Arc<ServerConfig>, SystemTime), ServerError> {
+    let signer = inputs
+        .signers
+        .get(&settings.serving_signer)
+        .ok_or_else(|| ServerError::NoServingSigner(settings.serving_signer.clone()))?;
     let id = SpiffeId::workload(&inputs.policy.trust_domain, "istio-system", "signet-authority")
-        .map_err(|e| e.to_string())?;
-    let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
-    let csr = key
-        .request(&id, &[config.server_name.clone(), "localhost".to_string()])
-        .map_err(|e| e.to_string())?;
+        .map_err(ServerError::ServingCertificate)?;
+    let options = IssueOptions {
+        ttl: SERVING_CERT_TTL,
+        backdate: Duration::ZERO,
+    };
+    let names = [settings.server_name.clone(), "localhost".to_string()];
     let issued = signer
-        .sign(&csr.pem, &IssueOptions::default())
-        .map_err(|e| format!("issuing the service certificate: {e}"))?;
-    let key = parse_key(key.to_pem().as_bytes(), "service key").map_err(|e| e.to_string())?;
-    let mut tls = ServerConfig::builder_with_provider(crate::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .and_then(|b| b.with_no_client_auth().with_single_cert(issued.chain, key))
-        .map_err(|e| format!("service TLS: {e}"))?;
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    Ok((Arc::new(tls), issued.leaf.not_after))
+        .issue_workload(&id, &names, &options)
+        .map_err(ServerError::ServingCertificate)?;
+    let until = issued.certificate.leaf.not_after;
+    let mut tls = CryptoPolicy::default()
+        .server_builder()?
+        .with_no_client_auth()
+        .with_single_cert(issued.certificate.chain, issued.key.to_der())?;
+    tls.alpn_protocols = crypto::alpn(crypto::ALPN_GRPC);
+    Ok((Arc::new(tls), until))
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, what, source })
 }
 
 impl AuthorityServer {
-    pub async fn start(config: ServerSettings) -> Result<AuthorityServer, String> {
-        let inputs = config.sources.load()?;
-        let (serving, until) = serving_config(&inputs, &config)?;
+    pub async fn start(settings: ServerSettings) -> Result<AuthorityServer, ServerError> {
+        let inputs = settings.sources.load()?;
+        let (serving, until) = serving_config(&inputs, &settings)?;
         let summary = summary(&inputs);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {} (authority): {e}", config.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let admin_listener = match config.admin {
-            Some(a) => Some(
-                TcpListener::bind(a)
-                    .await
-                    .map_err(|e| format!("cannot listen on {a} (admin): {e}"))?,
-            ),
+        let listener = bind(settings.listen, "authority").await?;
+        let addr = listener.local_addr().unwrap_or(settings.listen);
+        let admin_listener = match settings.admin {
+            Some(a) => Some(bind(a, "authority admin").await?),
             None => None,
         };
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let inner = Arc::new(Inner {
-            ra: Arc::new(Authority::new(inputs)),
-            config: config.clone(),
+            authority: Arc::new(Authority::new(inputs)),
+            settings: settings.clone(),
             serving: ArcSwap::new(serving),
             serving_until: ArcSwap::from_pointee(until),
         });
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let life = Lifecycle::default();
 
         // TLS handshakes run per connection; finished ones are handed to tonic.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
-        tracker.spawn(accept_loop(
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(ACCEPT_QUEUE);
+        let handshakes = inner.clone();
+        life.spawn(accept_loop(
             listener,
-            inner.clone(),
-            tx,
-            shutdown.clone(),
-            tracker.clone(),
+            "authority".into(),
+            life.clone(),
+            move |stream, peer| {
+                let (acceptor, tx) = (TlsAcceptor::from(handshakes.serving.load_full()), tx.clone());
+                async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok(TlsConn(tls))).await;
+                        }
+                        Ok(Err(e)) => tracing::warn!("authority: TLS handshake with {peer} failed: {e}"),
+                        Err(_) => tracing::warn!("authority: TLS handshake with {peer} timed out"),
+                    }
+                }
+            },
         ));
-        let grpc = IstioCertificateServiceServer::new(Grpc { ra: inner.ra.clone() });
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
+        let grpc = IstioCertificateServiceServer::new(Grpc {
+            authority: inner.authority.clone(),
+        });
+        let stop = life.shutdown.clone();
+        life.spawn(async move {
             let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(grpc)
@@ -212,13 +277,13 @@ impl AuthorityServer {
             }
         });
         if let Some(listener) = admin_listener {
-            tracker.spawn(admin_loop(listener, inner.clone(), shutdown.clone(), tracker.clone()));
+            life.spawn(admin_loop(listener, inner.clone(), life.clone()));
         }
-        tracker.spawn(watch_loop(inner.clone(), shutdown.clone()));
+        life.spawn(watch_loop(inner.clone(), life.clone()));
 
         tracing::info!(
             "authority on {addr} (gRPC istio.v1.auth.IstioCertificateService, TLS as {}): {summary}",
-            config.server_name
+            settings.server_name
         );
         if let Some(a) = admin {
             tracing::info!("admin http://{a}/ (requests, metrics, ready)");
@@ -227,143 +292,119 @@ impl AuthorityServer {
             addr,
             admin,
             inner,
-            shutdown,
-            tracker,
+            life,
         })
     }
 
-    /// Re-reads signers, bundle, policy and tokens; on error the old ones stay.
-    pub fn reload(&self) -> Result<(), String> {
+    /// Re-reads signers, bundle, signing policy and tokens; on error the old ones stay.
+    pub fn reload(&self) -> Result<(), ServerError> {
         self.inner.reload()
     }
 
-    pub fn ra(&self) -> &Arc<Authority> {
-        &self.inner.ra
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.inner.authority
     }
 
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        self.tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        self.life.stop(DRAIN_TIMEOUT).await;
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    inner: Arc<Inner>,
-    tx: tokio::sync::mpsc::Sender<Result<TlsConn, std::io::Error>>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("authority: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = TlsAcceptor::from(inner.serving.load_full());
-        let tx = tx.clone();
-        tracker.spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(TlsConn(tls))).await;
-                }
-                Ok(Err(e)) => tracing::warn!("authority: TLS handshake with {peer} failed: {e}"),
-                Err(_) => tracing::warn!("authority: TLS handshake with {peer} timed out"),
-            }
-        });
-    }
-}
-
-/// Reloads on file changes, and renews the service certificate at half its life.
-async fn watch_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
-    let mut watch = FileWatch::new(inner.config.sources.files());
-    let mut ticker = tokio::time::interval(inner.config.watch_interval.max(Duration::from_millis(50)));
+/// Reloads on file changes, and renews the authority's certificate at half its life.
+async fn watch_loop(inner: Arc<Inner>, life: Lifecycle) {
+    let mut watch = FileWatch::new(inner.settings.sources.files());
+    let interval = inner
+        .settings
+        .watch_interval
+        .max(signet_proxy::config::MIN_WATCH_INTERVAL);
+    let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = life.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let half_life_passed = {
+        let renew = {
             let until = **inner.serving_until.load();
-            until.duration_since(SystemTime::now()).unwrap_or_default() < Duration::from_secs(12 * 3600)
+            until.duration_since(SystemTime::now()).unwrap_or_default() < SERVING_CERT_RENEW_BEFORE
         };
         if watch.changed()
             && let Err(e) = inner.reload()
         {
-            tracing::error!("reload failed, keeping the previous signers/bundle/policy/tokens: {e}");
+            tracing::error!("reload failed, keeping the previous signers, bundle, signing policy and tokens: {e}");
         }
-        // The service's own certificate renews from the signers already loaded, whatever state
+        // The authority's own certificate renews from the signers already loaded, whatever state
         // the files on disk are in.
-        if half_life_passed {
-            match serving_config(&inner.ra.inputs(), &inner.config) {
+        if renew {
+            match serving_config(&inner.authority.inputs(), &inner.settings) {
                 Ok((serving, until)) => {
                     inner.serving.store(serving);
                     inner.serving_until.store(Arc::new(until));
                     tracing::info!(
-                        "renewed the service certificate (valid until {})",
+                        "renewed the authority's certificate (valid until {})",
                         signet_certs::rfc3339(until)
                     );
                 }
-                Err(e) => tracing::error!("renewing the service certificate failed: {e}"),
+                Err(e) => tracing::error!("renewing the authority's certificate failed: {e}"),
             }
         }
     }
 }
 
-async fn admin_loop(listener: TcpListener, inner: Arc<Inner>, shutdown: CancellationToken, tracker: TaskTracker) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let inner = inner.clone();
-        tracker.spawn(async move {
+async fn admin_loop(listener: TcpListener, inner: Arc<Inner>, life: Lifecycle) {
+    let shutdown = life.shutdown.clone();
+    accept_loop(listener, "authority admin".into(), life, move |stream, _| {
+        let (inner, shutdown) = (inner.clone(), shutdown.clone());
+        async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let inner = inner.clone();
                 async move {
-                    let (status, ctype, body) = match req.uri().path() {
-                        "/requests" => (
-                            StatusCode::OK,
-                            "application/json",
-                            format!("{:#}\n", inner.ra.requests_json()),
-                        ),
-                        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", inner.ra.metrics()),
-                        "/ready" | "/live" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-                        _ => (
-                            StatusCode::NOT_FOUND,
-                            "text/plain",
-                            "try /requests /metrics /ready\n".to_string(),
-                        ),
+                    let resp = match req.uri().path() {
+                        "/requests" => {
+                            let mut r =
+                                http::Response::new(body::full(format!("{:#}\n", inner.authority.requests_json())));
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            r
+                        }
+                        "/metrics" => body::text(StatusCode::OK, inner.authority.metrics()),
+                        "/ready" | "/live" => body::text(StatusCode::OK, "ready"),
+                        _ => body::text(StatusCode::NOT_FOUND, "try /requests /metrics /ready"),
                     };
-                    let mut resp = Response::new(Full::new(bytes::Bytes::from(body)));
-                    *resp.status_mut() = status;
-                    resp.headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+            let _ = serve_http1(stream, svc, &shutdown).await;
+        }
+    })
+    .await
 }
 
 struct Grpc {
-    ra: Arc<Authority>,
+    authority: Arc<Authority>,
+}
+
+/// A refusal as a gRPC status: the code by its kind, the reason in the message (for people and
+/// for istio-agents) and in [`REFUSAL_KEY`] metadata (for clients).
+fn status(refused: Refused) -> Status {
+    let code = match refused.reason.kind() {
+        RefusalKind::Unauthenticated => tonic::Code::Unauthenticated,
+        RefusalKind::Invalid => tonic::Code::InvalidArgument,
+        RefusalKind::Denied => tonic::Code::PermissionDenied,
+        RefusalKind::Failed => tonic::Code::Internal,
+    };
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(
+        REFUSAL_KEY,
+        tonic::metadata::MetadataValue::from_static(refused.reason.label()),
+    );
+    Status::with_metadata(code, format!("{}: {}", refused.reason, refused.message), metadata)
+}
+
+/// The reason a status carries in [`REFUSAL_KEY`], if any.
+pub(crate) fn refusal_of(status: &Status) -> Option<Refusal> {
+    status.metadata().get(REFUSAL_KEY)?.to_str().ok()?.parse().ok()
 }
 
 #[tonic::async_trait]
@@ -387,21 +428,10 @@ impl IstioCertificateService for Grpc {
                 Some(prost_types::value::Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
                 _ => None,
             });
-        match self
-            .ra
+        self.authority
             .create_certificate(token.as_deref(), &req.csr, req.validity_duration, signer.as_deref())
-        {
-            Ok(cert_chain) => Ok(tonic::Response::new(IstioCertificateResponse { cert_chain })),
-            Err(r) => {
-                let code = match r.code {
-                    RefusalCode::Unauthenticated => tonic::Code::Unauthenticated,
-                    RefusalCode::InvalidArgument => tonic::Code::InvalidArgument,
-                    RefusalCode::PermissionDenied => tonic::Code::PermissionDenied,
-                    RefusalCode::Internal => tonic::Code::Internal,
-                };
-                Err(Status::new(code, format!("{}: {}", r.reason, r.message)))
-            }
-        }
+            .map(|cert_chain| tonic::Response::new(IstioCertificateResponse { cert_chain }))
+            .map_err(status)
     }
 }
 

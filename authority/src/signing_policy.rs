@@ -1,4 +1,4 @@
-//! Signing policy: which signer each namespace uses (Istio's per-namespace `ProxyConfig`
+//! The signing policy: which signer each namespace uses (Istio's per-namespace `ProxyConfig`
 //! `ISTIO_META_CERT_SIGNER`), the mesh default, which signers this service may approve (the
 //! istiod ClusterRole's `approve` resourceNames), lifetimes, and which identities may carry DNS SANs.
 
@@ -7,7 +7,32 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use signet_certs::{DEFAULT_SIGNER_DOMAIN, SignerName, SpiffeId, parse_duration};
+use signet_certs::{DEFAULT_SIGNER_DOMAIN, HumanDuration, SignerName, SpiffeId};
+
+/// Istio's default workload certificate lifetime (`DEFAULT_WORKLOAD_CERT_TTL`).
+const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
+/// Istio's `MAX_WORKLOAD_CERT_TTL`.
+const DEFAULT_MAX_TTL: Duration = Duration::from_secs(90 * 86_400);
+
+/// Why a signing policy file is unusable; `origin` names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningPolicyError {
+    #[error("{origin}: cannot read the signing policy: {source}")]
+    Read { origin: String, source: std::io::Error },
+    #[error("{origin}: invalid signing policy: {source}")]
+    Yaml {
+        origin: String,
+        source: signet_certs::YamlError,
+    },
+    #[error("{origin}: {field}: {source}")]
+    Value {
+        origin: String,
+        field: String,
+        source: signet_certs::Error,
+    },
+    #[error("{origin}: defaultWorkloadCertTtl is longer than maxWorkloadCertTtl")]
+    DefaultAboveMax { origin: String },
+}
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -18,8 +43,8 @@ struct SigningPolicyFile {
     approvable_signers: Option<Vec<String>>,
     #[serde(default)]
     namespaces: BTreeMap<String, NamespaceFile>,
-    max_workload_cert_ttl: Option<String>,
-    default_workload_cert_ttl: Option<String>,
+    max_workload_cert_ttl: Option<HumanDuration>,
+    default_workload_cert_ttl: Option<HumanDuration>,
     #[serde(default)]
     dns_sans: BTreeMap<String, Vec<String>>,
 }
@@ -54,22 +79,30 @@ impl Default for SigningPolicy {
 }
 
 impl SigningPolicy {
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub fn load(path: &Path) -> Result<Self, SigningPolicyError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: cannot read the policy: {e}"))?;
+        let text = std::fs::read_to_string(path).map_err(|source| SigningPolicyError::Read {
+            origin: origin.clone(),
+            source,
+        })?;
         Self::from_yaml(&text, &origin)
     }
 
-    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, String> {
-        let file: SigningPolicyFile =
-            serde_yaml_ng::from_str(text).map_err(|e| format!("{origin}: invalid policy: {e}"))?;
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, SigningPolicyError> {
+        let file: SigningPolicyFile = signet_certs::from_yaml(text).map_err(|source| SigningPolicyError::Yaml {
+            origin: origin.to_string(),
+            source,
+        })?;
         Self::from_file(file, origin)
     }
 
-    fn from_file(f: SigningPolicyFile, origin: &str) -> Result<Self, String> {
+    fn from_file(f: SigningPolicyFile, origin: &str) -> Result<Self, SigningPolicyError> {
         let signer_domain = f.signer_domain.unwrap_or_else(|| DEFAULT_SIGNER_DOMAIN.to_string());
-        let name =
-            |s: &str, what: &str| SignerName::parse(s, &signer_domain).map_err(|e| format!("{origin}: {what}: {e}"));
+        let value = |field: &str| {
+            let (origin, field) = (origin.to_string(), field.to_string());
+            move |source| SigningPolicyError::Value { origin, field, source }
+        };
+        let name = |s: &str, field: &str| SignerName::parse(s, &signer_domain).map_err(value(field));
         let default_signer = name(f.default_signer.as_deref().unwrap_or("istio-system"), "defaultSigner")?;
         let approvable = f
             .approvable_signers
@@ -92,29 +125,16 @@ impl SigningPolicy {
                 .collect::<Result<Vec<_>, _>>()?;
             namespaces.insert(ns, (own, allowed));
         }
-        let ttl = |v: Option<String>, what: &str, default: Duration| -> Result<Duration, String> {
-            v.map(|s| parse_duration(&s).map_err(|e| format!("{origin}: {what}: {e}")))
-                .transpose()
-                .map(|d| d.unwrap_or(default))
-        };
-        let max_ttl = ttl(
-            f.max_workload_cert_ttl,
-            "maxWorkloadCertTtl",
-            Duration::from_secs(90 * 86_400),
-        )?;
-        let default_ttl = ttl(
-            f.default_workload_cert_ttl,
-            "defaultWorkloadCertTtl",
-            Duration::from_secs(86_400),
-        )?;
+        let max_ttl = f.max_workload_cert_ttl.map_or(DEFAULT_MAX_TTL, |d| d.0);
+        let default_ttl = f.default_workload_cert_ttl.map_or(DEFAULT_TTL, |d| d.0);
         if default_ttl > max_ttl {
-            return Err(format!(
-                "{origin}: defaultWorkloadCertTtl is longer than maxWorkloadCertTtl"
-            ));
+            return Err(SigningPolicyError::DefaultAboveMax {
+                origin: origin.to_string(),
+            });
         }
         let mut dns_sans = HashMap::new();
         for (id, names) in f.dns_sans {
-            let id: SpiffeId = id.parse().map_err(|e| format!("{origin}: dnsSans: {e}"))?;
+            let id: SpiffeId = id.parse().map_err(value("dnsSans"))?;
             dns_sans.insert(id, names);
         }
         Ok(SigningPolicy {
@@ -197,12 +217,22 @@ dnsSans:
         assert!(
             SigningPolicy::from_yaml("namespace: {}", "p.yaml")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown field")
         );
+        let e = SigningPolicy::from_yaml("maxWorkloadCertTtl: soon", "p.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(
-            SigningPolicy::from_yaml("maxWorkloadCertTtl: soon", "p.yaml")
-                .unwrap_err()
-                .starts_with("p.yaml: maxWorkloadCertTtl")
+            e.starts_with("p.yaml: invalid signing policy: maxWorkloadCertTtl: invalid duration"),
+            "{e}"
+        );
+        let e = SigningPolicy::from_yaml("namespaces: {foo: {signer: 'no such'}}", "p.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("p.yaml: namespaces.foo.signer: invalid signer name"),
+            "{e}"
         );
         assert!(SigningPolicy::from_yaml("defaultWorkloadCertTtl: 10d\nmaxWorkloadCertTtl: 1d", "p").is_err());
     }

@@ -11,7 +11,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::{CertInfo, Error, SignerName, certs_to_pem, parse_certs, sha256_hex};
+use crate::{Anchors, CertInfo, Error, SignerName, certs_to_pem, parse_certs, sha256_hex};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BundleEntry {
@@ -23,6 +23,34 @@ pub struct BundleEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustBundle {
     entries: Vec<BundleEntry>,
+}
+
+/// What one workload trusts: its own signer's roots (several during a rotation) and, only to
+/// name a refused peer's signer, every other signer's roots. Plain data: the TLS side turns it
+/// into root stores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignerTrust {
+    pub signer: SignerName,
+    pub roots: Vec<CertificateDer<'static>>,
+    pub others: Vec<(SignerName, Vec<CertificateDer<'static>>)>,
+    /// The bundle's `trustDomains` for this signer; `None` when an entry leaves them open.
+    pub trust_domains: Option<Vec<String>>,
+    /// The trust version: changes whenever the roots or their signer mapping change.
+    pub version: String,
+}
+
+impl SignerTrust {
+    /// Trust exactly `roots` for `signer`, with no other signer known (no bundle configured).
+    pub fn from_roots(signer: SignerName, roots: Vec<CertificateDer<'static>>) -> Self {
+        let all: Vec<u8> = roots.iter().flat_map(|r| r.to_vec()).collect();
+        SignerTrust {
+            signer,
+            version: sha256_hex(&all)[..16].to_string(),
+            roots,
+            others: Vec::new(),
+            trust_domains: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -142,6 +170,45 @@ impl TrustBundle {
             }
         }
         roots
+    }
+
+    /// What a workload of `signer` trusts; an error when the bundle has no roots for it.
+    pub fn trust_for(&self, signer: &SignerName) -> Result<SignerTrust, Error> {
+        let roots = self.roots_for(signer);
+        if roots.is_empty() {
+            return Err(Error::NoRootsForSigner {
+                signer: signer.to_string(),
+                known: self.signers().iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        let others = self
+            .signers()
+            .into_iter()
+            .filter(|s| *s != signer)
+            .map(|s| (s.clone(), self.roots_for(s)))
+            .collect();
+        let entries: Vec<&BundleEntry> = self.entries.iter().filter(|e| e.signers.contains(signer)).collect();
+        let trust_domains = entries
+            .iter()
+            .all(|e| !e.trust_domains.is_empty())
+            .then(|| entries.iter().flat_map(|e| e.trust_domains.iter().cloned()).collect());
+        Ok(SignerTrust {
+            signer: signer.clone(),
+            roots,
+            others,
+            trust_domains,
+            version: self.version(),
+        })
+    }
+
+    /// The signers whose roots `chain` (leaf first) was issued under, by signature; an expired
+    /// chain still names its signer.
+    pub fn signers_of(&self, chain: &[CertificateDer<'_>]) -> Vec<SignerName> {
+        self.signers()
+            .into_iter()
+            .filter(|s| Anchors::new(&self.roots_for(s)).issued(chain))
+            .cloned()
+            .collect()
     }
 
     /// All signers named in the bundle, sorted.

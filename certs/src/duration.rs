@@ -40,6 +40,37 @@ pub fn parse_duration(input: &str) -> Result<Duration, Error> {
     Ok(total)
 }
 
+/// A duration as flags and config files write it (`10s`, `24h`, `1h30m`); parsed once, by
+/// [`parse_duration`], whether it comes from clap or from YAML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HumanDuration(pub Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        parse_duration(s).map(HumanDuration)
+    }
+}
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_duration(self.0))
+    }
+}
+
+impl From<HumanDuration> for Duration {
+    fn from(d: HumanDuration) -> Duration {
+        d.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Formats a duration in the largest whole units, e.g. `23h59m`, `10s`, `250ms`.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();

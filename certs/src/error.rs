@@ -25,6 +25,11 @@ pub enum Error {
     Duration { input: String, reason: String },
     #[error("{origin}: {problem}")]
     Bundle { origin: String, problem: String },
+    #[error(
+        "the trust bundle has no roots for signer {signer} (it names {}); add an entry with certSigners: [{signer}]",
+        known.join(", ")
+    )]
+    NoRootsForSigner { signer: String, known: Vec<String> },
     #[error("certificate request rejected: {0}")]
     Request(String),
     #[error("{context}: {source}")]

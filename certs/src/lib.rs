@@ -1,10 +1,14 @@
 //! Identity and trust for Signet: signers (CAs), SPIFFE IDs, workload keys and CSRs, signing
 //! with the signer's own policy, and trust bundles that map roots to signer names.
 //!
-//! This crate knows nothing of proxies or TLS sessions: it produces and checks certificates.
+//! It also holds the crypto policy every TLS user builds its configs from, and decides by
+//! signature which signer's roots a chain anchors to. This crate knows nothing of proxies or
+//! TLS sessions: it produces and checks certificates.
 
+mod anchor;
 mod authority;
 mod bundle;
+pub mod crypto;
 mod duration;
 mod error;
 mod fsutil;
@@ -15,19 +19,26 @@ mod request;
 mod signer;
 mod spiffe;
 mod watch;
+mod yaml;
 
-pub use authority::{AuthorityClient, AuthorityError, AuthorityErrorKind, AuthorityFuture, CsrOrder, IssuedChain};
-pub use bundle::{BundleEntry, TrustBundle};
-pub use duration::{format_duration, parse_duration, rfc3339};
+pub use anchor::{Anchors, Usage, WORKLOAD_USAGES};
+pub use authority::{
+    AUTHORITY_PORT, AUTHORITY_SERVER_NAME, AuthorityClient, AuthorityError, AuthorityFuture, CsrOrder, IssuedChain,
+    Refusal, RefusalKind,
+};
+pub use bundle::{BundleEntry, SignerTrust, TrustBundle};
+pub use crypto::{CryptoPolicy, MinVersion, UnknownChoice};
+pub use duration::{HumanDuration, format_duration, parse_duration, rfc3339};
 pub use error::Error;
 pub use fsutil::{write_private, write_public};
 pub use info::CertInfo;
 pub use name::{DEFAULT_SIGNER_DOMAIN, SignerName};
 pub use pem::{certs_to_pem, parse_certs, parse_key, read_certs, read_key, sha256_hex};
 pub use request::{CertificateRequest, RequestInfo, WorkloadKey};
-pub use signer::{DEFAULT_CA_VALIDITY, IssueOptions, IssuedCertificate, Signer};
-pub use spiffe::SpiffeId;
+pub use signer::{DEFAULT_CA_VALIDITY, IssueOptions, IssuedCertificate, IssuedWorkload, Signer};
+pub use spiffe::{IdPattern, SpiffeId};
 pub use watch::FileWatch;
+pub use yaml::{YamlError, from_yaml};
 
 /// DER types shared with the TLS side, re-exported so callers need not pin `rustls-pki-types`.
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -9,6 +9,8 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
+use rustls_pki_types::PrivateKeyDer;
+
 use crate::{Error, SpiffeId};
 
 /// An ECDSA P-256 private key made on the workload's side; it never leaves it.
@@ -31,6 +33,11 @@ impl WorkloadKey {
     /// PKCS#8 PEM. Secret: write it with [`crate::write_private`], never log it.
     pub fn to_pem(&self) -> String {
         self.0.serialize_pem()
+    }
+
+    /// PKCS#8 DER, as TLS configs take it. Secret.
+    pub fn to_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.0.serialize_der().into())
     }
 
     /// DER of the public key (SubjectPublicKeyInfo).
@@ -125,11 +132,33 @@ impl RequestInfo {
                 }
                 ParsedExtension::BasicConstraints(bc) => info.requests_ca |= bc.ca,
                 ParsedExtension::KeyUsage(_) | ParsedExtension::ExtendedKeyUsage(_) => {}
-                other => info
-                    .other_extensions
-                    .push(format!("{other:?}").chars().take(60).collect()),
+                other => info.other_extensions.push(extension_name(other)),
             }
         }
         Ok(info)
     }
+}
+
+/// A short human name for an extension a signer will not sign.
+fn extension_name(ext: &ParsedExtension<'_>) -> String {
+    let name = match ext {
+        ParsedExtension::NameConstraints(_) => "nameConstraints",
+        ParsedExtension::CertificatePolicies(_) => "certificatePolicies",
+        ParsedExtension::PolicyConstraints(_) => "policyConstraints",
+        ParsedExtension::PolicyMappings(_) => "policyMappings",
+        ParsedExtension::InhibitAnyPolicy(_) => "inhibitAnyPolicy",
+        ParsedExtension::AuthorityKeyIdentifier(_) => "authorityKeyIdentifier",
+        ParsedExtension::SubjectKeyIdentifier(_) => "subjectKeyIdentifier",
+        ParsedExtension::AuthorityInfoAccess(_) => "authorityInfoAccess",
+        ParsedExtension::CRLDistributionPoints(_) => "cRLDistributionPoints",
+        ParsedExtension::NSCertType(_) => "netscape certificate type",
+        ParsedExtension::NsCertComment(_) => "netscape comment",
+        ParsedExtension::SCT(_) => "signed certificate timestamps",
+        ParsedExtension::IssuerAlternativeName(_) => "issuerAltName",
+        ParsedExtension::SubjectInfoAccess(_) => "subjectInfoAccess",
+        ParsedExtension::UnsupportedExtension { oid } => return format!("the extension with OID {oid}"),
+        ParsedExtension::ParseError { .. } => "a malformed extension",
+        _ => "an extension",
+    };
+    format!("the {name} extension")
 }

@@ -17,7 +17,8 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use crate::{
-    CertInfo, Error, RequestInfo, SignerName, SpiffeId, certs_to_pem, files, read_certs, write_private, write_public,
+    CertInfo, Error, RequestInfo, SignerName, SpiffeId, WorkloadKey, certs_to_pem, files, read_certs, write_private,
+    write_public,
 };
 
 /// Tolerance for clocks that run a little behind the signer's: a tenth of the lifetime, at most
@@ -76,6 +77,23 @@ impl IssuedCertificate {
 
     pub fn roots_pem(&self) -> String {
         certs_to_pem(&self.roots)
+    }
+}
+
+/// A workload certificate together with the key it was made for.
+#[derive(Debug)]
+pub struct IssuedWorkload {
+    pub certificate: IssuedCertificate,
+    pub key: WorkloadKey,
+}
+
+impl IssuedWorkload {
+    /// Writes `tls.crt` (leaf and chain), `tls.key` (mode 0600) and `ca.crt` (the signer's
+    /// roots) into `dir`: the layout a sidecar's `identity.certDir` reads.
+    pub fn write_dir(&self, dir: &Path) -> Result<(), Error> {
+        write_public(&dir.join(files::CERT), self.certificate.chain_pem().as_bytes())?;
+        write_private(&dir.join(files::KEY), self.key.to_pem().as_bytes())?;
+        write_public(&dir.join(files::CA), self.certificate.roots_pem().as_bytes())
     }
 }
 
@@ -191,6 +209,20 @@ impl Signer {
         &self.roots
     }
 
+    /// Makes a key and a CSR for `id` (and `dns`) and signs it: the path a sidecar's CSR takes,
+    /// for `signet cert issue` and the bench tools.
+    pub fn issue_workload(
+        &self,
+        id: &SpiffeId,
+        dns: &[String],
+        options: &IssueOptions,
+    ) -> Result<IssuedWorkload, Error> {
+        let key = WorkloadKey::generate()?;
+        let csr = key.request(id, dns)?;
+        let certificate = self.sign(&csr.pem, options)?;
+        Ok(IssuedWorkload { certificate, key })
+    }
+
     /// Signs a PEM certificate request with this signer's policy: empty subject, the request's
     /// subjectAltNames (exactly one of them a SPIFFE ID), CA:FALSE, key usages
     /// digitalSignature + keyEncipherment, EKUs serverAuth + clientAuth, and the validity from
@@ -284,7 +316,6 @@ fn random_serial() -> SerialNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::WorkloadKey;
 
     fn signer(name: &str) -> Signer {
         Signer::create(SignerName::with_default_domain(name).unwrap(), DEFAULT_CA_VALIDITY).unwrap()

@@ -1,5 +1,7 @@
-//! `SpiffeId`: `spiffe://<trust-domain>/<path>`, parsed strictly by the SPIFFE ID rules
-//! (no port, userinfo, query or fragment; lowercase trust domain; non-empty path segments).
+//! `SpiffeId`: a workload identity, `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+//! One rule everywhere (CLI, config, certificates, the authority): the SPIFFE ID syntax checked
+//! strictly (no port, userinfo, query or fragment; lowercase trust domain; non-empty path
+//! segments) and the Kubernetes workload path that Istio's identities have.
 
 use std::fmt;
 use std::str::FromStr;
@@ -34,21 +36,119 @@ impl SpiffeId {
         &self.full[self.path_start..]
     }
 
-    /// The namespace of a `/ns/<ns>/sa/<sa>` ID.
-    pub fn namespace(&self) -> Option<&str> {
-        self.k8s_parts().map(|(ns, _)| ns)
+    pub fn namespace(&self) -> &str {
+        workload_parts(self.path()).map(|(ns, _)| ns).unwrap_or_default()
     }
 
-    /// The service account of a `/ns/<ns>/sa/<sa>` ID.
-    pub fn service_account(&self) -> Option<&str> {
-        self.k8s_parts().map(|(_, sa)| sa)
+    pub fn service_account(&self) -> &str {
+        workload_parts(self.path()).map(|(_, sa)| sa).unwrap_or_default()
     }
+}
 
-    fn k8s_parts(&self) -> Option<(&str, &str)> {
-        let mut it = self.path()[1..].split('/');
-        match (it.next(), it.next(), it.next(), it.next(), it.next()) {
-            (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
-            _ => None,
+/// `(namespace, service account)` of a `/ns/<ns>/sa/<sa>` path.
+fn workload_parts(path: &str) -> Option<(&str, &str)> {
+    let mut it = path.strip_prefix('/')?.split('/');
+    match (it.next(), it.next(), it.next(), it.next(), it.next()) {
+        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
+        _ => None,
+    }
+}
+
+/// Checks everything up to and including the path's syntax; returns where the path starts.
+fn check_syntax(input: &str) -> Result<usize, &'static str> {
+    if input.len() > MAX_LEN {
+        return Err("longer than 2048 bytes");
+    }
+    let rest = input
+        .strip_prefix(SCHEME)
+        .ok_or("must start with spiffe:// (lowercase)")?;
+    if rest.contains(['?', '#']) {
+        return Err("query and fragment are not allowed");
+    }
+    let slash = rest.find('/').ok_or("missing path after the trust domain")?;
+    let (td, path) = (&rest[..slash], &rest[slash..]);
+    if td.is_empty() {
+        return Err("empty trust domain");
+    }
+    if td.contains(':') {
+        return Err("a port is not allowed in the trust domain");
+    }
+    if td.contains('@') {
+        return Err("userinfo is not allowed");
+    }
+    if !td
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err("the trust domain may use lowercase letters, digits and . - _ only");
+    }
+    for segment in path[1..].split('/') {
+        if segment.is_empty() {
+            return Err("empty path segment (double or trailing slash)");
+        }
+        if segment == "." || segment == ".." {
+            return Err("'.' and '..' path segments are not allowed");
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            return Err("path segments may use letters, digits and . - _ only");
+        }
+    }
+    Ok(SCHEME.len() + slash)
+}
+
+/// An allow-list entry: one SPIFFE ID, or every ID under a path prefix written with a trailing
+/// `/*` (`spiffe://cluster.local/ns/foo/*` matches `.../ns/foo/sa/x`, not `.../ns/foobar/...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdPattern {
+    Exact(SpiffeId),
+    /// The prefix, ending in `/`.
+    Under(String),
+}
+
+impl IdPattern {
+    pub fn matches(&self, id: &SpiffeId) -> bool {
+        match self {
+            IdPattern::Exact(e) => e == id,
+            IdPattern::Under(prefix) => id.as_str().starts_with(prefix.as_str()),
+        }
+    }
+}
+
+impl FromStr for IdPattern {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Self, Error> {
+        let err = |reason: &str| Error::SpiffeId {
+            input: input.to_string(),
+            reason: reason.to_string(),
+        };
+        let Some(prefix) = input.strip_suffix("/*") else {
+            if input.contains('*') {
+                return Err(err(
+                    "a wildcard must be a whole last path segment, e.g. spiffe://cluster.local/ns/foo/*",
+                ));
+            }
+            return input.parse().map(IdPattern::Exact);
+        };
+        if prefix.contains('*') {
+            return Err(err("only one trailing /* is allowed"));
+        }
+        // `spiffe://td/*` has no path of its own; check the rest as if it had one more segment.
+        check_syntax(&format!("{prefix}/x")).map_err(err)?;
+        Ok(IdPattern::Under(format!("{prefix}/")))
+    }
+}
+
+crate::deserialize_from_str!(IdPattern);
+
+impl fmt::Display for IdPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdPattern::Exact(id) => write!(f, "{id}"),
+            IdPattern::Under(prefix) => write!(f, "{prefix}*"),
         }
     }
 }
@@ -61,51 +161,13 @@ impl FromStr for SpiffeId {
             input: input.to_string(),
             reason: reason.to_string(),
         };
-        if input.len() > MAX_LEN {
-            return Err(err("longer than 2048 bytes"));
-        }
-        let rest = input
-            .strip_prefix(SCHEME)
-            .ok_or_else(|| err("must start with spiffe:// (lowercase)"))?;
-        if rest.contains(['?', '#']) {
-            return Err(err("query and fragment are not allowed"));
-        }
-        let slash = rest
-            .find('/')
-            .ok_or_else(|| err("missing path after the trust domain"))?;
-        let (td, path) = (&rest[..slash], &rest[slash..]);
-        if td.is_empty() {
-            return Err(err("empty trust domain"));
-        }
-        if td.contains(':') {
-            return Err(err("a port is not allowed in the trust domain"));
-        }
-        if td.contains('@') {
-            return Err(err("userinfo is not allowed"));
-        }
-        if !td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
-        {
-            return Err(err("the trust domain may use lowercase letters, digits and . - _ only"));
-        }
-        for segment in path[1..].split('/') {
-            if segment.is_empty() {
-                return Err(err("empty path segment (double or trailing slash)"));
-            }
-            if segment == "." || segment == ".." {
-                return Err(err("'.' and '..' path segments are not allowed"));
-            }
-            if !segment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-            {
-                return Err(err("path segments may use letters, digits and . - _ only"));
-            }
+        let path_start = check_syntax(input).map_err(err)?;
+        if workload_parts(&input[path_start..]).is_none() {
+            return Err(err("the path must be /ns/<namespace>/sa/<service-account>"));
         }
         Ok(SpiffeId {
             full: input.to_string(),
-            path_start: SCHEME.len() + slash,
+            path_start,
         })
     }
 }
@@ -144,11 +206,45 @@ mod tests {
         let id: SpiffeId = "spiffe://cluster.local/ns/foo/sa/httpbin".parse().unwrap();
         assert_eq!(id.trust_domain(), "cluster.local");
         assert_eq!(id.path(), "/ns/foo/sa/httpbin");
-        assert_eq!(id.namespace(), Some("foo"));
-        assert_eq!(id.service_account(), Some("httpbin"));
+        assert_eq!(id.namespace(), "foo");
+        assert_eq!(id.service_account(), "httpbin");
         assert_eq!(SpiffeId::workload("cluster.local", "foo", "httpbin").unwrap(), id);
-        let other: SpiffeId = "spiffe://example.org/service/web".parse().unwrap();
-        assert_eq!(other.namespace(), None);
+    }
+
+    #[test]
+    fn only_the_workload_path_is_an_identity() {
+        for other in [
+            "spiffe://example.org/service/web",
+            "spiffe://cluster.local/ns/foo",
+            "spiffe://cluster.local/ns/foo/sa/a/b",
+            "spiffe://cluster.local/sa/a/ns/foo",
+        ] {
+            let e = other.parse::<SpiffeId>().unwrap_err().to_string();
+            assert!(e.contains("/ns/<namespace>/sa/<service-account>"), "{other}: {e}");
+        }
+    }
+
+    #[test]
+    fn allow_list_patterns() {
+        let id: SpiffeId = "spiffe://cluster.local/ns/foo/sa/httpbin".parse().unwrap();
+        for (pattern, matches) in [
+            ("spiffe://cluster.local/ns/foo/sa/httpbin", true),
+            ("spiffe://cluster.local/ns/foo/*", true),
+            ("spiffe://cluster.local/*", true),
+            ("spiffe://cluster.local/ns/fo/*", false),
+            ("spiffe://other.td/*", false),
+        ] {
+            let p: IdPattern = pattern.parse().unwrap();
+            assert_eq!(p.matches(&id), matches, "{pattern}");
+            assert_eq!(p.to_string(), pattern);
+        }
+        for bad in [
+            "spiffe://cluster.local/ns/foo*",
+            "spiffe://cluster.local/*/sa/a",
+            "spiffe://x/ns/a/*/*",
+        ] {
+            assert!(bad.parse::<IdPattern>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The admin port: `/ready`, `/live`, `/metrics` (Prometheus text) and `/certs` (JSON in the
-//! spirit of Envoy's admin `/certs`). Plain HTTP on loopback, like Envoy's 15000.
+//! The admin port: `/ready`, `/live`, `/metrics` (Prometheus text), `/certs` (JSON in the spirit
+//! of Envoy's admin `/certs`) and `/listeners` (every bound address, for scripts and tests).
+//! Plain HTTP on loopback, like Envoy's 15000.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,55 +9,38 @@ use std::time::SystemTime;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use signet_certs::CertInfo;
-pub use signet_certs::rfc3339;
+use signet_certs::{CertInfo, rfc3339};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::body::{self, Body};
+use crate::credentials::Credentials;
 use crate::metrics::Metrics;
+use crate::serve::{Lifecycle, accept_loop, serve_http1};
+use crate::sidecar::BoundAddrs;
 use crate::tls::TlsStore;
 
 pub struct Admin {
     pub store: Arc<TlsStore>,
     pub metrics: Arc<Metrics>,
+    /// Every listener's bound address (what `/listeners` answers).
+    pub listeners: BoundAddrs,
 }
 
 impl Admin {
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken, tracker: TaskTracker) {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("admin: accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let admin = self.clone();
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, life: Lifecycle) {
+        let shutdown = life.shutdown.clone();
+        accept_loop(listener, "admin".into(), life, move |stream, _| {
+            let (admin, shutdown) = (self.clone(), shutdown.clone());
+            async move {
                 let svc = service_fn(move |req| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.route(req)) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-            });
-        }
+                let _ = serve_http1(stream, svc, &shutdown).await;
+            }
+        })
+        .await
     }
 
     fn route(&self, req: Request<Incoming>) -> Response<Body> {
@@ -88,18 +72,12 @@ impl Admin {
                 );
                 resp
             }
-            "/certs" => {
-                let mut resp = Response::new(body::full(format!("{:#}\n", self.certs_json())));
-                resp.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                resp
-            }
-            "/" => body::text(StatusCode::OK, "signet admin: /ready /live /metrics /certs"),
+            "/certs" => json_response(self.certs_json()),
+            "/listeners" => json_response(serde_json::to_value(&self.listeners).unwrap_or_default()),
+            "/" => body::text(StatusCode::OK, "signet admin: /ready /live /metrics /certs /listeners"),
             other => body::text(
                 StatusCode::NOT_FOUND,
-                format!("no admin endpoint {other}; try /ready /live /metrics /certs"),
+                format!("no admin endpoint {other}; try /ready /live /metrics /certs /listeners"),
             ),
         }
     }
@@ -120,6 +98,15 @@ impl Admin {
             }],
         })
     }
+}
+
+fn json_response(v: Value) -> Response<Body> {
+    let mut resp = Response::new(body::full(format!("{v:#}\n")));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 fn cert_json(c: &CertInfo) -> Value {

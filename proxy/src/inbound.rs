@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use signet_certs::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -22,6 +22,7 @@ use tokio_rustls::server::TlsStream;
 use crate::body::{self, Body, strip_hop_by_hop};
 use crate::config::{InboundConfig, Protocol, XfccMode};
 use crate::metrics::Direction;
+use crate::serve::{accept_loop, serve_http_auto};
 use crate::sidecar::Shared;
 use crate::tls::diagnose::{self, HandshakeError, Reason};
 use crate::xfcc::{self, PeerCert};
@@ -64,27 +65,16 @@ impl Inbound {
     }
 
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = self.shared.shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning; keep serving.
-                        tracing::warn!("inbound {}: accept failed: {e}", self.listen);
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            self.shared.tracker.spawn(self.clone().handle(stream, peer));
-        }
+        let (name, life) = (format!("inbound {}", self.listen), self.shared.life.clone());
+        accept_loop(listener, name, life, move |stream, peer| {
+            self.clone().handle(stream, peer)
+        })
+        .await
     }
 
     async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let metrics = self.shared.metrics.clone();
         let _active = metrics.connection(Direction::Inbound);
-        let _ = stream.set_nodelay(true);
         let Some(state) = self.shared.store.current() else {
             self.reject(
                 peer,
@@ -194,19 +184,8 @@ impl Inbound {
             let (this, peer, by) = (this.clone(), peer.clone(), by.clone());
             async move { Ok::<_, Infallible>(this.forward(req, peer.as_deref(), &by).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(tls), svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!("inbound {}: HTTP connection ended: {e}", self.listen);
-                }
-            }
-            _ = self.shared.shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
+        if let Err(e) = serve_http_auto(tls, svc, &self.shared.life.shutdown).await {
+            tracing::debug!("inbound {}: HTTP connection ended: {e}", self.listen);
         }
     }
 

@@ -1,21 +1,24 @@
 //! Signet's data plane: a sidecar that terminates inbound mTLS in front of a local app and
 //! originates outbound mTLS for the app's calls, trusting only its own signer's roots.
 //!
-//! It knows nothing of where certificates come from: issuance talks to it through
-//! [`tls::Credentials`] only.
+//! It knows nothing of where certificates come from: issuance talks to TLS through
+//! [`credentials::Credentials`] only.
 
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod credentials;
 pub mod identity;
 mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod prometheus;
+pub mod serve;
 pub mod services;
 mod sidecar;
 pub mod splice;
 pub mod tls;
 pub mod xfcc;
 
-pub use config::{Config, ConfigError, ConfigFile, Protocol, XfccMode};
+pub use config::{Config, ConfigError, ConfigFile, Protocol, Setting, XfccMode};
 pub use sidecar::{BoundAddrs, Sidecar, StartError};

@@ -1,10 +1,11 @@
 //! Counters for the data plane, rendered as Prometheus text on the admin port. Plain atomics:
 //! a handshake or request adds one relaxed increment, nothing more.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::UNIX_EPOCH;
 
+use crate::credentials::Credentials;
+use crate::prometheus::{Exposition, Kind};
 use crate::tls::{Reason, TlsStore};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,143 +105,121 @@ impl Metrics {
     }
 
     pub fn render(&self, store: &TlsStore) -> String {
-        let mut out = String::new();
-        let _ = self.write(&mut out, store);
-        out
-    }
-
-    fn write(&self, out: &mut String, store: &TlsStore) -> std::fmt::Result {
-        writeln!(
-            out,
-            "# HELP signet_tls_handshakes_total TLS handshakes by direction and result."
-        )?;
-        writeln!(out, "# TYPE signet_tls_handshakes_total counter")?;
+        let mut e = Exposition::new();
+        e.family(
+            "signet_tls_handshakes_total",
+            Kind::Counter,
+            "TLS handshakes by direction and result.",
+        );
         for d in Direction::ALL {
-            writeln!(
-                out,
-                "signet_tls_handshakes_total{{direction=\"{}\",result=\"ok\"}} {}",
-                d.label(),
-                self.handshakes_ok(d)
-            )?;
+            e.sample(
+                "signet_tls_handshakes_total",
+                &[("direction", d.label()), ("result", "ok")],
+                self.handshakes_ok(d),
+            );
             for r in Reason::ALL {
-                writeln!(
-                    out,
-                    "signet_tls_handshakes_total{{direction=\"{}\",result=\"{}\"}} {}",
-                    d.label(),
-                    r.label(),
-                    self.handshake_failures(d, r)
-                )?;
+                e.sample(
+                    "signet_tls_handshakes_total",
+                    &[("direction", d.label()), ("result", r.label())],
+                    self.handshake_failures(d, r),
+                );
             }
         }
-        writeln!(
-            out,
-            "# HELP signet_tls_sessions_resumed_total Successful handshakes that resumed a session."
-        )?;
-        writeln!(out, "# TYPE signet_tls_sessions_resumed_total counter")?;
+        e.family(
+            "signet_tls_sessions_resumed_total",
+            Kind::Counter,
+            "Successful handshakes that resumed a session.",
+        );
         for d in Direction::ALL {
             let n = self.resumed[d as usize].load(Relaxed);
-            writeln!(
-                out,
-                "signet_tls_sessions_resumed_total{{direction=\"{}\"}} {n}",
-                d.label()
-            )?;
+            e.sample("signet_tls_sessions_resumed_total", &[("direction", d.label())], n);
         }
-        writeln!(
-            out,
-            "# HELP signet_connections_total Accepted (inbound) or opened (outbound) connections."
-        )?;
-        writeln!(out, "# TYPE signet_connections_total counter")?;
+        e.family(
+            "signet_connections_total",
+            Kind::Counter,
+            "Accepted (inbound) or opened (outbound) connections.",
+        );
         for d in Direction::ALL {
-            writeln!(
-                out,
-                "signet_connections_total{{direction=\"{}\"}} {}",
-                d.label(),
-                self.connections_total[d as usize].load(Relaxed)
-            )?;
+            let n = self.connections_total[d as usize].load(Relaxed);
+            e.sample("signet_connections_total", &[("direction", d.label())], n);
         }
-        writeln!(out, "# HELP signet_connections_active Connections open now.")?;
-        writeln!(out, "# TYPE signet_connections_active gauge")?;
+        e.family("signet_connections_active", Kind::Gauge, "Connections open now.");
         for d in Direction::ALL {
-            writeln!(
-                out,
-                "signet_connections_active{{direction=\"{}\"}} {}",
-                d.label(),
-                self.connections_active[d as usize].load(Relaxed)
-            )?;
+            let n = self.connections_active[d as usize].load(Relaxed);
+            e.sample("signet_connections_active", &[("direction", d.label())], n);
         }
-        writeln!(
-            out,
-            "# HELP signet_http_responses_total HTTP responses by direction and status class."
-        )?;
-        writeln!(out, "# TYPE signet_http_responses_total counter")?;
+        e.family(
+            "signet_http_responses_total",
+            Kind::Counter,
+            "HTTP responses by direction and status class.",
+        );
         for d in Direction::ALL {
             for (i, n) in self.responses[d as usize].iter().enumerate() {
-                writeln!(
-                    out,
-                    "signet_http_responses_total{{direction=\"{}\",class=\"{}xx\"}} {}",
-                    d.label(),
-                    i + 1,
-                    n.load(Relaxed)
-                )?;
+                let class = format!("{}xx", i + 1);
+                e.sample(
+                    "signet_http_responses_total",
+                    &[("direction", d.label()), ("class", &class)],
+                    n.load(Relaxed),
+                );
             }
         }
-        writeln!(
-            out,
-            "# HELP signet_app_connect_failures_total Failed connections to the local app."
-        )?;
-        writeln!(out, "# TYPE signet_app_connect_failures_total counter")?;
-        writeln!(
-            out,
-            "signet_app_connect_failures_total {}",
-            self.app_connect_failures.load(Relaxed)
-        )?;
-        writeln!(
-            out,
-            "# HELP signet_identity_csr_requests_total Certificate requests to the authority."
-        )?;
-        writeln!(out, "# TYPE signet_identity_csr_requests_total counter")?;
+        e.family(
+            "signet_app_connect_failures_total",
+            Kind::Counter,
+            "Failed connections to the local app.",
+        )
+        .sample(
+            "signet_app_connect_failures_total",
+            &[],
+            self.app_connect_failures.load(Relaxed),
+        );
+        e.family(
+            "signet_identity_csr_requests_total",
+            Kind::Counter,
+            "Certificate requests to the authority.",
+        );
         for (i, result) in ["ok", "failed"].iter().enumerate() {
             let n = self.csr_requests[i].load(Relaxed);
-            writeln!(out, "signet_identity_csr_requests_total{{result=\"{result}\"}} {n}")?;
+            e.sample("signet_identity_csr_requests_total", &[("result", result)], n);
         }
-        writeln!(
-            out,
-            "# HELP signet_identity_renewals_total Certificates replaced by a renewal."
-        )?;
-        writeln!(out, "# TYPE signet_identity_renewals_total counter")?;
-        writeln!(out, "signet_identity_renewals_total {}", self.renewals())?;
-        writeln!(
-            out,
-            "# HELP signet_identity_reloads_total Reloads of certificate files or the trust bundle."
-        )?;
-        writeln!(out, "# TYPE signet_identity_reloads_total counter")?;
+        e.family(
+            "signet_identity_renewals_total",
+            Kind::Counter,
+            "Certificates replaced by a renewal.",
+        )
+        .sample("signet_identity_renewals_total", &[], self.renewals());
+        e.family(
+            "signet_identity_reloads_total",
+            Kind::Counter,
+            "Reloads of certificate files or the trust bundle.",
+        );
         for (i, result) in ["ok", "failed"].iter().enumerate() {
             let n = self.reloads[i].load(Relaxed);
-            writeln!(out, "signet_identity_reloads_total{{result=\"{result}\"}} {n}")?;
+            e.sample("signet_identity_reloads_total", &[("result", result)], n);
         }
-        writeln!(
-            out,
-            "# HELP signet_ready 1 when a valid workload certificate is published."
-        )?;
-        writeln!(out, "# TYPE signet_ready gauge")?;
-        writeln!(out, "signet_ready {}", u8::from(store.is_ready()))?;
+        e.family(
+            "signet_ready",
+            Kind::Gauge,
+            "1 when a valid workload certificate is published.",
+        )
+        .sample("signet_ready", &[], u8::from(store.is_ready()));
         if let Some(id) = store.identity() {
             let expiry = id
                 .not_after
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            writeln!(
-                out,
-                "# HELP signet_cert_expiry_timestamp_seconds When the workload certificate expires."
-            )?;
-            writeln!(out, "# TYPE signet_cert_expiry_timestamp_seconds gauge")?;
-            writeln!(
-                out,
-                "signet_cert_expiry_timestamp_seconds{{signer=\"{}\",spiffe_id=\"{}\"}} {expiry}",
-                id.signer, id.id
-            )?;
+            e.family(
+                "signet_cert_expiry_timestamp_seconds",
+                Kind::Gauge,
+                "When the workload certificate expires.",
+            )
+            .sample(
+                "signet_cert_expiry_timestamp_seconds",
+                &[("signer", id.signer.as_str()), ("spiffe_id", id.id.as_str())],
+                expiry,
+            );
         }
-        Ok(())
+        e.finish()
     }
 }

@@ -24,7 +24,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::body::{self, Body, strip_hop_by_hop};
+use crate::credentials::Credentials;
 use crate::metrics::Direction;
+use crate::serve::{accept_loop, serve_http1};
 use crate::services::{Service, ServiceTable};
 use crate::sidecar::Shared;
 use crate::tls::ClientAlpn;
@@ -184,37 +186,19 @@ impl HttpOutbound {
     }
 
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = self.shared.shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("outbound {}: accept failed: {e}", self.listen);
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        let (name, life) = (format!("outbound {}", self.listen), self.shared.life.clone());
+        accept_loop(listener, name, life, move |stream, _| {
             let this = self.clone();
-            self.shared.tracker.spawn(async move {
-                let _ = stream.set_nodelay(true);
+            async move {
                 let svc_this = this.clone();
                 let svc = service_fn(move |req| {
                     let this = svc_this.clone();
                     async move { Ok::<_, Infallible>(this.route(req).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = this.shared.shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-            });
-        }
+                let _ = serve_http1(stream, svc, &this.shared.life.shutdown).await;
+            }
+        })
+        .await
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
@@ -413,28 +397,16 @@ impl TcpOutbound {
     }
 
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = self.shared.shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("outbound tcp {}: accept failed: {e}", self.listen);
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        let (name, life) = (format!("outbound tcp {}", self.listen), self.shared.life.clone());
+        accept_loop(listener, name, life, move |stream, peer| {
             let this = self.clone();
-            self.shared
-                .tracker
-                .spawn(async move { this.tunnel(stream, peer).await });
-        }
+            async move { this.tunnel(stream, peer).await }
+        })
+        .await
     }
 
     async fn tunnel(&self, mut client: TcpStream, peer: SocketAddr) {
         let _active = self.shared.metrics.connection(Direction::Outbound);
-        let _ = client.set_nodelay(true);
         match connect_peer(&self.shared, &self.service, ClientAlpn::None).await {
             Ok(mut tls) => {
                 if let Err(e) = crate::splice::splice(&mut client, &mut tls).await {

@@ -7,6 +7,17 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use signet_certs::SpiffeId;
 
+/// Why a service table entry is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0:?} is not a host:port service name (e.g. httpbin.foo:8000)")]
+    BadName(String),
+    #[error("address {0:?} needs a port (e.g. 127.0.0.1:15006)")]
+    NoPort(String),
+    #[error("{0:?} is not a valid DNS name or IP address")]
+    BadHost(String),
+}
+
 #[derive(Clone, Debug)]
 pub struct Service {
     /// Canonical `host:port` (lowercase host, explicit port).
@@ -20,18 +31,18 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(name: &str, address: String, identity: Option<SpiffeId>) -> Result<Self, String> {
-        let name = normalize(name).ok_or_else(|| format!("{name:?} is not a host:port service name"))?;
+    pub fn new(name: &str, address: String, identity: Option<SpiffeId>) -> Result<Self, ServiceError> {
+        let name = normalize(name).ok_or_else(|| ServiceError::BadName(name.to_string()))?;
         if address
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse::<u16>().ok())
             .is_none()
         {
-            return Err(format!("address {address:?} needs a port (e.g. 127.0.0.1:15006)"));
+            return Err(ServiceError::NoPort(address));
         }
         let host = host_of(&name);
-        let server_name = ServerName::try_from(host.to_string())
-            .map_err(|_| format!("{host:?} is not a valid DNS name or IP address"))?;
+        let server_name =
+            ServerName::try_from(host.to_string()).map_err(|_| ServiceError::BadHost(host.to_string()))?;
         Ok(Service {
             name,
             address,
@@ -103,6 +114,7 @@ mod tests {
         assert!(
             Service::new("httpbin.foo:8000", "127.0.0.1".into(), None)
                 .unwrap_err()
+                .to_string()
                 .contains("needs a port")
         );
         assert!(Service::new("", "127.0.0.1:1".into(), None).is_err());

@@ -5,37 +5,57 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use signet_certs::{AuthorityClient, crypto};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::admin::{Admin, rfc3339};
-use signet_certs::AuthorityClient;
-
-use crate::config::{Config, Protocol, Timeouts};
-use crate::identity::IdentityCtx;
+use crate::admin::Admin;
+use crate::config::{Config, Protocol, Setting, Timeouts};
+use crate::credentials::{Credentials, WorkloadIdentity};
+use crate::identity::{IdentityCtx, IdentityError};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::{HttpOutbound, TcpOutbound};
+use crate::serve::Lifecycle;
 use crate::services::ServiceTable;
-use crate::tls::{ClientAlpn, InboundTls, TlsSettings, TlsStore, WorkloadIdentity, policy};
+use crate::tls::{ClientAlpn, InboundTls, TlsSettings, TlsStore};
+
+/// How often [`Sidecar::ready`] looks for the first certificate.
+const READY_POLL: Duration = Duration::from_millis(10);
 
 /// What every listener and connection task shares.
 pub(crate) struct Shared {
     pub store: Arc<TlsStore>,
     pub metrics: Arc<Metrics>,
     pub timeouts: Timeouts,
-    pub shutdown: CancellationToken,
-    pub tracker: TaskTracker,
+    pub life: Lifecycle,
 }
 
 /// Why a sidecar did not start; one line.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(pub String);
+#[non_exhaustive]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
 
-/// The addresses actually bound (useful with port 0).
-#[derive(Clone, Debug, Default)]
+impl StartError {
+    /// The message with settings named by `name` (the CLI adds flag names this way).
+    pub fn describe(&self, name: &dyn Fn(&Setting) -> String) -> String {
+        match self {
+            StartError::Identity(e) => e.describe(name),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The addresses actually bound (useful with port 0); `/listeners` and `--ready-file` show them.
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct BoundAddrs {
     pub inbound: Vec<SocketAddr>,
     pub outbound_http: Option<SocketAddr>,
@@ -48,45 +68,43 @@ pub struct Sidecar {
     store: Arc<TlsStore>,
     reload: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    life: Lifecycle,
     drain: Duration,
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| StartError(format!("cannot listen on {addr} ({what}): {e}")))
+        .map_err(|source| StartError::Bind { addr, what, source })
 }
 
 impl Sidecar {
-    /// Loads the identity (files) or starts provisioning it (`authority`), binds all listeners
-    /// and starts serving on the current runtime. `authority` is required when the config asks
-    /// for provisioning; the CLI builds it (this crate knows nothing of authorities).
-    pub async fn start(config: Config, authority: Option<Arc<dyn AuthorityClient>>) -> Result<Sidecar, StartError> {
+    /// Loads the identity (files) or starts provisioning it (`client`), binds all listeners
+    /// and starts serving on the current runtime. `client` is required when the config asks
+    /// for provisioning; the CLI builds it (this crate knows nothing of the authority's API).
+    pub async fn start(config: Config, client: Option<Arc<dyn AuthorityClient>>) -> Result<Sidecar, StartError> {
         let services = Arc::new(config.services.clone());
         let store = Arc::new(TlsStore::new(tls_settings(&config, &services)));
         let metrics = Arc::new(Metrics::default());
+        let life = Lifecycle::default();
         let shared = Arc::new(Shared {
             store: store.clone(),
             metrics: metrics.clone(),
             timeouts: config.timeouts,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            life: life.clone(),
         });
         let reload = Arc::new(tokio::sync::Notify::new());
         let config = Arc::new(config);
         let identity_ctx = Arc::new(IdentityCtx {
             config: config.clone(),
-            store: store.clone(),
+            credentials: store.clone(),
             metrics: metrics.clone(),
             reload: reload.clone(),
-            shutdown: shared.shutdown.clone(),
+            shutdown: life.shutdown.clone(),
         });
         // Listeners are not bound yet, so a failure here leaves nothing behind.
-        let identity = crate::identity::start(identity_ctx, authority, &shared.tracker).map_err(|e| {
-            shared.shutdown.cancel();
-            StartError(e)
+        let identity = crate::identity::start(identity_ctx, client, &life.tracker).inspect_err(|_| {
+            life.shutdown.cancel();
         })?;
 
         // Bind everything before serving anything: a port clash fails the start, not half of it.
@@ -115,12 +133,10 @@ impl Sidecar {
         };
         let mut tcp_outbound = Vec::new();
         for route in &config.outbound_tcp {
-            let service = services.get(&route.service).ok_or_else(|| {
-                StartError(format!(
-                    "outbound tcp {}: unknown service {}",
-                    route.listen, route.service
-                ))
-            })?;
+            // resolve() checked that every route names a service of the table.
+            let Some(service) = services.get(&route.service) else {
+                continue;
+            };
             let listener = bind(route.listen, "outbound tcp").await?;
             let local = listener.local_addr().unwrap_or(route.listen);
             addrs.outbound_tcp.push(local);
@@ -136,36 +152,34 @@ impl Sidecar {
         };
 
         for (ib, listener) in inbound {
-            shared.tracker.spawn(ib.serve(listener));
+            life.spawn(ib.serve(listener));
         }
         if let Some((ob, listener)) = http_outbound {
-            shared.tracker.spawn(ob.serve(listener));
+            life.spawn(ob.serve(listener));
         }
         for (ob, listener) in tcp_outbound {
-            shared.tracker.spawn(ob.serve(listener));
+            life.spawn(ob.serve(listener));
         }
         if let Some(listener) = admin {
             let admin = Arc::new(Admin {
                 store: store.clone(),
                 metrics: metrics.clone(),
+                listeners: addrs.clone(),
             });
-            shared
-                .tracker
-                .spawn(admin.serve(listener, shared.shutdown.clone(), shared.tracker.clone()));
+            life.spawn(admin.serve(listener, life.clone()));
         }
 
         if let Some(identity) = &identity {
             tracing::info!(
-                "ready: {} (signer {}, certificate valid until {}, trust bundle {})",
+                "ready: {} (signer {}, certificate valid until {}, trust version {})",
                 identity.id,
                 identity.signer,
-                rfc3339(identity.not_after),
+                signet_certs::rfc3339(identity.not_after),
                 identity.trust_version
             );
         }
         for (addr, ib) in addrs.inbound.iter().zip(&config.inbound) {
-            let proto = if ib.protocol == Protocol::Http { "http" } else { "tcp" };
-            tracing::info!("inbound {addr} ({proto}) → app {}", ib.app);
+            tracing::info!("inbound {addr} ({}) → app {}", ib.protocol, ib.app);
         }
         if let Some(addr) = addrs.outbound_http {
             tracing::info!("outbound http proxy {addr}, {} service(s)", services.iter().count());
@@ -174,7 +188,7 @@ impl Sidecar {
             tracing::info!("outbound tcp {addr} → {}", route.service);
         }
         if let Some(addr) = addrs.admin {
-            tracing::info!("admin http://{addr}/ (ready, metrics, certs)");
+            tracing::info!("admin http://{addr}/ (ready, metrics, certs, listeners)");
         }
 
         Ok(Sidecar {
@@ -182,8 +196,7 @@ impl Sidecar {
             store,
             reload,
             metrics,
-            shutdown: shared.shutdown.clone(),
-            tracker: shared.tracker.clone(),
+            life,
             drain: config.timeouts.drain,
         })
     }
@@ -197,14 +210,14 @@ impl Sidecar {
         self.store.identity()
     }
 
-    /// Waits until a certificate is published (authority mode), up to `timeout`.
+    /// Waits until a certificate is published (provisioning), up to `timeout`.
     pub async fn ready(&self, timeout: Duration) -> Option<Arc<WorkloadIdentity>> {
         let start = tokio::time::Instant::now();
         while start.elapsed() < timeout {
             if self.store.is_ready() {
                 return self.store.identity();
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(READY_POLL).await;
         }
         None
     }
@@ -222,13 +235,11 @@ impl Sidecar {
     /// Stops accepting, lets open connections finish (HTTP connections are closed after their
     /// current request), and gives up on the rest after the drain timeout.
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(self.drain, self.tracker.wait()).await.is_err() {
+        let left = self.life.stop(self.drain).await;
+        if left > 0 {
             tracing::warn!(
-                "shutdown: {} connection(s) still open after {:?}; closing them",
-                self.tracker.len(),
-                self.drain
+                "shutdown: {left} connection(s) still open after {}; closing them",
+                signet_certs::format_duration(self.drain)
             );
         }
     }
@@ -240,7 +251,7 @@ fn tls_settings(config: &Config, services: &ServiceTable) -> TlsSettings {
         .iter()
         .map(|ib| InboundTls {
             alpn: match ib.protocol {
-                Protocol::Http => policy::ALPN_HTTP.iter().map(|p| p.to_vec()).collect(),
+                Protocol::Http => crypto::alpn(crypto::ALPN_HTTP),
                 Protocol::Tcp => Vec::new(),
             },
             allow: ib.allow.clone(),
@@ -260,9 +271,9 @@ fn tls_settings(config: &Config, services: &ServiceTable) -> TlsSettings {
     outbound.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
     outbound.dedup();
     TlsSettings {
-        policy: config.tls,
-        resumption: config.resumption,
-        verify_cache: config.verify_cache,
+        policy: config.tls.policy,
+        resumption: config.tls.resumption,
+        verify_cache: config.tls.verify_cache,
         inbound,
         outbound,
     }

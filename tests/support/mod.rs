@@ -1,6 +1,8 @@
 //! Shared fixtures for the end-to-end tests: the built `signet` binary, the real httpbin served
 //! by gunicorn (installed by ./test.sh into target/venv), and the real curl. Everything listens
-//! on 127.0.0.1 port 0 and reports the port it got, so tests can run in parallel.
+//! on 127.0.0.1 port 0, so tests can run in parallel: signet reports the ports it got in a
+//! `--ready-file` (JSON), and gunicorn serves a socket the test bound itself. No test reads an
+//! address out of a log line.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -45,6 +47,14 @@ pub fn signet_ok(args: &[&str]) -> String {
     out.stdout
 }
 
+/// A fresh path for a `--ready-file` (the file must not exist before the process writes it).
+pub fn ready_path(what: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("signet-ready-{}-{what}-{n}.json", std::process::id()))
+}
+
 /// A child process with its output collected; killed when dropped.
 pub struct Proc {
     name: String,
@@ -82,27 +92,24 @@ impl Proc {
         self.log.lock().unwrap().clone()
     }
 
-    /// Waits until a log line contains `needle`; returns that line. Fails if the process exits.
-    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+    /// Waits until the process has written its `--ready-file`; returns the JSON in it. Fails if
+    /// the process exits first. The file is removed once read.
+    pub fn wait_ready_file(&mut self, path: &Path, timeout: Duration) -> serde_json::Value {
         let start = Instant::now();
         loop {
-            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
-                return line.to_string();
+            if let Some(v) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                let _ = std::fs::remove_file(path);
+                return v;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "{} exited ({status}) before logging {needle:?}:\n{}",
-                    self.name,
-                    self.log()
-                );
+                panic!("{} exited ({status}) before it was ready:\n{}", self.name, self.log());
             }
             if start.elapsed() > timeout {
-                panic!(
-                    "{} did not log {needle:?} within {timeout:?}:\n{}",
-                    self.name,
-                    self.log()
-                );
+                panic!("{} was not ready within {timeout:?}:\n{}", self.name, self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -216,11 +223,15 @@ impl Httpbin {
             "{} is missing: run ./test.sh, which installs the real httpbin and gunicorn into target/venv",
             gunicorn.display()
         );
+        // The test binds the socket (port 0) and hands it to gunicorn as fd 3: the address is
+        // known before gunicorn starts, with no race for a port.
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
         let access_log = dir.join(format!("{name}-access.log"));
         let mut cmd = Command::new(gunicorn);
         cmd.args([
             "-b",
-            "127.0.0.1:0",
+            "fd://3",
             "--workers",
             "2",
             "--no-control-socket",
@@ -229,15 +240,25 @@ impl Httpbin {
         .arg(&access_log)
         .arg("httpbin:app")
         .current_dir(dir);
-        let mut proc = Proc::spawn(name, cmd);
-        let line = proc.wait_for_line("Listening at: http://", Duration::from_secs(30));
-        let addr = line
-            .split("Listening at: http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("cannot read gunicorn's address from {line:?}"));
-        // gunicorn logs the address before its workers accept; wait until one answers.
+        {
+            use std::os::unix::io::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = socket.as_raw_fd();
+            // SAFETY: dup2 and fcntl are async-signal-safe. The child gets the listening socket
+            // as fd 3 without close-on-exec (dup2 clears the flag, except when the socket already
+            // is fd 3, hence the fcntl).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if (fd != 3 && libc::dup2(fd, 3) < 0) || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let proc = Proc::spawn(name, cmd);
+        drop(socket);
+        // Connections wait in the socket's backlog until a worker accepts; wait for the first answer.
         let start = Instant::now();
         while curl(&[&format!("http://{addr}/status/204")], &[]).status != 204 {
             assert!(
@@ -282,14 +303,6 @@ pub struct Sidecar {
     pub admin: SocketAddr,
 }
 
-fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    rest.split(|c: char| c.is_whitespace() || c == ',' || c == '/')
-        .next()?
-        .parse()
-        .ok()
-}
-
 impl Sidecar {
     /// Starts `signet proxy ARGS --admin 127.0.0.1:0` and waits until it is serving.
     pub fn start(name: &str, args: &[String]) -> Sidecar {
@@ -297,33 +310,31 @@ impl Sidecar {
     }
 
     pub fn start_with_env(name: &str, args: &[String], env: &[(&str, &str)]) -> Sidecar {
+        let ready = ready_path("sidecar");
         let mut cmd = signet_cmd();
-        cmd.arg("proxy").args(args).args(["--admin", "127.0.0.1:0"]);
+        cmd.arg("proxy")
+            .args(args)
+            .args(["--admin", "127.0.0.1:0", "--ready-file"])
+            .arg(&ready);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut proc = Proc::spawn(name, cmd);
-        proc.wait_for_line(" admin http://", Duration::from_secs(20));
-        let log = proc.log();
-        let mut sidecar = Sidecar {
-            inbound: Vec::new(),
-            outbound: None,
-            tcp: Vec::new(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            proc,
+        let listeners = proc.wait_ready_file(&ready, Duration::from_secs(20));
+        let addr = |v: &serde_json::Value| v.as_str().and_then(|a| a.parse().ok());
+        let all = |key: &str| -> Vec<SocketAddr> {
+            listeners[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(addr).collect())
+                .unwrap_or_default()
         };
-        for line in log.lines() {
-            if let Some(a) = addr_after(line, " INFO inbound ") {
-                sidecar.inbound.push(a);
-            } else if let Some(a) = addr_after(line, " INFO outbound http proxy ") {
-                sidecar.outbound = Some(a);
-            } else if let Some(a) = addr_after(line, " INFO outbound tcp ") {
-                sidecar.tcp.push(a);
-            } else if let Some(a) = addr_after(line, " admin http://") {
-                sidecar.admin = a;
-            }
+        Sidecar {
+            inbound: all("inbound"),
+            outbound: addr(&listeners["outbound_http"]),
+            tcp: all("outbound_tcp"),
+            admin: addr(&listeners["admin"]).expect("the admin address"),
+            proc,
         }
-        sidecar
     }
 
     pub fn admin_get(&self, path: &str) -> Curl {
@@ -434,13 +445,18 @@ impl Authority {
     }
 
     fn spawn(args: Vec<String>) -> Authority {
+        let ready = ready_path("authority");
         let mut cmd = signet_cmd();
-        cmd.args(&args);
+        cmd.args(&args).arg("--ready-file").arg(&ready);
         let mut proc = Proc::spawn("authority", cmd);
-        let line = proc.wait_for_line("authority on ", Duration::from_secs(20));
-        let addr = addr_after(&line, "authority on ").expect("service address");
-        let admin_line = proc.wait_for_line(" admin http://", Duration::from_secs(5));
-        let admin = addr_after(&admin_line, " admin http://").expect("admin address");
+        let listeners = proc.wait_ready_file(&ready, Duration::from_secs(20));
+        let addr = |key: &str| -> SocketAddr {
+            listeners[key]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} address in {listeners}"))
+        };
+        let (addr, admin) = (addr("authority"), addr("admin"));
         Authority {
             proc,
             addr,
@@ -449,7 +465,7 @@ impl Authority {
         }
     }
 
-    /// Stops the service (SIGTERM).
+    /// Stops the authority (SIGTERM).
     pub fn stop(&mut self) {
         self.proc
             .terminate(Duration::from_secs(10))

@@ -5,31 +5,36 @@ use std::sync::Arc;
 
 use signet_certs::{FileWatch, read_certs, read_key};
 
-use super::{IdentityCtx, load_bundle, signer_for, trust_for};
-use crate::config::{Config, IdentitySource};
-use crate::tls::{Credentials, TlsStore, WorkloadIdentity};
+use super::{IdentityCtx, IdentityError, load_bundle, signer_for, trust_for};
+use crate::config::{Config, IdentityFiles, IdentitySource, MIN_WATCH_INTERVAL, Setting};
+use crate::credentials::{Credentials, WorkloadIdentity};
 
 /// Loads trust and certificate from files and installs them together. Errors are one line
 /// naming the file and the problem; on error nothing changes.
-pub(crate) fn load_files(config: &Config, store: &TlsStore) -> Result<Arc<WorkloadIdentity>, String> {
-    let IdentitySource::Files(files) = &config.identity else {
-        return Err("not in files mode".into());
-    };
-    let chain = read_certs(&files.cert).map_err(|e| e.to_string())?;
-    let key = read_key(&files.key).map_err(|e| e.to_string())?;
+pub(super) fn load(
+    config: &Config,
+    files: &IdentityFiles,
+    credentials: &dyn Credentials,
+) -> Result<Arc<WorkloadIdentity>, IdentityError> {
+    let file = |setting: Setting| move |source| IdentityError::File { setting, source };
+    let chain = read_certs(&files.cert).map_err(file(Setting::Cert))?;
+    let key = read_key(&files.key).map_err(file(Setting::Key))?;
     let bundle = load_bundle(config)?;
-    let signer =
-        signer_for(config, bundle.as_ref(), &chain, store).map_err(|e| format!("{}: {e}", files.cert.display()))?;
-    let trust = trust_for(config, bundle.as_ref(), &signer, || {
-        let ca = files
-            .ca
-            .as_ref()
-            .ok_or("no roots to trust; set --bundle FILE or --ca FILE")?;
-        read_certs(ca).map_err(|e| e.to_string())
+    let signer = signer_for(config, bundle.as_ref(), &chain)?;
+    let trust = trust_for(config, bundle.as_ref(), &signer, || match &files.ca {
+        Some(ca) => read_certs(ca).map_err(file(Setting::Ca)),
+        // resolve() refuses this combination; say so rather than trust nothing.
+        None => Err(IdentityError::File {
+            setting: Setting::Ca,
+            source: signet_certs::Error::Certificate("no roots to trust: give trustBundle or identity.ca".into()),
+        }),
     })?;
-    store
+    credentials
         .set_certificate(chain, key, Some(trust))
-        .map_err(|e| format!("{}: {e}", files.cert.display()))
+        .map_err(|source| IdentityError::Certificate {
+            path: Some(files.cert.clone()),
+            source,
+        })
 }
 
 pub(super) async fn watch(ctx: Arc<IdentityCtx>) {
@@ -40,7 +45,7 @@ pub(super) async fn watch(ctx: Arc<IdentityCtx>) {
     paths.extend(files.ca.iter().cloned());
     paths.extend(ctx.config.trust_bundle.iter().cloned());
     let mut watch = FileWatch::new(paths);
-    let mut ticker = tokio::time::interval(ctx.config.watch_interval.max(crate::config::MIN_WATCH_INTERVAL));
+    let mut ticker = tokio::time::interval(ctx.config.watch_interval.max(MIN_WATCH_INTERVAL));
     loop {
         let forced = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -51,7 +56,7 @@ pub(super) async fn watch(ctx: Arc<IdentityCtx>) {
         if !watch.changed() && !forced {
             continue;
         }
-        match load_files(&ctx.config, &ctx.store) {
+        match load(&ctx.config, files, ctx.credentials.as_ref()) {
             Ok(id) => {
                 ctx.metrics.identity_reloaded(true);
                 tracing::info!(

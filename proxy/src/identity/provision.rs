@@ -1,88 +1,70 @@
-//! Authority mode: a fresh key and CSR for every request; the chain that comes back is checked
+//! Provisioning: a fresh key and CSR for every request; the chain that comes back is checked
 //! against the signer's roots before it is published. Renewal at `renew_at` of the real lifetime
 //! (read from the issued certificate, as the signer may override the TTL) with ±1 % jitter; on
 //! failure, exponential backoff from 0.5 s doubling to 150 s (±20 %), keeping the current
-//! certificate while it is valid. An expired certificate is never served: the store stops
+//! certificate while it is valid. An expired certificate is never served: the TLS side stops
 //! handing out configs at its notAfter, readiness turns false, and this loop says so loudly.
+//!
+//! Deadlines are tokio instants (converted once from certificate times), so the loop runs the
+//! same under `tokio::time::pause` in the tests below.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use signet_certs::{AuthorityClient, CsrOrder, FileWatch, WorkloadKey, parse_key, rfc3339};
+use signet_certs::{AuthorityClient, AuthorityError, CsrOrder, FileWatch, WorkloadKey, format_duration, rfc3339};
+use tokio::time::Instant;
 
-use super::{IdentityCtx, load_bundle, signer_for, trust_for};
-use crate::config::AuthorityIdentity;
-use crate::tls::{Credentials, WorkloadIdentity};
+use super::schedule::{backoff, jitter_unit, renewal_delay};
+use super::{IdentityCtx, IdentityError, load_bundle, signer_for, trust_for};
+use crate::config::{MIN_WATCH_INTERVAL, Provisioning};
+use crate::credentials::WorkloadIdentity;
 
-const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(150);
-/// One request may not take longer than this (connect, TLS, signing).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// One request to the authority may not take longer than this (connect, TLS, signing).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A uniformly distributed number in [-1, 1), from std's per-process random hash keys.
-fn jitter_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64,
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+fn valid_now(identity: &WorkloadIdentity) -> bool {
+    identity.is_valid_at(SystemTime::now())
 }
 
-fn backoff(failures: u32) -> Duration {
-    let base = BACKOFF_START
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(BACKOFF_MAX);
-    base.mul_f64(1.0 + 0.2 * jitter_unit())
+/// The tokio instant of a certificate time, if it is in the future.
+fn instant_of(t: SystemTime) -> Option<Instant> {
+    t.duration_since(SystemTime::now()).ok().map(|d| Instant::now() + d)
 }
 
-/// When to renew: `renew_at` of the way from notBefore to notAfter, ±1 % of the lifetime.
-/// When to renew: `renew_at` of the way from notBefore to notAfter, ±1 % of the lifetime, but
-/// never sooner than 1 s and 5 % of the remaining life from now (a signer that backdates
-/// notBefore, or skewed clocks, must not turn renewal into a tight loop).
-fn renewal_time(id: &WorkloadIdentity, renew_at: f64) -> SystemTime {
-    let life = id.not_after.duration_since(id.not_before).unwrap_or_default();
-    let fraction = (renew_at + 0.01 * jitter_unit()).clamp(0.05, 0.95);
-    let planned = id.not_before + life.mul_f64(fraction);
-    let now = SystemTime::now();
-    let floor = now + until(id.not_after).mul_f64(0.05).max(Duration::from_secs(1));
-    if planned < floor {
-        tracing::warn!(
-            "the renewal time for {} is already past (notBefore {}, lifetime {}); renewing in {} instead",
-            id.id,
-            rfc3339(id.not_before),
-            signet_certs::format_duration(life),
-            signet_certs::format_duration(until(floor))
-        );
-        return floor;
-    }
-    planned
-}
-
-fn until(t: SystemTime) -> Duration {
-    t.duration_since(SystemTime::now()).unwrap_or_default()
-}
-
-pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: AuthorityIdentity, authority: Arc<dyn AuthorityClient>) {
-    let source = authority.describe();
+pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: Arc<dyn AuthorityClient>) {
+    let source = client.describe();
     tracing::info!("requesting a certificate for {} from {source}", settings.id);
     let mut bundle_watch = FileWatch::new(ctx.config.trust_bundle.iter().cloned().collect());
-    let mut ticker = tokio::time::interval(ctx.config.watch_interval.max(crate::config::MIN_WATCH_INTERVAL));
+    let mut ticker = tokio::time::interval(ctx.config.watch_interval.max(MIN_WATCH_INTERVAL));
     let mut failures = 0u32;
     let mut issued_once = false;
-    let mut last_error = String::new();
+    // The cause of the last failure: logged in full once, then only counted.
+    let mut last_error: Option<String> = None;
     loop {
-        let next = match request(&ctx, &settings, authority.as_ref()).await {
+        let wait = match request(&ctx, &settings, client.as_ref()).await {
             Ok(id) => {
                 failures = 0;
+                last_error = None;
                 ctx.metrics.csr_request(true);
                 if issued_once {
                     ctx.metrics.renewed();
                 }
-                let next = renewal_time(&id, settings.renew_at);
+                let (delay, floored) = renewal_delay(
+                    id.not_before,
+                    id.not_after,
+                    SystemTime::now(),
+                    settings.renew_at,
+                    jitter_unit(),
+                );
+                if floored {
+                    tracing::warn!(
+                        "the renewal time for {} is already past (notBefore {}, notAfter {}); renewing in {} instead",
+                        id.id,
+                        rfc3339(id.not_before),
+                        rfc3339(id.not_after),
+                        format_duration(delay)
+                    );
+                }
                 let verb = if issued_once { "renewed" } else { "ready" };
                 issued_once = true;
                 tracing::info!(
@@ -90,46 +72,53 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: AuthorityIdentity, auth
                     id.id,
                     id.signer,
                     rfc3339(id.not_after),
-                    signet_certs::format_duration(until(next))
+                    format_duration(delay)
                 );
-                next
+                delay
             }
             Err(e) => {
                 failures += 1;
                 ctx.metrics.csr_request(false);
-                let wait = backoff(failures);
-                match ctx.store.current() {
-                    Some(state) => tracing::warn!(
-                        "renewal from {source} failed (attempt {failures}): {e}; keeping the current certificate (valid until {}), retrying in {wait:.1?}",
-                        rfc3339(state.identity.not_after)
+                let wait = backoff(failures, jitter_unit());
+                let cause = e.to_string();
+                let again = last_error.as_deref() == Some(cause.as_str());
+                let retry = format_duration(wait);
+                match (ctx.credentials.identity().filter(|i| valid_now(i)), again) {
+                    (Some(current), false) => tracing::warn!(
+                        "renewal from {source} failed: {cause}; keeping the current certificate (valid until {}), retrying in {retry}",
+                        rfc3339(current.not_after)
                     ),
-                    None => tracing::error!(
-                        "no valid certificate: the request to {source} failed (attempt {failures}): {e}; every connection is refused, retrying in {wait:.1?}"
+                    (Some(_), true) => tracing::warn!(
+                        "renewal from {source} failed again the same way (attempt {failures}); retrying in {retry}"
+                    ),
+                    (None, false) => tracing::error!(
+                        "no valid certificate: the request to {source} failed: {cause}; every connection is refused, retrying in {retry}"
+                    ),
+                    (None, true) => tracing::error!(
+                        "no valid certificate: attempt {failures} to {source} failed the same way; retrying in {retry}"
                     ),
                 }
-                last_error = e;
-                SystemTime::now() + wait
+                last_error = Some(cause);
+                wait
             }
         };
+        let next = Instant::now() + wait;
         // Wait for the renewal time, reacting to bundle changes, SIGHUP and expiry meanwhile.
         let mut expiry_reported = false;
         loop {
-            let expiry = ctx
-                .store
-                .identity()
-                .map(|i| i.not_after)
-                .filter(|t| *t > SystemTime::now());
+            let expiry = ctx.credentials.identity().and_then(|i| instant_of(i.not_after));
             let wake = expiry.map_or(next, |e| e.min(next));
             let renew_now = tokio::select! {
                 _ = ctx.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(until(wake)) => {
-                    if SystemTime::now() >= next {
+                _ = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= next {
                         true
                     } else {
-                        if !expiry_reported && !ctx.store.is_ready() {
+                        if !expiry_reported && !ctx.credentials.identity().is_some_and(|i| valid_now(&i)) {
                             expiry_reported = true;
                             tracing::error!(
-                                "the certificate expired and was not renewed ({last_error}); readiness is false and every connection is refused until a new one arrives"
+                                "the certificate expired and was not renewed ({}); readiness is false and every connection is refused until a new one arrives",
+                                last_error.as_deref().unwrap_or("no renewal was due yet")
                             );
                         }
                         false
@@ -151,22 +140,22 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: AuthorityIdentity, auth
 /// Re-reads the bundle and republishes the trust. Returns whether the current certificate still
 /// chains to it (if not, the caller renews at once).
 fn reload_bundle(ctx: &IdentityCtx) -> bool {
-    let (Some(identity), Some(_)) = (ctx.store.identity(), &ctx.config.trust_bundle) else {
+    let (Some(identity), Some(_)) = (ctx.credentials.identity(), &ctx.config.trust_bundle) else {
         // Without a bundle the roots come with each certificate: nothing to reload.
         return true;
     };
     let result = load_bundle(&ctx.config).and_then(|bundle| {
-        let trust = trust_for(&ctx.config, bundle.as_ref(), &identity.signer, || {
-            Err("no bundle configured".to_string())
-        })?;
-        ctx.store.set_trust(trust).map_err(|e| e.to_string())
+        let trust = trust_for(&ctx.config, bundle.as_ref(), &identity.signer, || Ok(Vec::new()))?;
+        ctx.credentials
+            .set_trust(trust)
+            .map_err(|source| IdentityError::Certificate { path: None, source })
     });
     match result {
         Ok(update) => {
             ctx.metrics.identity_reloaded(true);
-            let id = ctx.store.identity();
+            let id = ctx.credentials.identity();
             tracing::info!(
-                "trust bundle reloaded: signer {} has {} root(s) (bundle {})",
+                "trust bundle reloaded: signer {} has {} root(s) (trust version {})",
                 identity.signer,
                 id.as_ref().map(|i| i.roots.len()).unwrap_or(0),
                 id.as_ref().map(|i| i.trust_version.as_str()).unwrap_or("?")
@@ -190,41 +179,41 @@ fn reload_bundle(ctx: &IdentityCtx) -> bool {
 /// One request: key, CSR, signature, checks, publication.
 async fn request(
     ctx: &IdentityCtx,
-    settings: &AuthorityIdentity,
-    authority: &dyn AuthorityClient,
-) -> Result<Arc<WorkloadIdentity>, String> {
-    let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
-    let csr = key.request(&settings.id, &settings.dns).map_err(|e| e.to_string())?;
+    settings: &Provisioning,
+    client: &dyn AuthorityClient,
+) -> Result<Arc<WorkloadIdentity>, IdentityError> {
+    let key = WorkloadKey::generate().map_err(IdentityError::Key)?;
+    let csr = key.request(&settings.id, &settings.dns).map_err(IdentityError::Key)?;
     let order = CsrOrder {
         csr_pem: csr.pem,
         signer: ctx.config.signer.as_ref().map(|s| s.to_string()),
         ttl: settings.ttl,
     };
-    let issued = tokio::time::timeout(REQUEST_TIMEOUT, authority.sign(&order))
+    let issued = tokio::time::timeout(REQUEST_TIMEOUT, client.sign(&order))
         .await
-        .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| AuthorityError::Timeout(REQUEST_TIMEOUT))??;
     let issued_id = issued
         .chain
         .first()
         .and_then(|leaf| signet_certs::CertInfo::parse(leaf).ok())
         .and_then(|info| info.spiffe_id().ok());
     if issued_id.as_ref() != Some(&settings.id) {
-        return Err(format!(
-            "the authority issued {} instead of {}",
-            issued_id
+        return Err(IdentityError::WrongIdentity {
+            wanted: settings.id.clone(),
+            got: issued_id
                 .map(|i| i.to_string())
                 .unwrap_or_else(|| "a certificate without SPIFFE ID".into()),
-            settings.id
-        ));
+        });
     }
     let bundle = load_bundle(&ctx.config)?;
-    let signer = signer_for(&ctx.config, bundle.as_ref(), &issued.chain, &ctx.store)?;
-    let roots = issued.roots.clone();
+    let signer = signer_for(&ctx.config, bundle.as_ref(), &issued.chain)?;
+    let roots = issued.roots;
     let trust = trust_for(&ctx.config, bundle.as_ref(), &signer, || Ok(roots))?;
-    let key = parse_key(key.to_pem().as_bytes(), "generated key").map_err(|e| e.to_string())?;
     // Checked against the signer's roots (and the identity asked for) before anything changes.
-    ctx.store
-        .set_certificate(issued.chain, key, Some(trust))
-        .map_err(|e| format!("the authority returned an unusable certificate: {e}"))
+    ctx.credentials
+        .set_certificate(issued.chain, key.to_der(), Some(trust))
+        .map_err(IdentityError::Unusable)
 }
+
+#[cfg(test)]
+mod tests;

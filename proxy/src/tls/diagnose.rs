@@ -18,6 +18,8 @@ use rustls::{AlertDescription, CertificateError};
 pub enum Reason {
     /// The peer's chain does not anchor to our signer's roots (the cross-tenant case).
     UnknownSigner,
+    /// The peer's chain was issued under a root of our signer that has been rotated out.
+    RetiredRoot,
     Expired,
     NotYetValid,
     /// The chain is ours but the SPIFFE ID is not the expected one.
@@ -39,8 +41,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::UnknownSigner,
+        Reason::RetiredRoot,
         Reason::Expired,
         Reason::NotYetValid,
         Reason::WrongIdentity,
@@ -58,6 +61,7 @@ impl Reason {
     pub fn label(self) -> &'static str {
         match self {
             Reason::UnknownSigner => "unknown_signer",
+            Reason::RetiredRoot => "retired_root",
             Reason::Expired => "expired",
             Reason::NotYetValid => "not_yet_valid",
             Reason::WrongIdentity => "wrong_identity",
@@ -82,6 +86,7 @@ impl Reason {
         matches!(
             self,
             Reason::UnknownSigner
+                | Reason::RetiredRoot
                 | Reason::Expired
                 | Reason::NotYetValid
                 | Reason::WrongIdentity
@@ -179,31 +184,30 @@ pub fn from_rustls(err: &rustls::Error, our_signer: &str) -> HandshakeError {
                     "the peer requires a client certificate (alert certificate_required)".to_string()
                 }
                 AlertDescription::BadCertificate | AlertDescription::CertificateUnknown => {
-                    format!("the peer rejected our certificate (alert {alert:?})")
+                    format!("the peer rejected our certificate (alert {})", alert_name(*alert))
                 }
                 AlertDescription::HandshakeFailure
                 | AlertDescription::ProtocolVersion
                 | AlertDescription::InsufficientSecurity
                 | AlertDescription::NoApplicationProtocol => format!(
-                    "the peer found no common TLS parameters (alert {alert:?}); Signet speaks TLS 1.3 with AEAD suites"
+                    "the peer found no common TLS parameters (alert {}); Signet speaks TLS 1.3 with AEAD suites",
+                    alert_name(*alert)
                 ),
-                other => format!("the peer aborted the handshake (alert {other:?})"),
+                other => format!("the peer aborted the handshake (alert {})", alert_name(*other)),
             };
             HandshakeError::new(Reason::PeerRejected, why)
         }
-        E::InvalidMessage(m) => HandshakeError::new(
+        E::InvalidMessage(_) => HandshakeError::new(
             Reason::NotTls,
-            format!(
-                "the peer did not send a valid TLS handshake ({m:?}); is it speaking plaintext or another protocol?"
-            ),
+            "the peer did not send a valid TLS handshake; is it speaking plaintext or another protocol?",
         ),
         E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } | E::PeerMisbehaved(_) => {
             HandshakeError::new(Reason::Protocol, format!("the peer broke the TLS protocol ({err})"))
         }
-        E::PeerIncompatible(why) => HandshakeError::new(
+        E::PeerIncompatible(_) => HandshakeError::new(
             Reason::Protocol,
             format!(
-                "no common TLS parameters with the peer ({why:?}); Signet speaks TLS 1.3 (1.2 with ECDHE+AEAD when enabled)"
+                "no common TLS parameters with the peer ({err}); Signet speaks TLS 1.3 (1.2 with ECDHE+AEAD when enabled)"
             ),
         ),
         E::NoApplicationProtocol => HandshakeError::new(Reason::Protocol, "no common ALPN protocol with the peer"),
@@ -231,9 +235,73 @@ fn from_certificate_error(err: &CertificateError) -> HandshakeError {
                 "the peer's certificate is not valid for this use ({err}); mesh certificates carry serverAuth and clientAuth"
             ),
         ),
+        C::BadSignature => HandshakeError::new(
+            Reason::BadCertificate,
+            "a signature in the peer's certificate chain does not verify",
+        ),
         other => HandshakeError::new(
             Reason::BadCertificate,
             format!("the peer's certificate is invalid ({other})"),
         ),
+    }
+}
+
+/// An alert as the TLS specification names it (`unknown_ca`), not as rustls debug-prints it.
+pub fn alert_name(alert: AlertDescription) -> String {
+    if let AlertDescription::Unknown(code) = alert {
+        return format!("#{code}");
+    }
+    let debug = format!("{alert:?}");
+    // CamelCase to snake_case; runs of capitals (CA, MAC) stay one word.
+    let mut out = String::new();
+    let chars: Vec<char> = debug.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+        let prev_lower = i > 0 && chars[i - 1].is_lowercase();
+        if c.is_uppercase() && i > 0 && (prev_lower || next_lower && chars[i - 1].is_uppercase()) {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// A webpki verification error in words, for checks of our own certificate.
+pub fn describe_webpki(err: &webpki::Error) -> String {
+    use webpki::Error as W;
+    match err {
+        W::CertExpired { .. } => "it has expired".into(),
+        W::CertNotValidYet { .. } => "it is not valid yet (check the clocks)".into(),
+        W::UnknownIssuer => "its issuer is not among the trusted roots".into(),
+        W::InvalidSignatureForPublicKey => {
+            "a signature in the chain does not verify against its issuer's key (a root rotated since it was issued?)"
+                .into()
+        }
+        W::CaUsedAsEndEntity => "it is a CA certificate, not a workload certificate".into(),
+        W::BadDer | W::BadDerTime => "it is not valid DER".into(),
+        W::UnsupportedSignatureAlgorithmContext(_) => {
+            "it is signed with an algorithm Signet does not accept (use ECDSA P-256)".into()
+        }
+        W::PathLenConstraintViolated | W::MaximumPathDepthExceeded => "the chain is longer than its CAs allow".into(),
+        W::RequiredEkuNotFoundContext(_) => "it lacks a required extended key usage (serverAuth and clientAuth)".into(),
+        W::EndEntityUsedAsCa => "a workload certificate appears as an issuer in the chain".into(),
+        W::UnsupportedCriticalExtension => "it carries a critical extension Signet does not understand".into(),
+        W::NameConstraintViolation => "it violates a name constraint of its CA".into(),
+        W::CertRevoked => "it has been revoked".into(),
+        _ => "it does not pass certificate path validation".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_are_named_as_the_specification_does() {
+        assert_eq!(alert_name(AlertDescription::UnknownCA), "unknown_ca");
+        assert_eq!(alert_name(AlertDescription::AccessDenied), "access_denied");
+        assert_eq!(alert_name(AlertDescription::HandshakeFailure), "handshake_failure");
+        assert_eq!(alert_name(AlertDescription::BadRecordMac), "bad_record_mac");
+        assert_eq!(alert_name(AlertDescription::Unknown(200)), "#200");
     }
 }

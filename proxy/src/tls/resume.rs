@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore};
 use rustls::server::ProducesTickets;
+use signet_certs::CryptoPolicy;
 
 /// How long a ticket may be used (also sent to clients as the ticket lifetime hint).
 pub const MAX_TICKET_AGE: Duration = Duration::from_secs(3600);
@@ -28,11 +29,11 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    pub fn new(trust_version: &str, listeners: usize) -> Result<Self, rustls::Error> {
+    pub fn new(policy: &CryptoPolicy, trust_version: &str, listeners: usize) -> Result<Self, rustls::Error> {
         let ticketers = (0..listeners)
             .map(|_| {
                 Ok(Arc::new(AgedTicketer {
-                    inner: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+                    inner: policy.ticketer()?,
                     max_age: MAX_TICKET_AGE,
                 }) as Arc<dyn ProducesTickets>)
             })
@@ -90,7 +91,7 @@ mod tests {
     #[test]
     fn tickets_round_trip_and_expire() {
         let t = AgedTicketer {
-            inner: rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
+            inner: CryptoPolicy::default().ticketer().unwrap(),
             max_age: Duration::from_secs(3600),
         };
         let c = t.encrypt(b"session").unwrap();
@@ -104,7 +105,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         assert!(old.decrypt(&c).is_none());
         // Another trust version's keys cannot read it at all.
-        let other = Sessions::new("v2", 1).unwrap();
+        let other = Sessions::new(&CryptoPolicy::default(), "v2", 1).unwrap();
         assert!(other.ticketers[0].decrypt(&c).is_none());
     }
 }

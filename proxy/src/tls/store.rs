@@ -1,4 +1,4 @@
-//! `TlsStore`: the seam between whoever obtains certificates and the listeners.
+//! `TlsStore`: the TLS side of the [`Credentials`] seam.
 //!
 //! Issuance calls [`Credentials::set_trust`] / [`Credentials::set_certificate`]; the store checks
 //! the new material against the signer's roots, builds every `ServerConfig`/`ClientConfig` the
@@ -17,48 +17,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::NoServerSessionStorage;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, ServerConfig};
-use signet_certs::{CertInfo, SignerName, SpiffeId};
+use signet_certs::{CertInfo, CryptoPolicy, SignerTrust, SpiffeId, WORKLOAD_USAGES, crypto};
 
+use super::diagnose::describe_webpki;
 use super::resume::Sessions;
 use super::verify::{AllowList, PeerClientVerifier, PeerServerVerifier, Trust};
-use super::{CryptoPolicy, TlsError};
-
-/// The seam issuance uses; it knows nothing of rustls configs.
-pub trait Credentials: Send + Sync {
-    /// Replaces the roots this sidecar trusts (and the other signers it can name). The current
-    /// certificate stays in use; the result says whether it still chains to the new roots (if
-    /// not, the caller should obtain a new one).
-    fn set_trust(&self, trust: Trust) -> Result<TrustUpdate, TlsError>;
-    /// Installs a new certificate (leaf first) and key, together with new trust when given,
-    /// after checking the chain against that trust. On error nothing changes.
-    fn set_certificate(
-        &self,
-        chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
-        trust: Option<Trust>,
-    ) -> Result<Arc<WorkloadIdentity>, TlsError>;
-}
-
-/// What a trust update means for the current certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TrustUpdate {
-    /// A certificate is held and it chains to the new roots.
-    pub certificate_chains: bool,
-}
-
-/// The published identity, for the admin endpoint, XFCC and logs.
-#[derive(Clone, Debug)]
-pub struct WorkloadIdentity {
-    pub id: SpiffeId,
-    pub signer: SignerName,
-    pub chain: Vec<CertInfo>,
-    pub roots: Vec<CertInfo>,
-    pub trust_version: String,
-    /// SHA-256 of the root the chain anchors to.
-    pub anchor_sha256: String,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
-}
+use crate::credentials::{Credentials, CredentialsError, TrustUpdate, WorkloadIdentity};
 
 /// TLS settings of one inbound listener.
 #[derive(Clone, Debug, Default)]
@@ -109,7 +73,7 @@ impl TlsState {
 
     /// False once the certificate has expired: an expired certificate is never presented.
     pub fn is_valid_now(&self) -> bool {
-        SystemTime::now() <= self.identity.not_after
+        self.identity.is_valid_at(SystemTime::now())
     }
 }
 
@@ -123,6 +87,7 @@ struct Inputs {
 
 pub struct TlsStore {
     settings: TlsSettings,
+    policy: CryptoPolicy,
     provider: Arc<CryptoProvider>,
     current: ArcSwapOption<TlsState>,
     // Held only while building and publishing, never across an await.
@@ -132,6 +97,7 @@ pub struct TlsStore {
 impl TlsStore {
     pub fn new(settings: TlsSettings) -> Self {
         TlsStore {
+            policy: settings.policy,
             provider: settings.policy.provider(),
             settings,
             current: ArcSwapOption::empty(),
@@ -150,16 +116,6 @@ impl TlsStore {
         self.current.load_full().filter(|s| s.is_valid_now())
     }
 
-    /// The last published identity, even if expired (for the admin endpoint).
-    pub fn identity(&self) -> Option<Arc<WorkloadIdentity>> {
-        self.current.load().as_ref().map(|s| s.identity.clone())
-    }
-
-    /// The signature algorithms of this store's crypto provider.
-    pub fn algorithms(&self) -> rustls::crypto::WebPkiSupportedAlgorithms {
-        self.provider.signature_verification_algorithms
-    }
-
     pub fn is_ready(&self) -> bool {
         self.current().is_some()
     }
@@ -170,98 +126,108 @@ impl TlsStore {
     }
 
     /// Checks `chain` against `trust`: it must chain to the signer's roots for both client and
-    /// server use, be valid now, and carry exactly one SPIFFE ID.
+    /// server use, be valid now, and carry exactly one SPIFFE ID. Returns the SPIFFE ID and the
+    /// fingerprint of the root it anchors to.
     fn check_chain(
         &self,
         trust: &Trust,
         chain: &[CertificateDer<'static>],
-    ) -> Result<(CertInfo, SpiffeId, String), TlsError> {
-        let leaf = chain
-            .first()
-            .ok_or_else(|| TlsError::Certificate("the certificate file holds no certificate".into()))?;
-        let info = CertInfo::parse(leaf).map_err(|e| TlsError::Certificate(e.to_string()))?;
-        let id = info.spiffe_id().map_err(|e| TlsError::Certificate(e.to_string()))?;
-        trust
-            .check_trust_domain(&id)
-            .map_err(|e| TlsError::Certificate(format!("the certificate is not usable: {}", e.detail)))?;
+    ) -> Result<(SpiffeId, String), CredentialsError> {
+        let leaf = chain.first().ok_or(CredentialsError::NoCertificate)?;
+        let info = CertInfo::parse(leaf)?;
+        let id = info.spiffe_id()?;
+        if let Some(allowed) = trust
+            .trust_domains()
+            .filter(|tds| !tds.iter().any(|td| td == id.trust_domain()))
+        {
+            return Err(CredentialsError::TrustDomain {
+                id,
+                signer: trust.signer().clone(),
+                allowed: allowed.to_vec(),
+            });
+        }
         let now = SystemTime::now();
         if now > info.not_after {
-            return Err(TlsError::Certificate(format!(
-                "the certificate for {id} expired at {}; issue a new one",
-                crate::admin::rfc3339(info.not_after)
-            )));
+            return Err(CredentialsError::Expired { id, at: info.not_after });
         }
         if now < info.not_before {
-            return Err(TlsError::Certificate(format!(
-                "the certificate for {id} is not valid before {}; check the clocks",
-                crate::admin::rfc3339(info.not_before)
-            )));
+            return Err(CredentialsError::NotYetValid {
+                id,
+                at: info.not_before,
+            });
         }
-        let ee = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| TlsError::Certificate(format!("the certificate is malformed: {e:?}")))?;
+        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| CredentialsError::Unusable {
+            id: id.clone(),
+            detail: describe_webpki(&e),
+        })?;
         let algs = self.provider.signature_verification_algorithms;
         let unix_now = UnixTime::now();
-        for usage in [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()] {
-            if let Err(e) =
-                ee.verify_for_usage(algs.all, &trust.roots().roots, &chain[1..], unix_now, usage, None, None)
-            {
-                let detail = match (&e, trust.anchored_signer(leaf, &chain[1..], usage, &algs)) {
-                    (webpki::Error::UnknownIssuer, Some(other)) => format!(
-                        "it is issued by signer {other}, not {}; issue it from {}'s signer",
-                        trust.signer(),
-                        trust.signer().short()
-                    ),
-                    (webpki::Error::UnknownIssuer, None) => format!(
-                        "it does not chain to any root of signer {} in the trust bundle",
-                        trust.signer()
-                    ),
-                    (other, _) => format!("{other:?}"),
-                };
-                return Err(TlsError::Certificate(format!(
-                    "the certificate for {id} is not usable: {detail}"
-                )));
+        let usage_of = |u: signet_certs::Usage| match u {
+            signet_certs::Usage::ServerAuth => webpki::KeyUsage::server_auth(),
+            signet_certs::Usage::ClientAuth => webpki::KeyUsage::client_auth(),
+        };
+        for (usage, usage_name) in WORKLOAD_USAGES {
+            let result = ee.verify_for_usage(
+                algs.all,
+                &trust.roots().roots,
+                &chain[1..],
+                unix_now,
+                usage_of(usage),
+                None,
+                None,
+            );
+            match result {
+                Ok(_) => {}
+                Err(webpki::Error::RequiredEkuNotFoundContext(_)) => {
+                    return Err(CredentialsError::MissingUsage { id, usage: usage_name });
+                }
+                Err(webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey) => {
+                    let signer = trust.signer().clone();
+                    return Err(match trust.anchored_signer(chain) {
+                        Some(theirs) => CredentialsError::OtherSigner {
+                            id,
+                            theirs: theirs.clone(),
+                            ours: signer,
+                        },
+                        None if trust.issued_by_retired_root(chain) => CredentialsError::RetiredRoot { id, signer },
+                        None => CredentialsError::NoRootOfSigner { id, signer },
+                    });
+                }
+                Err(e) => {
+                    return Err(CredentialsError::Unusable {
+                        id,
+                        detail: describe_webpki(&e),
+                    });
+                }
             }
         }
         // Which of the signer's roots (several during a rotation) this chain anchors to.
         let anchor = trust
             .root_certs()
             .iter()
-            .find(|root| {
-                webpki::anchor_from_trusted_cert(root).is_ok_and(|a| {
-                    ee.verify_for_usage(
-                        algs.all,
-                        &[a],
-                        &chain[1..],
-                        unix_now,
-                        webpki::KeyUsage::client_auth(),
-                        None,
-                        None,
-                    )
-                    .is_ok()
-                })
-            })
+            .find(|root| signet_certs::Anchors::new(std::slice::from_ref(*root)).issued(chain))
             .map(|root| signet_certs::sha256_hex(root))
             .unwrap_or_default();
-        Ok((info, id, anchor))
+        Ok((id, anchor))
     }
 
     /// Builds and publishes configs from `inputs`. With `strict`, the certificate must chain to
     /// the trust; otherwise a stale certificate is published with the new trust (and reported).
-    fn publish(&self, inputs: &mut Inputs, strict: bool) -> Result<Option<(Arc<WorkloadIdentity>, bool)>, TlsError> {
+    fn publish(
+        &self,
+        inputs: &mut Inputs,
+        strict: bool,
+    ) -> Result<Option<(Arc<WorkloadIdentity>, bool)>, CredentialsError> {
         let (Some(trust), Some(cert)) = (inputs.trust.clone(), inputs.cert.clone()) else {
             return Ok(None);
         };
         let (chains, id, anchor) = match self.check_chain(&trust, &cert.cert) {
-            Ok((_, id, anchor)) => (true, id, anchor),
+            Ok((id, anchor)) => (true, id, anchor),
             Err(e) if strict => return Err(e),
             Err(_) => {
-                let id = cert
-                    .cert
-                    .first()
-                    .and_then(|c| CertInfo::parse(c).ok())
-                    .and_then(|i| i.spiffe_id().ok())
-                    .ok_or_else(|| TlsError::Certificate("the current certificate has no SPIFFE ID".into()))?;
-                (false, id, String::new())
+                // The certificate was checked when it was installed; it only lost its root.
+                let leaf = cert.cert.first().ok_or(CredentialsError::NoCertificate)?;
+                (false, CertInfo::parse(leaf)?.spiffe_id()?, String::new())
             }
         };
         let chain = cert
@@ -284,13 +250,17 @@ impl TlsStore {
             anchor_sha256: anchor,
         });
         let resolver = Arc::new(SingleCertAndKey::from(cert.clone()));
-        let versions = self.settings.policy.versions();
+        let versions = self.policy.versions();
 
         // Resumed sessions skip certificate checks: a new trust version gets new ticket keys and
         // an empty client cache, so no session verified under the old roots survives.
         let sessions = if self.settings.resumption {
             if inputs.sessions.as_ref().map(|s| s.trust_version.as_str()) != Some(trust.version()) {
-                inputs.sessions = Some(Sessions::new(trust.version(), self.settings.inbound.len())?);
+                inputs.sessions = Some(Sessions::new(
+                    &self.policy,
+                    trust.version(),
+                    self.settings.inbound.len(),
+                )?);
             }
             inputs.sessions.clone()
         } else {
@@ -340,7 +310,7 @@ impl TlsStore {
                 None => Resumption::disabled(),
             };
             if *alpn == ClientAlpn::Http {
-                config.alpn_protocols = super::policy::ALPN_HTTP.iter().map(|p| p.to_vec()).collect();
+                config.alpn_protocols = crypto::alpn(crypto::ALPN_HTTP);
             }
             clients.insert((expected.clone(), *alpn), Arc::new(config));
         }
@@ -357,7 +327,8 @@ impl TlsStore {
 }
 
 impl Credentials for TlsStore {
-    fn set_trust(&self, trust: Trust) -> Result<TrustUpdate, TlsError> {
+    fn set_trust(&self, trust: SignerTrust) -> Result<TrustUpdate, CredentialsError> {
+        let trust = Trust::new(trust)?;
         let mut inputs = self.lock();
         let previous = inputs.trust.replace(Arc::new(trust));
         match self.publish(&mut inputs, false) {
@@ -375,26 +346,29 @@ impl Credentials for TlsStore {
         &self,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
-        trust: Option<Trust>,
-    ) -> Result<Arc<WorkloadIdentity>, TlsError> {
-        let mut inputs = self.lock();
+        trust: Option<SignerTrust>,
+    ) -> Result<Arc<WorkloadIdentity>, CredentialsError> {
+        let trust = trust.map(Trust::new).transpose()?;
+        if chain.is_empty() {
+            return Err(CredentialsError::NoCertificate);
+        }
         let certified = CertifiedKey::from_der(chain, key, &self.provider).map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => {
-                TlsError::Certificate("the private key does not belong to the certificate".into())
-            }
-            other => TlsError::Certificate(format!("the private key is not usable: {other}")),
+            rustls::Error::InconsistentKeys(_) => CredentialsError::KeyMismatch,
+            other => CredentialsError::KeyUnusable(other.to_string()),
         })?;
+        let mut inputs = self.lock();
         let previous_trust = match trust {
             Some(t) => inputs.trust.replace(Arc::new(t)),
             None => inputs.trust.clone(),
         };
         if inputs.trust.is_none() {
-            return Err(TlsError::Trust("no trust roots loaded yet".into()));
+            return Err(CredentialsError::NoTrust);
         }
         let previous_cert = inputs.cert.replace(Arc::new(certified));
         match self.publish(&mut inputs, true) {
             Ok(Some((identity, _))) => Ok(identity),
-            Ok(None) => unreachable_state(),
+            // `publish` returns `None` only without trust or certificate, both set just above.
+            Ok(None) => Err(CredentialsError::NoTrust),
             Err(e) => {
                 inputs.cert = previous_cert;
                 inputs.trust = previous_trust;
@@ -402,9 +376,8 @@ impl Credentials for TlsStore {
             }
         }
     }
-}
 
-/// `publish` returns `None` only without trust or certificate, both set just before.
-fn unreachable_state() -> Result<Arc<WorkloadIdentity>, TlsError> {
-    Err(TlsError::Trust("no trust roots loaded yet".into()))
+    fn identity(&self) -> Option<Arc<WorkloadIdentity>> {
+        self.current.load().as_ref().map(|s| s.identity.clone())
+    }
 }

@@ -5,13 +5,16 @@
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use signet_certs::{
-    DEFAULT_CA_VALIDITY, IssueOptions, Signer, SignerName, SpiffeId, TrustBundle, WorkloadKey, parse_key,
-};
+use signet_certs::{DEFAULT_CA_VALIDITY, IdPattern, IssueOptions, Signer, SignerName, SpiffeId, TrustBundle};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::diagnose::{self, HandshakeError, Reason};
 use super::*;
+use crate::credentials::{Credentials, CredentialsError};
+
+fn allow(pattern: &str) -> IdPattern {
+    pattern.parse().unwrap()
+}
 
 struct Ca {
     foo: Signer,
@@ -38,15 +41,20 @@ fn material(
     Vec<rustls::pki_types::CertificateDer<'static>>,
     rustls::pki_types::PrivateKeyDer<'static>,
 ) {
-    let key = WorkloadKey::generate().unwrap();
-    let issued = signer.sign(&key.request(id, &[]).unwrap().pem, &options).unwrap();
-    (issued.chain, parse_key(key.to_pem().as_bytes(), "test").unwrap())
+    let issued = signer.issue_workload(id, &[], &options).unwrap();
+    (issued.certificate.chain, issued.key.to_der())
 }
 
 /// A store for `own` signer holding a certificate for `who` issued by `issuer`.
-fn store(ca: &Ca, own: &Signer, issuer: &Signer, who: &SpiffeId, settings: TlsSettings) -> Result<TlsStore, TlsError> {
+fn store(
+    ca: &Ca,
+    own: &Signer,
+    issuer: &Signer,
+    who: &SpiffeId,
+    settings: TlsSettings,
+) -> Result<TlsStore, CredentialsError> {
     let store = TlsStore::new(settings);
-    store.set_trust(Trust::from_bundle(&ca.bundle, own.name())?)?;
+    store.set_trust(ca.bundle.trust_for(own.name())?)?;
     let (chain, key) = material(issuer, who, IssueOptions::default());
     store.set_certificate(chain, key, None)?;
     Ok(store)
@@ -68,9 +76,7 @@ fn impostor(ca: &Ca) -> TlsStore {
             .collect(),
     )
     .unwrap();
-    impostor
-        .set_trust(Trust::from_bundle(&both, ca.foo.name()).unwrap())
-        .unwrap();
+    impostor.set_trust(both.trust_for(ca.foo.name()).unwrap()).unwrap();
     let (chain, key) = material(&ca.bar, &id("foo", "curl"), IssueOptions::default());
     impostor.set_certificate(chain, key, None).unwrap();
     impostor
@@ -223,7 +229,7 @@ async fn wrong_identity_and_allow_list_refusals() {
         &ca.foo,
         &ca.foo,
         &id("foo", "httpbin"),
-        server_settings(AllowList::new(vec![id("foo", "curl").to_string()])),
+        server_settings(AllowList::new(vec![allow(id("foo", "curl").as_str())])),
     )
     .unwrap();
     let wrong_expectation = store(
@@ -247,8 +253,8 @@ async fn wrong_identity_and_allow_list_refusals() {
     let (s, c) = handshake(&server, &sleeper, None).await;
     assert_eq!(s.unwrap_err().reason, Reason::NotAllowed);
     assert_eq!(c.unwrap_err().reason, Reason::PeerRejected);
-    assert!(AllowList::new(vec!["spiffe://cluster.local/ns/foo/*".into()]).allows(&id("foo", "x")));
-    assert!(!AllowList::new(vec!["spiffe://cluster.local/ns/foo/*".into()]).allows(&id("bar", "x")));
+    assert!(AllowList::new(vec![allow("spiffe://cluster.local/ns/foo/*")]).allows(&id("foo", "x")));
+    assert!(!AllowList::new(vec![allow("spiffe://cluster.local/ns/foo/*")]).allows(&id("bar", "x")));
 }
 
 #[test]
@@ -306,9 +312,7 @@ fn before_the_first_certificate_there_is_nothing_to_serve() {
     let ca = ca();
     let store = TlsStore::new(server_settings(AllowList::default()));
     assert!(store.current().is_none());
-    store
-        .set_trust(Trust::from_bundle(&ca.bundle, ca.foo.name()).unwrap())
-        .unwrap();
+    store.set_trust(ca.bundle.trust_for(ca.foo.name()).unwrap()).unwrap();
     assert!(store.current().is_none() && !store.is_ready());
 }
 
@@ -326,21 +330,17 @@ fn a_trust_update_reports_whether_the_certificate_still_chains() {
     // Root rotation, step 1: foo's new root joins the old one.
     let new_foo = Signer::create(SignerName::with_default_domain("foo").unwrap(), DEFAULT_CA_VALIDITY).unwrap();
     let both = TrustBundle::from_signers([(ca.foo.name(), ca.foo.roots()), (ca.foo.name(), new_foo.roots())]).unwrap();
-    let update = store
-        .set_trust(Trust::from_bundle(&both, ca.foo.name()).unwrap())
-        .unwrap();
+    let update = store.set_trust(both.trust_for(ca.foo.name()).unwrap()).unwrap();
     assert!(update.certificate_chains);
     assert_eq!(store.identity().unwrap().roots.len(), 2);
     // Step 3 before the leaf was renewed: only the new root remains; the old leaf is stale.
     let only_new = TrustBundle::from_signers([(new_foo.name(), new_foo.roots())]).unwrap();
-    let update = store
-        .set_trust(Trust::from_bundle(&only_new, ca.foo.name()).unwrap())
-        .unwrap();
+    let update = store.set_trust(only_new.trust_for(ca.foo.name()).unwrap()).unwrap();
     assert!(!update.certificate_chains, "the caller must renew");
     // A leaf from the new CA, installed together with the trust, anchors to the new root.
     let (chain, key) = material(&new_foo, &id("foo", "httpbin"), IssueOptions::default());
     let identity = store
-        .set_certificate(chain, key, Some(Trust::from_bundle(&only_new, ca.foo.name()).unwrap()))
+        .set_certificate(chain, key, Some(only_new.trust_for(ca.foo.name()).unwrap()))
         .unwrap();
     assert_eq!(identity.anchor_sha256, signet_certs::sha256_hex(&new_foo.roots()[0]));
 }
@@ -403,9 +403,7 @@ async fn sessions_resume_until_the_trust_changes_on_either_side() {
         (ca.bar.name(), ca.bar.roots()),
     ])
     .unwrap();
-    server
-        .set_trust(Trust::from_bundle(&both, ca.foo.name()).unwrap())
-        .unwrap();
+    server.set_trust(both.trust_for(ca.foo.name()).unwrap()).unwrap();
     assert_eq!(
         handshake_kind(&server, &client).await,
         Full,
@@ -414,9 +412,7 @@ async fn sessions_resume_until_the_trust_changes_on_either_side() {
     assert_eq!(handshake_kind(&server, &client).await, Resumed);
 
     // Root change on the client: it offers no session from before.
-    client
-        .set_trust(Trust::from_bundle(&both, ca.foo.name()).unwrap())
-        .unwrap();
+    client.set_trust(both.trust_for(ca.foo.name()).unwrap()).unwrap();
     assert_eq!(
         handshake_kind(&server, &client).await,
         Full,
@@ -443,7 +439,7 @@ async fn a_session_from_one_listener_is_not_resumed_on_another() {
             },
             InboundTls {
                 alpn: Vec::new(),
-                allow: AllowList::new(vec![id("foo", "curl").to_string()]),
+                allow: AllowList::new(vec![allow(id("foo", "curl").as_str())]),
             },
         ],
         ..Default::default()
@@ -481,7 +477,8 @@ fn trust_domains_in_the_bundle_are_enforced() {
         e.trust_domains = vec!["foo.tenants".into()];
     }
     let bundle = TrustBundle::new(entries).unwrap();
-    let trust = Trust::from_bundle(&bundle, ca.foo.name()).unwrap();
+    let signer_trust = bundle.trust_for(ca.foo.name()).unwrap();
+    let trust = Trust::new(signer_trust.clone()).unwrap();
     assert!(
         trust
             .check_trust_domain(&"spiffe://foo.tenants/ns/a/sa/b".parse().unwrap())
@@ -492,14 +489,17 @@ fn trust_domains_in_the_bundle_are_enforced() {
     // Our own certificate must fit too.
     let store = TlsStore::new(server_settings(AllowList::default()));
     let (chain, key) = material(&ca.foo, &id("foo", "httpbin"), IssueOptions::default());
-    let e = store.set_certificate(chain, key, Some(trust)).unwrap_err().to_string();
+    let e = store
+        .set_certificate(chain, key, Some(signer_trust))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("cluster.local"), "{e}");
 }
 
 #[tokio::test]
 async fn remembered_chains_never_admit_what_a_full_check_refuses() {
     let ca = ca();
-    let mut settings = server_settings(AllowList::new(vec!["spiffe://cluster.local/ns/foo/*".into()]));
+    let mut settings = server_settings(AllowList::new(vec![allow("spiffe://cluster.local/ns/foo/*")]));
     settings.verify_cache = true;
     let server = store(&ca, &ca.foo, &ca.foo, &id("foo", "httpbin"), settings).unwrap();
     let client = store(&ca, &ca.foo, &ca.foo, &id("foo", "curl"), client_settings(None)).unwrap();
@@ -520,9 +520,7 @@ async fn remembered_chains_never_admit_what_a_full_check_refuses() {
         backdate: Duration::ZERO,
     };
     let brief = TlsStore::new(client_settings(None));
-    brief
-        .set_trust(Trust::from_bundle(&ca.bundle, ca.foo.name()).unwrap())
-        .unwrap();
+    brief.set_trust(ca.bundle.trust_for(ca.foo.name()).unwrap()).unwrap();
     let (chain, key) = material(&ca.foo, &id("foo", "brief"), short);
     brief.set_certificate(chain, key, None).unwrap();
     let client_cfg = brief.current().unwrap().client(&None, ClientAlpn::None).unwrap();
@@ -542,4 +540,62 @@ async fn remembered_chains_never_admit_what_a_full_check_refuses() {
         diagnose::classify(&result.err().unwrap(), note, "foo").reason,
         Reason::Expired
     );
+}
+
+#[tokio::test]
+async fn a_peer_from_a_retired_root_of_our_signer_is_named_as_such() {
+    let ca = ca();
+    // Signer foo rotated: same name (and so the same subject), a new key; the old root is gone.
+    let new_foo = Signer::create(SignerName::with_default_domain("foo").unwrap(), DEFAULT_CA_VALIDITY).unwrap();
+    let rotated =
+        TrustBundle::from_signers([(new_foo.name(), new_foo.roots()), (ca.bar.name(), ca.bar.roots())]).unwrap();
+    let server = TlsStore::new(server_settings(AllowList::default()));
+    let (chain, key) = material(&new_foo, &id("foo", "httpbin"), IssueOptions::default());
+    server
+        .set_certificate(chain, key, Some(rotated.trust_for(new_foo.name()).unwrap()))
+        .unwrap();
+    // A client still holding a leaf from the retired root (it trusts both, so it accepts us).
+    let both = TrustBundle::from_signers([(ca.foo.name(), ca.foo.roots()), (ca.foo.name(), new_foo.roots())]).unwrap();
+    let client = TlsStore::new(client_settings(None));
+    let (chain, key) = material(&ca.foo, &id("foo", "curl"), IssueOptions::default());
+    client
+        .set_certificate(chain, key, Some(both.trust_for(ca.foo.name()).unwrap()))
+        .unwrap();
+    let (s, _) = handshake(&server, &client, None).await;
+    let s = s.unwrap_err();
+    assert_eq!(s.reason, Reason::RetiredRoot, "{}", s.detail);
+    assert!(s.detail.contains("a root retired by a rotation"), "{}", s.detail);
+    assert!(!s.detail.contains("Signature"), "no library names: {}", s.detail);
+    // Our own certificate from the retired root is refused with the same explanation.
+    let (chain, key) = material(&ca.foo, &id("foo", "httpbin"), IssueOptions::default());
+    let e = server.set_certificate(chain, key, None).unwrap_err();
+    assert!(matches!(e, CredentialsError::RetiredRoot { .. }), "{e}");
+}
+
+#[test]
+fn a_certificate_without_client_auth_is_refused_in_words() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name.push(DnType::CommonName, "server-only CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params
+        .subject_alt_names
+        .push(SanType::URI(id("foo", "httpbin").as_str().try_into().unwrap()));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    let signer = SignerName::with_default_domain("foo").unwrap();
+    let trust = signet_certs::SignerTrust::from_roots(signer, vec![ca_cert.der().clone()]);
+    let store = TlsStore::new(server_settings(AllowList::default()));
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let e = store
+        .set_certificate(vec![leaf.der().clone()], der, Some(trust))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lacks the clientAuth extended key usage"), "{e}");
+    assert!(e.contains("needs both") && !e.contains("Context"), "{e}");
 }

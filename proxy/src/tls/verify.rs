@@ -11,60 +11,59 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
-use signet_certs::{CertInfo, SignerName, SpiffeId, TrustBundle};
+use signet_certs::{Anchors, CertInfo, IdPattern, SignerName, SignerTrust, SpiffeId};
 
-use super::TlsError;
 use super::chain_cache::{self, VerifiedChains};
 use super::diagnose::{self, HandshakeError, Reason};
+use crate::credentials::CredentialsError;
 
-/// What one sidecar trusts: its own signer's roots, plus every other signer's roots for naming.
+/// What one sidecar trusts, ready for verification: its own signer's roots as a root store,
+/// plus every other signer's roots as anchors, kept only to name a refused peer's signer.
 #[derive(Debug)]
 pub struct Trust {
     signer: SignerName,
     roots: Arc<RootCertStore>,
     root_certs: Vec<CertificateDer<'static>>,
-    others: Vec<(SignerName, Vec<TrustAnchor<'static>>)>,
+    /// Subjects of our own roots, to recognise a chain from a retired root of our signer.
+    root_subjects: Vec<String>,
+    others: Vec<(SignerName, Anchors)>,
     version: String,
     /// The bundle's `trustDomains` for this signer; `None` when an entry leaves them open.
     trust_domains: Option<Vec<String>>,
 }
 
 impl Trust {
-    /// Trust `signer`'s roots from `bundle`; the bundle's other signers are known by name only.
-    pub fn from_bundle(bundle: &TrustBundle, signer: &SignerName) -> Result<Self, TlsError> {
-        let own = bundle.roots_for(signer);
-        if own.is_empty() {
-            let names: Vec<&str> = bundle.signers().iter().map(|s| s.as_str()).collect();
-            return Err(TlsError::Trust(format!(
-                "the trust bundle has no roots for signer {signer} (it names {}); add an entry with certSigners: [{signer}]",
-                names.join(", ")
-            )));
+    pub fn new(trust: SignerTrust) -> Result<Self, CredentialsError> {
+        let mut roots = RootCertStore::empty();
+        for (i, root) in trust.roots.iter().enumerate() {
+            roots.add(root.clone()).map_err(|e| CredentialsError::BadRoot {
+                signer: trust.signer.clone(),
+                index: i + 1,
+                detail: e.to_string(),
+            })?;
         }
-        let mut others = Vec::new();
-        for name in bundle.signers() {
-            if name == signer {
-                continue;
-            }
-            let anchors = bundle
-                .roots_for(name)
+        let root_subjects = trust
+            .roots
+            .iter()
+            .filter_map(|r| CertInfo::parse(r).ok().map(|i| i.subject))
+            .collect();
+        Ok(Trust {
+            roots: Arc::new(roots),
+            root_subjects,
+            others: trust
+                .others
                 .iter()
-                .filter_map(|der| webpki::anchor_from_trusted_cert(der).ok().map(|a| a.to_owned()))
-                .collect();
-            others.push((name.clone(), anchors));
-        }
-        let entries: Vec<_> = bundle.entries().iter().filter(|e| e.signers.contains(signer)).collect();
-        let trust_domains = if entries.iter().all(|e| !e.trust_domains.is_empty()) {
-            Some(entries.iter().flat_map(|e| e.trust_domains.iter().cloned()).collect())
-        } else {
-            None
-        };
-        let mut trust = Self::build(signer.clone(), own, others, bundle.version())?;
-        trust.trust_domains = trust_domains;
-        Ok(trust)
+                .map(|(name, roots)| (name.clone(), Anchors::new(roots)))
+                .collect(),
+            signer: trust.signer,
+            root_certs: trust.roots,
+            version: trust.version,
+            trust_domains: trust.trust_domains,
+        })
     }
 
     /// Refuses a peer whose trust domain is not among the signer's `trustDomains` (if set).
@@ -83,33 +82,8 @@ impl Trust {
         }
     }
 
-    /// Trust exactly `roots` for `signer`, with no other signer known (no bundle configured).
-    pub fn from_roots(signer: SignerName, roots: Vec<CertificateDer<'static>>) -> Result<Self, TlsError> {
-        let version =
-            signet_certs::sha256_hex(&roots.iter().flat_map(|r| r.to_vec()).collect::<Vec<u8>>())[..16].to_string();
-        Self::build(signer, roots, Vec::new(), version)
-    }
-
-    fn build(
-        signer: SignerName,
-        root_certs: Vec<CertificateDer<'static>>,
-        others: Vec<(SignerName, Vec<TrustAnchor<'static>>)>,
-        version: String,
-    ) -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for (i, root) in root_certs.iter().enumerate() {
-            roots
-                .add(root.clone())
-                .map_err(|e| TlsError::Trust(format!("root #{} of signer {signer} is unusable: {e}", i + 1)))?;
-        }
-        Ok(Trust {
-            signer,
-            roots: Arc::new(roots),
-            root_certs,
-            others,
-            version,
-            trust_domains: None,
-        })
+    pub(crate) fn trust_domains(&self) -> Option<&[String]> {
+        self.trust_domains.as_deref()
     }
 
     pub fn signer(&self) -> &SignerName {
@@ -129,84 +103,83 @@ impl Trust {
         &self.version
     }
 
-    /// The other signer whose roots `end_entity` chains to, if any.
-    pub(crate) fn anchored_signer(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        usage: webpki::KeyUsage,
-        algs: &WebPkiSupportedAlgorithms,
-    ) -> Option<&SignerName> {
-        let ee = webpki::EndEntityCert::try_from(end_entity).ok()?;
-        // webpki checks the leaf's own validity before it looks for issuers, so an expired leaf
-        // would fail the same way against every signer. Check the chain at a moment the leaf
-        // was valid: the question here is only whose roots it chains to.
-        let not_before = CertInfo::parse(end_entity).ok()?.not_before;
-        let at = not_before.duration_since(std::time::UNIX_EPOCH).ok()? + std::time::Duration::from_secs(1);
-        let at = UnixTime::since_unix_epoch(at);
-        self.others.iter().find_map(|(name, anchors)| {
-            ee.verify_for_usage(algs.all, anchors, intermediates, at, usage, None, None)
-                .ok()
-                .map(|_| name)
-        })
+    /// The other signer whose roots `chain` (leaf first) was issued under, if any.
+    pub(crate) fn anchored_signer(&self, chain: &[CertificateDer<'_>]) -> Option<&SignerName> {
+        self.others.iter().find(|(_, a)| a.issued(chain)).map(|(name, _)| name)
+    }
+
+    /// True when the top of `chain` names one of our roots as its issuer but is not signed by
+    /// it: a chain from a root of our signer that has since been rotated out of the bundle.
+    pub(crate) fn issued_by_retired_root(&self, chain: &[CertificateDer<'_>]) -> bool {
+        chain
+            .last()
+            .and_then(|top| CertInfo::parse(top).ok())
+            .is_some_and(|top| self.root_subjects.contains(&top.issuer) && !top.is_self_signed())
     }
 
     /// Records why `end_entity` failed verification with `err`, naming the signers involved.
-    fn explain(
-        &self,
-        err: &rustls::Error,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        usage: webpki::KeyUsage,
-        algs: &WebPkiSupportedAlgorithms,
-    ) {
+    fn explain(&self, err: &rustls::Error, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) {
         let info = CertInfo::parse(end_entity).ok();
         let who = info
             .as_ref()
             .and_then(|i| i.uris.first().cloned())
             .map(|u| format!("peer {u}"))
             .unwrap_or_else(|| "the peer".to_string());
-        let note = match err {
-            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                let detail = match self.anchored_signer(end_entity, intermediates, usage, algs) {
-                    Some(theirs) => format!(
-                        "{who} presents a certificate from signer {theirs}, but this proxy trusts only signer {} (roots of {theirs} are not accepted here)",
-                        self.signer
-                    ),
-                    None => format!(
-                        "{who} presents a certificate issued by \"{}\", which chains to no signer in the trust bundle; this proxy trusts only signer {}",
-                        info.map(|i| i.issuer).unwrap_or_default(),
-                        self.signer
-                    ),
-                };
-                HandshakeError::new(Reason::UnknownSigner, detail)
-            }
-            other => {
-                let mut e = diagnose::from_rustls(other, self.signer.as_str());
-                e.detail = format!("{who}: {}", e.detail);
-                e
-            }
+        let chain: Vec<CertificateDer<'_>> = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| CertificateDer::from(c.as_ref()))
+            .collect();
+        let unknown_issuer = matches!(
+            err,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature)
+        );
+        let note = if unknown_issuer && let Some(theirs) = self.anchored_signer(&chain) {
+            HandshakeError::new(
+                Reason::UnknownSigner,
+                format!(
+                    "{who} presents a certificate from signer {theirs}, but this proxy trusts only signer {} (roots of {theirs} are not accepted here)",
+                    self.signer
+                ),
+            )
+        } else if unknown_issuer && self.issued_by_retired_root(&chain) {
+            HandshakeError::new(
+                Reason::RetiredRoot,
+                format!(
+                    "{who} presents a certificate issued under a root of signer {} that this proxy no longer trusts (its issuer has the name of the signer's root but not its key: a root retired by a rotation); the peer must renew its certificate from the signer's current root",
+                    self.signer
+                ),
+            )
+        } else if unknown_issuer {
+            HandshakeError::new(
+                Reason::UnknownSigner,
+                format!(
+                    "{who} presents a certificate issued by \"{}\", which chains to no signer in the trust bundle; this proxy trusts only signer {}",
+                    info.map(|i| i.issuer).unwrap_or_default(),
+                    self.signer
+                ),
+            )
+        } else {
+            let mut e = diagnose::from_rustls(err, self.signer.as_str());
+            e.detail = format!("{who}: {}", e.detail);
+            e
         };
         diagnose::note(note);
     }
 }
 
 /// Inbound allow-list of peer SPIFFE IDs; an entry ending in `/*` matches every ID below that
-/// path (`spiffe://td/ns/foo/*` matches `.../ns/foo/sa/x`, not `.../ns/foobar/...`).
+/// path (`spiffe://td/ns/foo/*` matches `.../ns/foo/sa/x`, not `.../ns/foobar/...`). Empty: any
+/// identity of the own signer.
 #[derive(Clone, Debug, Default)]
-pub struct AllowList(Vec<String>);
+pub struct AllowList(Vec<IdPattern>);
 
 impl AllowList {
-    pub fn new(entries: Vec<String>) -> Self {
+    pub fn new(entries: Vec<IdPattern>) -> Self {
         AllowList(entries)
     }
 
     pub fn allows(&self, id: &SpiffeId) -> bool {
-        self.0.is_empty()
-            || self.0.iter().any(|entry| match entry.strip_suffix('*') {
-                Some(prefix) => id.as_str().starts_with(prefix),
-                None => entry == id.as_str(),
-            })
+        self.0.is_empty() || self.0.iter().any(|p| p.matches(id))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -260,13 +233,7 @@ impl PeerServerVerifier {
             now,
             self.algs.all,
         ) {
-            self.trust.explain(
-                &e,
-                end_entity,
-                intermediates,
-                webpki::KeyUsage::server_auth(),
-                &self.algs,
-            );
+            self.trust.explain(&e, end_entity, intermediates);
             return Err(e);
         }
         let id = peer_id(end_entity)
@@ -334,7 +301,6 @@ pub struct PeerClientVerifier {
     trust: Arc<Trust>,
     inner: Arc<dyn ClientCertVerifier>,
     allow: AllowList,
-    algs: WebPkiSupportedAlgorithms,
     cache: Option<VerifiedChains>,
 }
 
@@ -344,20 +310,18 @@ impl PeerClientVerifier {
         allow: AllowList,
         provider: &Arc<rustls::crypto::CryptoProvider>,
         cache: bool,
-    ) -> Result<Self, TlsError> {
+    ) -> Result<Self, CredentialsError> {
         let inner = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider.clone())
             .build()
-            .map_err(|e| {
-                TlsError::Trust(format!(
-                    "cannot verify clients with signer {}'s roots: {e}",
-                    trust.signer
-                ))
+            .map_err(|e| CredentialsError::BadRoot {
+                signer: trust.signer.clone(),
+                index: 0,
+                detail: format!("cannot verify clients with these roots: {e}"),
             })?;
         Ok(PeerClientVerifier {
             trust,
             inner,
             allow,
-            algs: provider.signature_verification_algorithms,
             cache: cache.then(VerifiedChains::default),
         })
     }
@@ -370,13 +334,7 @@ impl PeerClientVerifier {
         now: UnixTime,
     ) -> Result<SpiffeId, rustls::Error> {
         if let Err(e) = self.inner.verify_client_cert(end_entity, intermediates, now) {
-            self.trust.explain(
-                &e,
-                end_entity,
-                intermediates,
-                webpki::KeyUsage::client_auth(),
-                &self.algs,
-            );
+            self.trust.explain(&e, end_entity, intermediates);
             return Err(e);
         }
         let id = peer_id(end_entity)
@@ -441,36 +399,6 @@ impl ClientCertVerifier for PeerClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
-    }
-}
-
-/// The signer in `bundle` whose roots `chain` (leaf first) anchors to, if exactly one does.
-pub fn signer_of_chain(
-    bundle: &TrustBundle,
-    chain: &[CertificateDer<'_>],
-    algs: &WebPkiSupportedAlgorithms,
-) -> Option<SignerName> {
-    let ee = webpki::EndEntityCert::try_from(chain.first()?).ok()?;
-    let mut found = bundle.signers().into_iter().filter(|s| {
-        let anchors: Vec<TrustAnchor<'_>> = bundle
-            .roots_for(s)
-            .iter()
-            .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok().map(|a| a.to_owned()))
-            .collect();
-        ee.verify_for_usage(
-            algs.all,
-            &anchors,
-            &chain[1..],
-            UnixTime::now(),
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .is_ok()
-    });
-    match (found.next(), found.next()) {
-        (Some(one), None) => Some(one.clone()),
-        _ => None,
     }
 }
 

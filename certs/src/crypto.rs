@@ -1,25 +1,79 @@
-//! The one place that decides Signet's crypto: provider, protocol versions, cipher suites,
-//! key-exchange groups and ALPN. Everything that builds a rustls config asks this module, and
-//! the tests below pin the choices so that a dependency upgrade cannot silently change them.
+//! The crypto policy: the one place that decides Signet's crypto (provider, protocol versions,
+//! cipher suites, key-exchange groups, signature algorithms, ticket keys, ALPN). Every TLS user
+//! takes its builders from here: the sidecar, the authority, the authority's gRPC client and the
+//! bench tools. The tests below pin the choices, so that a dependency upgrade cannot silently
+//! change them.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
-use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
-use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
+use rustls::crypto::{CryptoProvider, SupportedKxGroup, WebPkiSupportedAlgorithms, aws_lc_rs};
+use rustls::server::ProducesTickets;
+use rustls::{
+    ClientConfig, ConfigBuilder, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion, WantsVerifier,
+};
+
+/// A word from a fixed set that was not one of them, e.g. `--tls-min-version 1.1`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a valid {what}; use {choices}")]
+pub struct UnknownChoice {
+    pub what: &'static str,
+    pub input: String,
+    pub choices: &'static str,
+}
+
+/// Implements `Deserialize` through the type's `FromStr`, so a value is parsed by one function
+/// whether it comes from a flag or from YAML.
+#[macro_export]
+macro_rules! deserialize_from_str {
+    ($t:ty) => {
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
 
 /// Which protocol versions a sidecar speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MinVersion {
     /// TLS 1.3 only (the default).
     #[default]
-    #[serde(rename = "1.3")]
     Tls13,
     /// TLS 1.3 and 1.2, the latter only with ECDHE key exchange and AEAD ciphers.
-    #[serde(rename = "1.2")]
     Tls12,
 }
 
-/// The crypto policy of one sidecar.
+impl FromStr for MinVersion {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
+        match s.trim() {
+            "1.3" => Ok(MinVersion::Tls13),
+            "1.2" => Ok(MinVersion::Tls12),
+            other => Err(UnknownChoice {
+                what: "minimum TLS version",
+                input: other.to_string(),
+                choices: "1.3 (the default) or 1.2",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for MinVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MinVersion::Tls13 => "1.3",
+            MinVersion::Tls12 => "1.2",
+        })
+    }
+}
+
+deserialize_from_str!(MinVersion);
+
+/// The crypto policy of one TLS user.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CryptoPolicy {
     pub min_version: MinVersion,
@@ -59,6 +113,14 @@ static TLS13_AND_12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &
 /// over one pooled connection) and for clients such as curl.
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
 
+/// ALPN of the authority's gRPC API.
+pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];
+
+/// ALPN protocols as rustls configs hold them.
+pub fn alpn(protocols: &[&[u8]]) -> Vec<Vec<u8>> {
+    protocols.iter().map(|p| p.to_vec()).collect()
+}
+
 impl CryptoPolicy {
     /// The aws-lc-rs provider restricted to this policy. Passed explicitly to every builder:
     /// Signet never relies on a process-wide default provider.
@@ -79,6 +141,26 @@ impl CryptoPolicy {
             MinVersion::Tls13 => TLS13_ONLY,
             MinVersion::Tls12 => TLS13_AND_12,
         }
+    }
+
+    /// The signature algorithms peers' certificates and handshake signatures are checked with.
+    pub fn signature_algorithms(&self) -> WebPkiSupportedAlgorithms {
+        self.provider().signature_verification_algorithms
+    }
+
+    /// A server config builder with this policy's provider and versions.
+    pub fn server_builder(&self) -> Result<ConfigBuilder<ServerConfig, WantsVerifier>, rustls::Error> {
+        ServerConfig::builder_with_provider(self.provider()).with_protocol_versions(self.versions())
+    }
+
+    /// A client config builder with this policy's provider and versions.
+    pub fn client_builder(&self) -> Result<ConfigBuilder<ClientConfig, WantsVerifier>, rustls::Error> {
+        ClientConfig::builder_with_provider(self.provider()).with_protocol_versions(self.versions())
+    }
+
+    /// A fresh set of TLS 1.3 ticket keys (rotated by rustls every 6 hours).
+    pub fn ticketer(&self) -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
+        aws_lc_rs::Ticketer::new()
     }
 }
 
@@ -144,6 +226,19 @@ mod tests {
         let p = CryptoPolicy::default().provider();
         let schemes = p.signature_verification_algorithms.supported_schemes();
         assert!(schemes.contains(&rustls::SignatureScheme::ECDSA_NISTP256_SHA256));
-        assert!(!schemes.is_empty());
+        assert_eq!(
+            schemes,
+            CryptoPolicy::default().signature_algorithms().supported_schemes()
+        );
+    }
+
+    #[test]
+    fn versions_parse_once_from_flags_and_yaml() {
+        assert_eq!("1.2".parse::<MinVersion>().unwrap(), MinVersion::Tls12);
+        let e = "1.1".parse::<MinVersion>().unwrap_err().to_string();
+        assert!(e.contains("\"1.1\"") && e.contains("1.3 (the default) or 1.2"), "{e}");
+        let v: MinVersion = serde_yaml_ng::from_str("\"1.3\"").unwrap();
+        assert_eq!(v, MinVersion::Tls13);
+        assert!(serde_yaml_ng::from_str::<MinVersion>("\"TLS1\"").is_err());
     }
 }

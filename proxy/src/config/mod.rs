@@ -1,0 +1,417 @@
+//! Sidecar configuration, one way from flags to a running sidecar: the CLI turns its flags into a
+//! [`ConfigFile`] layer (the same type a YAML file deserializes into), [`ConfigFile::overlay`]
+//! lays it over the file's layer in one step, and [`ConfigFile::resolve`] checks everything and
+//! produces the typed [`Config`] the components receive. Every enum and duration is parsed once,
+//! by its `FromStr`, whether it arrives as a flag or as YAML. Nothing here reads the environment.
+//!
+//! Errors name settings by their YAML path ([`Setting`]); the CLI renders them with its flag
+//! names through [`ConfigError::describe`].
+
+mod layer;
+mod resolve;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use signet_certs::{CryptoPolicy, SignerName, SpiffeId, UnknownChoice, deserialize_from_str};
+
+pub use layer::{
+    AuthorityFile, ConfigFile, IdentityFile, InboundFile, OutboundFile, ServiceFile, TcpRouteFile, TimeoutsFile,
+    TlsFile,
+};
+
+use crate::services::{ServiceError, ServiceTable};
+use crate::tls::AllowList;
+
+/// Files are hashed this often at most.
+pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(50);
+/// How often watched files are checked by default (SIGHUP: at once).
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// Istio's `SECRET_GRACE_PERIOD_RATIO`: renew at half of the certificate's life.
+pub const DEFAULT_RENEW_AT: f64 = 0.5;
+
+/// L4 or L7 handling of an inbound listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// Bytes are copied both ways after the handshake.
+    #[default]
+    Tcp,
+    /// HTTP/1.1 or h2 (by ALPN) is terminated, `x-forwarded-client-cert` added, and requests
+    /// forwarded to the app over a pooled connection.
+    Http,
+}
+
+impl FromStr for Protocol {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
+        match s.trim() {
+            "tcp" => Ok(Protocol::Tcp),
+            "http" => Ok(Protocol::Http),
+            other => Err(UnknownChoice {
+                what: "protocol",
+                input: other.to_string(),
+                choices: "tcp or http",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+        })
+    }
+}
+
+deserialize_from_str!(Protocol);
+
+/// How the inbound side sets `x-forwarded-client-cert` (Envoy's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XfccMode {
+    /// Replace whatever the client sent with the verified peer's element (default: a client
+    /// cannot smuggle in an identity).
+    #[default]
+    SanitizeSet,
+    /// Keep the client's header and append the verified element (Envoy's sidecar default).
+    AppendForward,
+}
+
+impl FromStr for XfccMode {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
+        match s.trim().to_ascii_uppercase().replace('-', "_").as_str() {
+            "SANITIZE_SET" => Ok(XfccMode::SanitizeSet),
+            "APPEND_FORWARD" => Ok(XfccMode::AppendForward),
+            _ => Err(UnknownChoice {
+                what: "x-forwarded-client-cert mode",
+                input: s.to_string(),
+                choices: "SANITIZE_SET (the default) or APPEND_FORWARD",
+            }),
+        }
+    }
+}
+
+deserialize_from_str!(XfccMode);
+
+// === settings and errors ===
+
+/// One setting, named by its YAML path. Errors carry these so the CLI can add its flag names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Setting {
+    /// A config file as a whole (its path).
+    File(PathBuf),
+    Signer,
+    SignerDomain,
+    CertDir,
+    Cert,
+    Key,
+    Ca,
+    TrustBundle,
+    AuthorityAddress,
+    AuthorityCa,
+    AuthorityServerName,
+    TokenFile,
+    SpiffeId,
+    Dns,
+    Ttl,
+    RenewAt,
+    Inbound(usize),
+    InboundListen(usize),
+    InboundApp(usize),
+    InboundAllow(usize),
+    OutboundHttp,
+    OutboundTcp(usize),
+    Service(String),
+    Admin,
+    Timeout(&'static str),
+    Xfcc,
+    TlsMinVersion,
+    WatchInterval,
+}
+
+impl Setting {
+    /// The YAML path, e.g. `identity.authority.tokenFile` or `inbound[0].listen`.
+    pub fn yaml(&self) -> String {
+        match self {
+            Setting::File(path) => path.display().to_string(),
+            Setting::Signer => "signer".into(),
+            Setting::SignerDomain => "signerDomain".into(),
+            Setting::CertDir => "identity.certDir".into(),
+            Setting::Cert => "identity.cert".into(),
+            Setting::Key => "identity.key".into(),
+            Setting::Ca => "identity.ca".into(),
+            Setting::TrustBundle => "trustBundle".into(),
+            Setting::AuthorityAddress => "identity.authority.address".into(),
+            Setting::AuthorityCa => "identity.authority.ca".into(),
+            Setting::AuthorityServerName => "identity.authority.serverName".into(),
+            Setting::TokenFile => "identity.authority.tokenFile".into(),
+            Setting::SpiffeId => "identity.spiffeId".into(),
+            Setting::Dns => "identity.dns".into(),
+            Setting::Ttl => "identity.ttl".into(),
+            Setting::RenewAt => "identity.renewAt".into(),
+            Setting::Inbound(i) => format!("inbound[{i}]"),
+            Setting::InboundListen(i) => format!("inbound[{i}].listen"),
+            Setting::InboundApp(i) => format!("inbound[{i}].app"),
+            Setting::InboundAllow(i) => format!("inbound[{i}].allow"),
+            Setting::OutboundHttp => "outbound.http".into(),
+            Setting::OutboundTcp(i) => format!("outbound.tcp[{i}]"),
+            Setting::Service(name) => format!("services[{name}]"),
+            Setting::Admin => "admin".into(),
+            Setting::Timeout(which) => format!("timeouts.{which}"),
+            Setting::Xfcc => "xfcc".into(),
+            Setting::TlsMinVersion => "tls.minVersion".into(),
+            Setting::WatchInterval => "watchInterval".into(),
+        }
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.yaml())
+    }
+}
+
+/// A configuration problem, reported in one line: which setting, what is wrong, how to fix it.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub at: Setting,
+    pub problem: ConfigProblem,
+}
+
+/// What is wrong with a setting. Hints that name other settings hold them as [`Setting`]s.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigProblem {
+    Read(std::io::Error),
+    Yaml(signet_certs::YamlError),
+    Value(signet_certs::Error),
+    NotAnAddress(String),
+    Service(ServiceError),
+    RenewAtRange(f64),
+    WatchIntervalTooShort,
+    Empty { expected: &'static str },
+    BothIdentitySources,
+    ProvisioningOnly,
+    FilesOnly,
+    NeedsAuthorityAddress,
+    NoSpiffeId,
+    NoAuthorityCa,
+    NoCertificate,
+    NoKey,
+    NoRoots,
+    NoSigner,
+    NoListeners,
+    UnknownService(String),
+}
+
+impl ConfigError {
+    pub fn new(at: Setting, problem: ConfigProblem) -> Self {
+        ConfigError { at, problem }
+    }
+
+    /// The message with every setting named by `name` (the CLI adds flag names this way).
+    pub fn describe(&self, name: &dyn Fn(&Setting) -> String) -> String {
+        format!("{}: {}", name(&self.at), self.problem.describe(name))
+    }
+}
+
+impl ConfigProblem {
+    pub fn describe(&self, name: &dyn Fn(&Setting) -> String) -> String {
+        use ConfigProblem as P;
+        use Setting as S;
+        match self {
+            P::Read(e) => format!("cannot read the config file: {e}"),
+            P::Yaml(e) => format!("invalid config: {e}"),
+            P::Value(e) => e.to_string(),
+            P::NotAnAddress(text) => format!("{text:?} is not an IP:port address (e.g. 127.0.0.1:15006)"),
+            P::Service(e) => e.to_string(),
+            P::RenewAtRange(v) => format!("{v} must be between 0 and 1 (e.g. 0.5: renew at half-life)"),
+            P::WatchIntervalTooShort => {
+                format!("must be at least {}", signet_certs::format_duration(MIN_WATCH_INTERVAL))
+            }
+            P::Empty { expected } => format!("is empty; give {expected}"),
+            P::BothIdentitySources => format!(
+                "give either an authority ({}) or certificate files ({}, or {} and {}), not both",
+                name(&S::AuthorityAddress),
+                name(&S::CertDir),
+                name(&S::Cert),
+                name(&S::Key)
+            ),
+            P::ProvisioningOnly => format!(
+                "{}, {}, {} and {} apply to provisioning by an authority ({}); with certificate files the identity is the certificate's",
+                name(&S::SpiffeId),
+                name(&S::Dns),
+                name(&S::Ttl),
+                name(&S::RenewAt),
+                name(&S::AuthorityAddress)
+            ),
+            P::FilesOnly => format!(
+                "applies to certificate files; a certificate provisioned by the authority ({}) comes with its signer's roots",
+                name(&S::AuthorityAddress)
+            ),
+            P::NeedsAuthorityAddress => format!(
+                "goes with an authority to provision from; give its address too ({})",
+                name(&S::AuthorityAddress)
+            ),
+            P::NoSpiffeId => {
+                "provisioning needs the identity to request, e.g. spiffe://cluster.local/ns/foo/sa/httpbin".into()
+            }
+            P::NoAuthorityCa => {
+                "provisioning needs the root(s) of the authority's certificate, e.g. signers/istio-system/ca.crt".into()
+            }
+            P::NoCertificate => format!(
+                "no certificate given; set {} (a directory with tls.crt, tls.key, ca.crt), {} and {}, or {} to provision one",
+                name(&S::CertDir),
+                name(&S::Cert),
+                name(&S::Key),
+                name(&S::AuthorityAddress)
+            ),
+            P::NoKey => format!("no private key given; set {} or {}", name(&S::CertDir), name(&S::Key)),
+            P::NoRoots => format!(
+                "no roots to trust; set {} (caCertificates YAML, as `signet bundle` writes it) or {}",
+                name(&S::TrustBundle),
+                name(&S::Ca)
+            ),
+            P::NoSigner => format!(
+                "no signer given; set {} (or ISTIO_META_CERT_SIGNER), or give {} so it can be read off the certificate",
+                name(&S::Signer),
+                name(&S::TrustBundle)
+            ),
+            P::NoListeners => format!(
+                "nothing to do: give at least one inbound listener ({}), an outbound HTTP proxy ({}) or an outbound TCP tunnel ({})",
+                name(&S::Inbound(0)),
+                name(&S::OutboundHttp),
+                name(&S::OutboundTcp(0))
+            ),
+            P::UnknownService(service) => format!(
+                "service {service} is not in the service table; add it ({}) with its address and identity",
+                name(&S::Service(service.clone()))
+            ),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe(&|s| s.yaml()))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// === the typed configuration ===
+
+/// Where the workload certificate comes from.
+#[derive(Clone, Debug)]
+pub enum IdentitySource {
+    /// Files, reloaded when they change and on SIGHUP.
+    Files(IdentityFiles),
+    /// A key and CSR made here, signed by the authority; renewed before expiry.
+    Provisioned(Provisioning),
+}
+
+#[derive(Clone, Debug)]
+pub struct IdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Provisioning {
+    pub authority: AuthorityEndpoint,
+    pub id: SpiffeId,
+    pub dns: Vec<String>,
+    pub ttl: Option<Duration>,
+    /// Fraction of the lifetime after which to renew.
+    pub renew_at: f64,
+}
+
+/// How to reach the authority: the one model of it, from flags and files alike.
+#[derive(Clone, Debug)]
+pub struct AuthorityEndpoint {
+    /// `host:port` (Istio: istiod's 15012).
+    pub address: String,
+    /// Root(s) of the authority's own certificate.
+    pub ca: PathBuf,
+    /// The DNS name in the authority's certificate.
+    pub server_name: String,
+    /// The workload's bearer token, re-read on every request.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct InboundConfig {
+    pub listen: SocketAddr,
+    /// The local app, `host:port`.
+    pub app: String,
+    pub protocol: Protocol,
+    pub allow: AllowList,
+}
+
+#[derive(Clone, Debug)]
+pub struct TcpRoute {
+    pub listen: SocketAddr,
+    /// A service table key.
+    pub service: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// A TLS handshake must finish within this (inbound and outbound).
+    pub handshake: Duration,
+    /// TCP connect to a peer sidecar or the local app.
+    pub connect: Duration,
+    /// How long shutdown waits for open connections.
+    pub drain: Duration,
+    /// Pooled upstream connections idle longer than this are closed.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(10),
+            connect: Duration::from_secs(5),
+            drain: Duration::from_secs(5),
+            idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// TLS settings beyond the certificate: the crypto policy and the two handshake shortcuts.
+#[derive(Clone, Copy, Debug)]
+pub struct TlsConfig {
+    pub policy: CryptoPolicy,
+    /// TLS 1.3 session resumption, bound to the trust version.
+    pub resumption: bool,
+    /// Remember verified peer chains per trust version.
+    pub verify_cache: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This workload's signer; `None` means: read it off the certificate via the bundle.
+    pub signer: Option<SignerName>,
+    pub signer_domain: String,
+    pub identity: IdentitySource,
+    pub watch_interval: Duration,
+    pub trust_bundle: Option<PathBuf>,
+    pub inbound: Vec<InboundConfig>,
+    pub outbound_http: Option<SocketAddr>,
+    pub outbound_tcp: Vec<TcpRoute>,
+    pub services: ServiceTable,
+    pub admin: Option<SocketAddr>,
+    pub timeouts: Timeouts,
+    pub xfcc: XfccMode,
+    pub tls: TlsConfig,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+//! When to renew and how long to back off: pure functions of the certificate's validity, the
+//! clock and a jitter value in [-1, 1), so they can be tested exactly.
+
+use std::time::{Duration, SystemTime};
+
+/// The first retry after a failed request.
+pub(crate) const BACKOFF_START: Duration = Duration::from_millis(500);
+/// Retries never wait longer than this (Istio's agent: 150 s).
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(150);
+/// Backoff waits vary by this fraction either way, so sidecars restarted together spread out.
+const BACKOFF_JITTER: f64 = 0.2;
+/// Renewal times vary by this fraction of the lifetime either way.
+const RENEWAL_JITTER: f64 = 0.01;
+/// Renewal never comes sooner than this, whatever the certificate says.
+const MIN_RENEWAL_DELAY: Duration = Duration::from_secs(1);
+
+/// A uniformly distributed number in [-1, 1), from std's per-process random hash keys.
+pub(crate) fn jitter_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64,
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+}
+
+/// The wait after the `failures`-th failure in a row: 0.5 s doubling up to 150 s, ±20 %.
+pub(crate) fn backoff(failures: u32, jitter: f64) -> Duration {
+    let base = BACKOFF_START
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    base.mul_f64(1.0 + BACKOFF_JITTER * jitter)
+}
+
+/// How long from `now` until renewal: `renew_at` of the way from notBefore to notAfter, ±1 % of
+/// the lifetime, but never sooner than 1 s and 5 % of the remaining life from now (a signer that
+/// backdates notBefore, or skewed clocks, must not turn renewal into a tight loop). The flag
+/// says the floor applied.
+pub(crate) fn renewal_delay(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    now: SystemTime,
+    renew_at: f64,
+    jitter: f64,
+) -> (Duration, bool) {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    let fraction = (renew_at + RENEWAL_JITTER * jitter).clamp(0.05, 0.95);
+    let remaining = not_after.duration_since(now).unwrap_or_default();
+    let planned = (not_before + life.mul_f64(fraction))
+        .duration_since(now)
+        .unwrap_or_default()
+        .min(remaining);
+    let floor = remaining.mul_f64(0.05).max(MIN_RENEWAL_DELAY);
+    if planned < floor {
+        (floor, true)
+    } else {
+        (planned, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_to_the_cap() {
+        let waits: Vec<f64> = (1..=10).map(|n| backoff(n, 0.0).as_secs_f64()).collect();
+        assert_eq!(waits, vec![0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 150.0]);
+        assert_eq!(backoff(1000, 0.0), BACKOFF_MAX);
+        assert_eq!(backoff(1, 1.0), Duration::from_millis(600));
+        assert_eq!(backoff(1, -1.0), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn renewal_is_at_the_fraction_of_the_lifetime_with_jitter() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let end = start + Duration::from_secs(10_000);
+        let at = |now, renew_at, jitter| renewal_delay(start, end, now, renew_at, jitter);
+        assert_eq!(at(start, 0.5, 0.0), (Duration::from_secs(5000), false));
+        assert_eq!(at(start, 0.5, 1.0), (Duration::from_secs(5100), false));
+        assert_eq!(at(start, 0.5, -1.0), (Duration::from_secs(4900), false));
+        assert_eq!(
+            at(start + Duration::from_secs(1000), 0.8, 0.0),
+            (Duration::from_secs(7000), false)
+        );
+    }
+
+    #[test]
+    fn renewal_never_turns_into_a_tight_loop() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let end = start + Duration::from_secs(10_000);
+        // Already past the planned time (a backdated notBefore): 5 % of what is left.
+        let late = start + Duration::from_secs(9_000);
+        assert_eq!(
+            renewal_delay(start, end, late, 0.5, 0.0),
+            (Duration::from_secs(50), true)
+        );
+        // Nearly expired: at least one second.
+        let last = end - Duration::from_secs(2);
+        assert_eq!(
+            renewal_delay(start, end, last, 0.5, 0.0),
+            (Duration::from_secs(1), true)
+        );
+        // A nonsensical window (notAfter before notBefore) still waits.
+        assert_eq!(renewal_delay(end, start, start, 0.5, 0.0).0, Duration::from_secs(1));
+    }
+}
