@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The README's 5-minute tour as one script: two signers, certificates, two sidecars in front of
 # your own httpbin, and curl through them. Needs `signet` and `gunicorn` (with httpbin) on PATH,
-# or SIGNET=/path/to/signet and GUNICORN=/path/to/gunicorn. PORT_BASE moves every port
+# or SIGNET=/path/to/signet and GUNICORN=/path/to/gunicorn. Files go to TOUR_DIR (default: a new
+# temporary directory); everything it starts is stopped when it exits. PORT_BASE moves every port
 # (default 15000: admin 15000/15100, outbound 15001, inbound 15006, httpbin 8000 → BASE-7000).
 set -euo pipefail
 SIGNET=${SIGNET:-signet}
 GUNICORN=${GUNICORN:-gunicorn}
 B=${PORT_BASE:-15000}
 APP=$((B - 7000)) INBOUND=$((B + 6)) OUTBOUND=$((B + 1)) ADMIN_IN=$B ADMIN_OUT=$((B + 100))
-work=$(mktemp -d "${TMPDIR:-/tmp}/signet-tour.XXXXXX")
-cd "$work"
+work=${TOUR_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/signet-tour.XXXXXX")}
+mkdir -p "$work" && cd "$work"
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -45,6 +46,8 @@ curl -sS -o /dev/null -w 'foo client: HTTP %{http_code}\n' --cacert signers/foo/
 if curl -sS -o /dev/null --cacert signers/foo/ca.crt --cert w/curl-bar/tls.crt --key w/curl-bar/tls.key \
   --resolve httpbin.foo:$INBOUND:127.0.0.1 https://httpbin.foo:$INBOUND/get; then
   echo "bar client: unexpectedly accepted" >&2; exit 1
+else
+  echo "bar client: refused (curl exit $?)"
 fi
 sleep 0.2
 echo "httpbin's sidecar logged:"; grep rejected httpbin-sidecar.log | sed 's/^/  /'
@@ -52,4 +55,4 @@ echo "httpbin's sidecar logged:"; grep rejected httpbin-sidecar.log | sed 's/^/ 
 step "6. what the sidecars hold and count"
 curl -sS http://127.0.0.1:$ADMIN_IN/certs | head -8
 curl -sS http://127.0.0.1:$ADMIN_IN/metrics | grep -E 'result="(ok|unknown_signer)"'
-echo; echo "tour done (files in $work)"
+echo; echo "tour done (files in $work; the sidecars and httpbin stop now)"

@@ -79,6 +79,8 @@ pub struct HandshakeArgs {
 
 /// Connect, handshake and the request each get this long.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// The first address `target` (host:port) resolves to.
 fn resolve(target: &str) -> Result<std::net::SocketAddr, String> {
@@ -196,7 +198,7 @@ async fn one(
     let start = Instant::now();
     let tcp = match tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return stats.fail(format!("connect: {:?}", e.kind())),
+        Ok(Err(e)) => return stats.fail(format!("connect: {}", e.kind())),
         Err(_) => return stats.fail("connect: timeout".into()),
     };
     let _ = tcp.set_nodelay(true);
@@ -213,7 +215,7 @@ async fn one(
         if let Some(path) = get {
             let host = match sni {
                 ServerName::DnsName(d) => d.as_ref().to_string(),
-                other => format!("{other:?}"),
+                other => other.to_str().into_owned(),
             };
             let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
             conn.write_all(req.as_bytes()).await?;
@@ -279,7 +281,7 @@ async fn one(
                     .push(handshake.as_micros() as u32);
             }
         }
-        Ok(Err(e)) => stats.fail(format!("io: {:?}", e.kind())),
+        Ok(Err(e)) => stats.fail(format!("io: {}", e.kind())),
         Err(_) => stats.fail("io: timeout".into()),
     }
 }
@@ -341,7 +343,7 @@ pub fn run(args: HandshakeArgs) -> Result<ExitCode, String> {
         recording.store(true, Ordering::Relaxed);
         let start = Instant::now();
         while start.elapsed() < duration {
-            tokio::time::sleep(Duration::from_millis(500).min(duration.saturating_sub(start.elapsed()))).await;
+            tokio::time::sleep(PROGRESS_EVERY.min(duration.saturating_sub(start.elapsed()))).await;
             if progress {
                 let secs = start.elapsed().as_secs_f64();
                 eprint!(

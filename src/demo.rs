@@ -26,6 +26,8 @@ use crate::commands::{authority_client, runtime, wait_for_signal};
 use crate::httpbin::Httpbin;
 
 const TRUST_DOMAIN: &str = "cluster.local";
+/// Each sidecar must hold its first certificate within this.
+const FIRST_CERTIFICATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Workload {
     label: &'static str,
@@ -135,7 +137,7 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
         admin: Some(([127, 0, 0, 1], 0).into()),
         server_name: AUTHORITY_SERVER_NAME.into(),
         serving_signer: signers["istio-system"].name().clone(),
-        watch_interval: Duration::from_secs(1),
+        watch_interval: signet_proxy::config::DEFAULT_WATCH_INTERVAL,
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -291,9 +293,12 @@ async fn start(config: ConfigFile) -> Result<Sidecar, String> {
     let config = config.resolve().map_err(|e| e.to_string())?;
     let client = authority_client(&config);
     let side = Sidecar::start(config, client).await.map_err(|e| e.to_string())?;
-    side.ready(Duration::from_secs(10))
-        .await
-        .ok_or("a sidecar got no certificate from the authority within 10 s")?;
+    side.ready(FIRST_CERTIFICATE_TIMEOUT).await.ok_or_else(|| {
+        format!(
+            "a sidecar got no certificate from the authority within {}",
+            signet_certs::format_duration(FIRST_CERTIFICATE_TIMEOUT)
+        )
+    })?;
     Ok(side)
 }
 

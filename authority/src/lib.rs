@@ -4,6 +4,8 @@
 //! policy, sign, and return the chain with that signer's current roots. It serves with the
 //! sidecar's serving stack and the one crypto policy (`signet_certs::crypto`).
 
+#![warn(unused_crate_dependencies)]
+
 pub mod client;
 pub mod decide;
 pub mod server;

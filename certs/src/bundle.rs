@@ -11,7 +11,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::{Anchors, CertInfo, Error, SignerName, certs_to_pem, parse_certs, sha256_hex};
+use crate::{Anchors, Error, SignerName, certs_to_pem, parse_certs, sha256_hex};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BundleEntry {
@@ -219,19 +219,6 @@ impl TrustBundle {
         all
     }
 
-    /// The signers a given root belongs to.
-    pub fn signers_of_root(&self, root: &[u8]) -> Vec<&SignerName> {
-        let mut found: Vec<&SignerName> = self
-            .entries
-            .iter()
-            .filter(|e| e.roots.iter().any(|r| r.as_ref() == root))
-            .flat_map(|e| e.signers.iter())
-            .collect();
-        found.sort();
-        found.dedup();
-        found
-    }
-
     /// The bundle as `caCertificates` YAML, full signer names, ready to paste into meshConfig.
     pub fn to_yaml(&self) -> String {
         let mut out = String::from("caCertificates:\n");
@@ -259,21 +246,6 @@ impl TrustBundle {
     /// A short digest of the whole content: changes whenever any root or mapping changes.
     pub fn version(&self) -> String {
         sha256_hex(self.to_yaml().as_bytes())[..16].to_string()
-    }
-
-    /// One line per root: signer(s), subject, fingerprint; for logs and `signet bundle --check`.
-    pub fn describe(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for entry in &self.entries {
-            let names: Vec<&str> = entry.signers.iter().map(|s| s.as_str()).collect();
-            for root in &entry.roots {
-                let detail = CertInfo::parse(root)
-                    .map(|i| format!("{} sha256:{}", i.subject, &i.sha256[..16]))
-                    .unwrap_or_else(|e| e.to_string());
-                out.push(format!("{}: {detail}", names.join(",")));
-            }
-        }
-        out
     }
 }
 
@@ -365,7 +337,6 @@ spec:
         assert_eq!(bundle.entries().len(), 3);
         assert_eq!(bundle.roots_for(f.name()), f.roots());
         assert_eq!(bundle.roots_for(b.name()), b.roots());
-        assert_eq!(bundle.signers_of_root(&b.roots()[0]), vec![b.name()]);
 
         // The caCertificates block alone: inside meshConfig, under its own key, and as a bare list.
         let block_start = full.find("    caCertificates:").unwrap();

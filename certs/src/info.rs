@@ -128,10 +128,6 @@ impl CertInfo {
     pub fn remaining(&self, now: SystemTime) -> Duration {
         self.not_after.duration_since(now).unwrap_or(Duration::ZERO)
     }
-
-    pub fn is_valid_at(&self, now: SystemTime) -> bool {
-        self.not_before <= now && now <= self.not_after
-    }
 }
 
 fn unix(ts: i64) -> SystemTime {

@@ -5,6 +5,8 @@
 //! signature which signer's roots a chain anchors to. This crate knows nothing of proxies or
 //! TLS sessions: it produces and checks certificates.
 
+#![warn(unused_crate_dependencies)]
+
 mod anchor;
 mod authority;
 mod bundle;

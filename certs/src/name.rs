@@ -49,10 +49,6 @@ impl SignerName {
     pub fn short(&self) -> &str {
         &self.full[self.slash + 1..]
     }
-
-    pub fn domain(&self) -> &str {
-        &self.full[..self.slash]
-    }
 }
 
 impl FromStr for SignerName {
@@ -124,7 +120,6 @@ mod tests {
         let n = SignerName::with_default_domain("foo").unwrap();
         assert_eq!(n.as_str(), "clusterissuers.cert-manager.io/foo");
         assert_eq!(n.short(), "foo");
-        assert_eq!(n.domain(), "clusterissuers.cert-manager.io");
         let n = SignerName::parse("bar", "example.com").unwrap();
         assert_eq!(n.to_string(), "example.com/bar");
     }

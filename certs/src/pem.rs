@@ -37,7 +37,7 @@ pub fn parse_certs(bytes: &[u8], origin: &str) -> Result<Vec<CertificateDer<'sta
                 })?;
                 certs.push(CertificateDer::from(der));
             }
-            other => others.push(format!("{other:?}")),
+            other => others.push(section_name(other)),
         }
     }
     if certs.is_empty() {
@@ -51,6 +51,23 @@ pub fn parse_certs(bytes: &[u8], origin: &str) -> Result<Vec<CertificateDer<'sta
         )));
     }
     Ok(certs)
+}
+
+/// A PEM section as its `BEGIN` line names it.
+fn section_name(kind: SectionKind) -> String {
+    match kind {
+        SectionKind::Certificate => "CERTIFICATE",
+        SectionKind::PublicKey => "PUBLIC KEY",
+        SectionKind::RsaPrivateKey => "RSA PRIVATE KEY",
+        SectionKind::PrivateKey => "PRIVATE KEY",
+        SectionKind::EcPrivateKey => "EC PRIVATE KEY",
+        SectionKind::Crl => "X509 CRL",
+        SectionKind::Csr => "CERTIFICATE REQUEST",
+        SectionKind::EchConfigList => "ECHCONFIG",
+        _ => "another kind of",
+    }
+    .to_string()
+        + " block"
 }
 
 /// Reads one PKCS#8, SEC1 or PKCS#1 private key from a PEM file.

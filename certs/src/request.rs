@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
@@ -23,13 +23,6 @@ impl WorkloadKey {
             .map_err(Error::crypto("generating an ECDSA P-256 key"))
     }
 
-    pub fn from_pem(pem: &str, origin: &str) -> Result<Self, Error> {
-        KeyPair::from_pem(pem).map(WorkloadKey).map_err(|e| Error::Pem {
-            origin: origin.to_string(),
-            problem: format!("not a usable private key ({e})"),
-        })
-    }
-
     /// PKCS#8 PEM. Secret: write it with [`crate::write_private`], never log it.
     pub fn to_pem(&self) -> String {
         self.0.serialize_pem()
@@ -38,11 +31,6 @@ impl WorkloadKey {
     /// PKCS#8 DER, as TLS configs take it. Secret.
     pub fn to_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.0.serialize_der().into())
-    }
-
-    /// DER of the public key (SubjectPublicKeyInfo).
-    pub fn public_key_der(&self) -> Vec<u8> {
-        self.0.subject_public_key_info()
     }
 
     /// A CSR with an empty subject, exactly one URI SAN (the SPIFFE ID) and optional DNS SANs,

@@ -102,8 +102,8 @@ impl Inbound {
                     HandshakeError::new(
                         Reason::Timeout,
                         format!(
-                            "the TLS handshake did not finish within {:?}",
-                            self.shared.timeouts.handshake
+                            "the TLS handshake did not finish within {}",
+                            signet_certs::format_duration(self.shared.timeouts.handshake)
                         ),
                     ),
                 );

@@ -4,6 +4,8 @@
 //! It knows nothing of where certificates come from: issuance talks to TLS through
 //! [`credentials::Credentials`] only.
 
+#![warn(unused_crate_dependencies)]
+
 pub mod admin;
 pub mod body;
 pub mod config;

@@ -146,8 +146,8 @@ pub(crate) async fn connect_peer(
         Err(_) => HandshakeError::new(
             Reason::Timeout,
             format!(
-                "the TLS handshake did not finish within {:?}",
-                shared.timeouts.handshake
+                "the TLS handshake did not finish within {}",
+                signet_certs::format_duration(shared.timeouts.handshake)
             ),
         ),
     };
@@ -421,5 +421,82 @@ impl TcpOutbound {
                 e.envoy_body().trim_start_matches(ENVOY_PREFIX)
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshake(reason: Reason, detail: &str) -> UpstreamError {
+        UpstreamError::Handshake {
+            service: "httpbin.bar:8000".into(),
+            address: "127.0.0.1:15206".into(),
+            error: HandshakeError::new(reason, detail),
+        }
+    }
+
+    /// The bodies apps see: Envoy's prefix, then the code curl users search for, then why.
+    #[test]
+    fn failures_map_to_envoys_bodies() {
+        let tls = "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: TLS error: ";
+        for (reason, code) in [
+            (Reason::UnknownSigner, "CERTIFICATE_VERIFY_FAILED"),
+            (Reason::RetiredRoot, "CERTIFICATE_VERIFY_FAILED"),
+            (Reason::Expired, "CERTIFICATE_VERIFY_FAILED"),
+            (Reason::WrongIdentity, "CERTIFICATE_VERIFY_FAILED"),
+            (Reason::PeerRejected, "TLSV1_ALERT"),
+            (Reason::NotTls, "WRONG_VERSION_NUMBER"),
+            (Reason::Closed, "CONNECTION_CLOSED"),
+            (Reason::Protocol, "HANDSHAKE_FAILURE"),
+        ] {
+            let body = handshake(reason, "why").envoy_body();
+            assert_eq!(body, format!("{tls}{code}: why"), "{reason:?}");
+        }
+        assert_eq!(
+            handshake(Reason::Timeout, "10s").envoy_body(),
+            format!("{ENVOY_PREFIX}connection timeout: 10s")
+        );
+        assert!(UpstreamError::NotReady.envoy_body().contains("NO_CERTIFICATE"));
+        assert_eq!(
+            UpstreamError::NoRoute("x:1".into()).envoy_body(),
+            format!("{ENVOY_PREFIX}connection failure, transport failure reason: no route to x:1")
+        );
+        let refused = UpstreamError::Connect {
+            service: "s:1".into(),
+            address: "127.0.0.1:9".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        };
+        assert!(
+            refused
+                .envoy_body()
+                .contains("delayed connect error: connection refused")
+        );
+        let slow = UpstreamError::ConnectTimeout {
+            service: "s:1".into(),
+            address: "10.0.0.1:9".into(),
+        };
+        assert_eq!(slow.envoy_body(), format!("{ENVOY_PREFIX}connection timeout"));
+    }
+
+    /// A refusal that reaches the client after its side of the handshake (TLS 1.3 client auth)
+    /// arrives as a rustls alert; it is named by the alert's specification name.
+    #[test]
+    fn late_refusals_are_named_by_the_alert() {
+        let e = diagnose::from_rustls(
+            &rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA),
+            "clusterissuers.cert-manager.io/foo",
+        );
+        assert_eq!(e.reason, Reason::PeerRejected);
+        assert!(
+            e.detail.contains("(alert unknown_ca)") && e.detail.contains("/foo"),
+            "{}",
+            e.detail
+        );
+        let body = format!("{ENVOY_PREFIX}{}", tls_failure(&e));
+        assert!(
+            body.contains("TLS error: TLSV1_ALERT: the peer does not trust our certificate"),
+            "{body}"
+        );
     }
 }

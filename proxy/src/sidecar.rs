@@ -67,7 +67,6 @@ pub struct Sidecar {
     pub addrs: BoundAddrs,
     store: Arc<TlsStore>,
     reload: Arc<tokio::sync::Notify>,
-    metrics: Arc<Metrics>,
     life: Lifecycle,
     drain: Duration,
 }
@@ -195,14 +194,9 @@ impl Sidecar {
             addrs,
             store,
             reload,
-            metrics,
             life,
             drain: config.timeouts.drain,
         })
-    }
-
-    pub fn store(&self) -> &Arc<TlsStore> {
-        &self.store
     }
 
     /// The published identity, once there is one.
@@ -226,10 +220,6 @@ impl Sidecar {
     /// (what SIGHUP does).
     pub fn reload(&self) {
         self.reload.notify_one();
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// Stops accepting, lets open connections finish (HTTP connections are closed after their
