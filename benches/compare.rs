@@ -8,10 +8,10 @@
 //! connections, RSS per idle mTLS connection with 10,000 open, time from start to ready,
 //! resumed versus full handshakes, and whether each peer rejects a client of another signer
 //! during the handshake. It prints a markdown table and writes it, the raw JSON and an SVG chart
-//! to benches/results/.
+//! to target/compare/, or with `--write-results` over the committed benches/results/.
 //!
 //! Run: `benches/compare.sh` (installs the peers with apt-get if missing), or
-//! `cargo bench --bench compare -- [--quick] [--duration SECS] [--only PEER,...]`.
+//! `cargo bench --bench compare -- [--quick] [--duration SECS] [--only PEER,...] [--write-results]`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -31,6 +31,8 @@ struct Opts {
     concurrency: usize,
     only: Option<Vec<String>>,
     idle_connections: usize,
+    /// Replace the committed benches/results; otherwise results go to target/compare.
+    write_results: bool,
 }
 
 fn opts() -> Opts {
@@ -52,6 +54,7 @@ fn opts() -> Opts {
         idle_connections: value("--idle-connections")
             .and_then(|v| v.parse().ok())
             .unwrap_or(10_000),
+        write_results: args.iter().any(|a| a == "--write-results"),
     }
 }
 
@@ -887,7 +890,12 @@ fn main() {
     }
 
     println!("{md}");
-    let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/results");
+    // The committed results change only when asked: a quick local run must not replace them.
+    let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(if o.write_results {
+        "benches/results"
+    } else {
+        "target/compare"
+    });
     std::fs::create_dir_all(&results).unwrap();
     std::fs::write(results.join("compare.md"), &md).unwrap();
     let raw: Vec<Value> = rows
@@ -901,4 +909,7 @@ fn main() {
         eprintln!("chart: {e}");
     }
     eprintln!("wrote {}/compare.md, compare.json, handshakes.svg", results.display());
+    if !o.write_results {
+        eprintln!("(benches/results is unchanged; pass --write-results to replace it)");
+    }
 }

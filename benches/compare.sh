@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# The side-by-side handshake benchmark in one command: installs the peers (nginx with its stream
-# module, haproxy, stunnel) with apt-get if they are missing, then runs benches/compare.rs, which
-# prints a markdown table and writes benches/results/{compare.md,compare.json,handshakes.svg}.
-# Options pass through: --quick, --duration SECS, --concurrency N, --only PEER,...,
-# --idle-connections N.
+# The side-by-side handshake benchmark in one command: installs the peers it compares Signet
+# with, if they are missing, then runs benches/compare.rs, which prints a markdown table and
+# writes it, the raw JSON and an SVG chart to target/compare/ (or, with --write-results, over the
+# committed benches/results/).
+#
+# Options pass through: --quick (3 s runs), --duration SECS, --concurrency N, --only PEER,...,
+# --idle-connections N, --write-results.
+#
+# What it may install with apt-get (Debian/Ubuntu; it says which before it does):
+#   nginx, libnginx-mod-stream  nginx as an mTLS peer, HTTP and stream (L4) modes
+#   haproxy                     HAProxy as an mTLS peer
+#   stunnel4                    stunnel as an mTLS peer
+#   util-linux                  taskset, to pin servers and clients to their CPUs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -14,7 +22,8 @@ command -v stunnel4 >/dev/null || need+=(stunnel4)
 command -v taskset >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "compare.sh: installing ${need[*]}"
+  echo "compare.sh: installing the benchmark's peers with apt-get: ${need[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # The packaged services are not needed (the benchmark starts its own on loopback ports).

@@ -147,6 +147,28 @@ fn broken_files_and_configs_are_named_in_one_line() {
     assert!(err.contains("--inbound") && err.contains("LEFT=RIGHT"), "{err}");
 }
 
+/// Without --signer the signer is read off the certificate by signature, at a moment the leaf was
+/// valid: an expired certificate is reported as expired, not as belonging to no signer.
+#[test]
+fn an_expired_certificate_is_reported_as_expired() {
+    let mesh = Mesh::new(&["foo", "bar"]);
+    let old = mesh.issue("foo", "old", &spiffe("foo", "a"), &["--ttl", "1h", "--backdate", "2h"]);
+    let bundle = mesh.bundle();
+    let err = start_fails(&[
+        "--cert-dir",
+        &old,
+        "--bundle",
+        &bundle,
+        "--inbound",
+        "127.0.0.1:0=127.0.0.1:9",
+    ]);
+    assert!(
+        err.contains("the certificate for spiffe://cluster.local/ns/foo/sa/a expired at")
+            && err.contains("issue a new one"),
+        "{err}"
+    );
+}
+
 #[test]
 fn garbage_on_the_wire_closes_that_connection_and_the_next_client_is_served() {
     let mesh = Mesh::new(&["foo"]);

@@ -187,6 +187,81 @@ fn every_command_has_useful_help() {
     }
 }
 
+/// Every option of every command says what it does, defaults are shown, and the global
+/// --log-level comes after the command's own options.
+#[test]
+fn every_option_is_described_and_log_level_comes_last() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["demo"],
+        &["signer", "new"],
+        &["cert", "issue"],
+        &["cert", "show"],
+        &["bundle"],
+        &["authority", "serve"],
+        &["authority", "token"],
+        &["proxy"],
+        &["httpbin"],
+        &["bench", "handshake"],
+        &["bench", "server"],
+    ];
+    for cmd in commands {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let help = signet(&args).stdout;
+        let options = &help[help.find("Options:").unwrap_or_else(|| panic!("{cmd:?}: {help}"))..];
+        let lines: Vec<&str> = options.lines().skip(1).collect();
+        let mut names = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            if !trimmed.starts_with('-') || indent > 6 {
+                continue;
+            }
+            let name = trimmed
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .unwrap_or(trimmed);
+            names.push(name.to_string());
+            let described_here = trimmed.contains("  ");
+            let described_below = lines.get(i + 1).is_some_and(|next| {
+                let t = next.trim_start();
+                next.len() - t.len() > indent + 2 && !t.is_empty()
+            });
+            assert!(
+                described_here || described_below,
+                "{cmd:?}: {name} has no description:\n{help}"
+            );
+        }
+        let own: Vec<&String> = names
+            .iter()
+            .filter(|n| !["--help", "--version", "-h"].contains(&n.as_str()))
+            .collect();
+        assert_eq!(
+            own.last().map(|n| n.as_str()),
+            Some("--log-level"),
+            "{cmd:?}: {names:?}"
+        );
+    }
+    // Help wraps lines; compare with whitespace collapsed.
+    let flat = |text: String| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let proxy = flat(signet(&["proxy", "--help"]).stdout);
+    for default in [
+        "[default: 10s]",
+        "[default: tcp]",
+        "[default: 1.3]",
+        "[default: SANITIZE_SET]",
+        "[default: 0.5]",
+    ] {
+        assert!(proxy.contains(default), "proxy --help lacks {default}");
+    }
+    let issue = flat(signet(&["cert", "issue", "--help"]).stdout);
+    assert!(
+        issue.contains("[default: 24h]") && issue.contains("signet signer new"),
+        "{issue}"
+    );
+}
+
 /// The flags-only sidecar of the README (ports 0 so tests can run side by side).
 #[test]
 fn a_sidecar_from_flags_alone_serves_admin_endpoints_and_stops_on_sigterm() {

@@ -60,7 +60,7 @@ fn serial(side: &Sidecar) -> String {
 }
 
 #[test]
-fn a_signer_service_outage_keeps_valid_certificates_serving_and_renewals_resume() {
+fn an_authority_outage_keeps_valid_certificates_serving_and_renewals_resume() {
     let t = setup();
     let mut ca = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
     let side = t.inbound(t.mesh.provisioned(&ca, "foo", "httpbin", "10s"));
@@ -221,4 +221,32 @@ fn a_broken_certificate_file_keeps_the_old_certificate_serving() {
         .unwrap();
     eventually("SIGHUP reload", Duration::from_secs(5), || serial(&side) != before);
     assert_eq!(t.call(&side).status, 200);
+}
+
+/// The most common provisioning mistake, the wrong root for the authority's own certificate,
+/// is named once with its fix; later attempts only count.
+#[test]
+fn a_wrong_authority_root_is_named_once_with_the_fix() {
+    let t = setup();
+    let ca = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
+    let mut args = t.mesh.provisioned(&ca, "foo", "httpbin", "1h");
+    // foo's root instead of istio-system's, which signs the authority's certificate.
+    let at = args.iter().position(|a| a == "--authority-ca").unwrap();
+    args[at + 1] = format!("{}/ca.crt", t.mesh.signer_dir("foo"));
+    let side = t.inbound(args);
+    assert!(
+        side.proc
+            .logged_within("attempt 3 to the authority at", Duration::from_secs(10)),
+        "{}",
+        side.proc.log()
+    );
+    let log = side.proc.log();
+    let cause = "does not chain to the roots in";
+    assert_eq!(log.matches(cause).count(), 1, "the cause is named once:\n{log}");
+    assert!(log.contains("failed the same way"), "{log}");
+    assert!(
+        log.contains("(identity.authority.ca); give the root of the signer that issues the authority's certificate (the istio-system signer's ca.crt)"),
+        "{log}"
+    );
+    assert_eq!(side.admin_get("/ready").status, 503);
 }

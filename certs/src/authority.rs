@@ -148,7 +148,8 @@ impl FromStr for Refusal {
 }
 
 /// Why a certificate request did not produce a chain. Messages name settings by their YAML
-/// path (`identity.authority.ca`); the CLI adds the flag names.
+/// path (`identity.authority.ca`), and leave the authority's address to the caller's context
+/// ("the request to the authority at ... failed: <this>"), so each is said once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthorityError {
