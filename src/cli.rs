@@ -27,7 +27,7 @@ same signer, as Istio does with per-namespace cert-manager ClusterIssuers.\n\nSt
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter, e.g. info, warn, signet_proxy=debug (RUST_LOG is honoured too) [default: info].
+    /// Log filter: a level, and/or TARGET=LEVEL pairs, e.g. warn or info,signet_proxy=debug (RUST_LOG is honoured too) [default: info].
     #[arg(long, global = true, value_name = "FILTER", display_order = 1000)]
     pub log_level: Option<String>,
 }
@@ -513,7 +513,10 @@ pub fn main() -> ExitCode {
         Command::Demo(d) if !d.verbose => "error",
         _ => "info",
     };
-    init_logging(cli.log_level.as_deref(), default_level);
+    if let Err(e) = init_logging(cli.log_level.as_deref(), default_level) {
+        eprintln!("signet: error: {e}");
+        return ExitCode::from(2);
+    }
     match commands::run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -523,17 +526,24 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(flag: Option<&str>, default_level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = flag
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new(default_level));
+/// Logs to stderr, filtered by `--log-level`, else `RUST_LOG`, else `default_level`.
+fn init_logging(flag: Option<&str>, default_level: &str) -> Result<(), String> {
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let parse = |source: &str, text: &str| {
+        text.parse::<Targets>()
+            .map_err(|e| format!("{source} {text:?}: {e}; use a level (error, warn, info, debug, trace) and/or TARGET=LEVEL pairs, e.g. info,signet_proxy=debug"))
+    };
+    let filter = match (flag, std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty())) {
+        (Some(f), _) => parse("--log-level", f)?,
+        (None, Some(env)) => parse("RUST_LOG", &env)?,
+        (None, None) => parse("the default log level", default_level)?,
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).try_init();
+    Ok(())
 }

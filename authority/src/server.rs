@@ -6,25 +6,22 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::StatusCode;
 use hyper::service::service_fn;
+use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use signet_certs::{
     CryptoPolicy, FileWatch, IssueOptions, Refusal, RefusalKind, Signer, SignerName, SpiffeId, TrustBundle, crypto,
     files,
 };
 use signet_proxy::body;
-use signet_proxy::serve::{Lifecycle, accept_loop, serve_http1};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use signet_proxy::serve::{Lifecycle, accept_loop, serve_http_auto, serve_http1};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
 use crate::decide::{Authority, Inputs, Refused};
@@ -41,8 +38,6 @@ const SERVING_CERT_RENEW_BEFORE: Duration = Duration::from_secs(12 * 3600);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, open calls may finish for this long.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshaken connections waiting for the gRPC server to take them.
-const ACCEPT_QUEUE: usize = 64;
 /// The gRPC metadata key that carries a refusal's reason, so clients need not parse messages.
 pub const REFUSAL_KEY: &str = "signet-refusal";
 
@@ -242,40 +237,31 @@ impl AuthorityServer {
         });
         let life = Lifecycle::default();
 
-        // TLS handshakes run per connection; finished ones are handed to tonic.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(ACCEPT_QUEUE);
-        let handshakes = inner.clone();
+        // Each connection: TLS (with a handshake timeout), then gRPC over h2 through the same
+        // serving stack as every other listener (graceful shutdown included).
+        let grpc = TowerToHyperService::new(IstioCertificateServiceServer::new(Grpc {
+            authority: inner.authority.clone(),
+        }));
+        let (handshakes, shutdown) = (inner.clone(), life.shutdown.clone());
         life.spawn(accept_loop(
             listener,
             "authority".into(),
             life.clone(),
             move |stream, peer| {
-                let (acceptor, tx) = (TlsAcceptor::from(handshakes.serving.load_full()), tx.clone());
+                let acceptor = TlsAcceptor::from(handshakes.serving.load_full());
+                let (grpc, shutdown) = (grpc.clone(), shutdown.clone());
                 async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(TlsConn(tls))).await;
-                        }
-                        Ok(Err(e)) => tracing::warn!("authority: TLS handshake with {peer} failed: {e}"),
-                        Err(_) => tracing::warn!("authority: TLS handshake with {peer} timed out"),
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return tracing::warn!("authority: TLS handshake with {peer} failed: {e}"),
+                        Err(_) => return tracing::warn!("authority: TLS handshake with {peer} timed out"),
+                    };
+                    if let Err(e) = serve_http_auto(tls, grpc, &shutdown).await {
+                        tracing::debug!("authority: connection from {peer} ended: {e}");
                     }
                 }
             },
         ));
-        let grpc = IstioCertificateServiceServer::new(Grpc {
-            authority: inner.authority.clone(),
-        });
-        let stop = life.shutdown.clone();
-        life.spawn(async move {
-            let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(grpc)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await
-            {
-                tracing::error!("authority stopped: {e}");
-            }
-        });
         if let Some(listener) = admin_listener {
             life.spawn(admin_loop(listener, inner.clone(), life.clone()));
         }
@@ -432,43 +418,5 @@ impl IstioCertificateService for Grpc {
             .create_certificate(token.as_deref(), &req.csr, req.validity_duration, signer.as_deref())
             .map(|cert_chain| tonic::Response::new(IstioCertificateResponse { cert_chain }))
             .map_err(status)
-    }
-}
-
-/// A TLS connection handed to tonic.
-struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
-
-impl Connected for TlsConn {
-    type ConnectInfo = Option<SocketAddr>;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.peer_addr().ok()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
     }
 }

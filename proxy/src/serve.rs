@@ -91,16 +91,19 @@ where
 
 /// Serves HTTP/1.1 or h2 (by what the client speaks: ALPN or the h2 preface) on one connection,
 /// with the same graceful shutdown as [`serve_http1`].
-pub async fn serve_http_auto<I, S>(
+pub async fn serve_http_auto<I, S, B>(
     io: I,
     service: S,
     shutdown: &CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<http::Request<Incoming>, Response = http::Response<crate::body::Body>> + Send + 'static,
+    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(io), service);
