@@ -115,26 +115,28 @@ impl Stats {
     }
 }
 
+/// The client's chain and key, and the trust the server is checked against.
 fn client_identity(
     args: &HandshakeArgs,
-) -> Result<
-    (
-        Vec<CertificateDer<'static>>,
-        PrivateKeyDer<'static>,
-        Vec<CertificateDer<'static>>,
-    ),
-    String,
-> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, SignerTrust), String> {
+    // Named after its directory (signers/foo/ca.crt: signer foo), for the messages.
+    let ca_signer = |ca: &std::path::Path| {
+        ca.parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| SignerName::with_default_domain(&n.to_string_lossy()).ok())
+            .or_else(|| SignerName::with_default_domain("ca-file").ok())
+            .ok_or_else(|| "cannot name the --ca roots".to_string())
+    };
     if let Some(dir) = &args.signer_dir {
         let signer = crate::commands::load_signer_dir("--signer-dir", dir, None, DEFAULT_SIGNER_DOMAIN)?;
         let issued = signer
             .issue_workload(&args.id, &[], &IssueOptions::default())
             .map_err(|e| e.to_string())?;
-        let roots = match &args.ca {
-            Some(ca) => read_certs(ca).map_err(|e| e.to_string())?,
-            None => issued.certificate.roots.clone(),
+        let trust = match &args.ca {
+            Some(ca) => SignerTrust::from_roots(ca_signer(ca)?, read_certs(ca).map_err(|e| e.to_string())?),
+            None => SignerTrust::from_roots(signer.name().clone(), issued.certificate.roots.clone()),
         };
-        return Ok((issued.certificate.chain, issued.key.to_der(), roots));
+        return Ok((issued.certificate.chain, issued.key.to_der(), trust));
     }
     let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
         return Err("give --cert and --key, or --signer-dir DIR to mint a client identity".into());
@@ -143,19 +145,18 @@ fn client_identity(
     Ok((
         read_certs(cert).map_err(|e| e.to_string())?,
         read_key(key).map_err(|e| e.to_string())?,
-        read_certs(ca).map_err(|e| e.to_string())?,
+        SignerTrust::from_roots(ca_signer(ca)?, read_certs(ca).map_err(|e| e.to_string())?),
     ))
 }
 
 fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, String> {
-    let (chain, key, roots) = client_identity(args)?;
+    let (chain, key, trust) = client_identity(args)?;
     // TLS 1.2 too: the load generator also measures peers (nginx, haproxy) that may prefer it.
     let policy = CryptoPolicy {
         min_version: MinVersion::Tls12,
         post_quantum: false,
     };
-    let signer = SignerName::with_default_domain("bench-target").map_err(|e| e.to_string())?;
-    let trust = Trust::new(SignerTrust::from_roots(signer, roots)).map_err(|e| format!("--ca: {e}"))?;
+    let trust = Trust::new(trust).map_err(|e| format!("--ca: {e}"))?;
     // The load generator verifies every server chain in full, like any client would.
     let verifier = PeerServerVerifier::new(
         Arc::new(trust),
@@ -184,7 +185,7 @@ fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, String> {
 /// Why a handshake failed, as the sidecar would explain it (the verifier's note when there is
 /// one: a wrong --expect-id says which identity the server presented).
 fn failure_kind(e: &std::io::Error, note: Option<HandshakeError>) -> String {
-    format!("handshake: {}", diagnose::classify(e, note, "bench-target"))
+    format!("handshake: {}", diagnose::classify(e, note, "the client's"))
 }
 
 async fn one(

@@ -142,12 +142,12 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
     .await
     .map_err(|e| e.to_string())?;
     println!(
-        "[3/6] authority {} (Istio's CA API over TLS; policy: foo → foo, bar → bar, default istio-system) → {}",
+        "[3/6] authority {} (Istio's CA API over TLS; signing policy: foo → foo, bar → bar, default istio-system) → {}",
         authority.addr,
         policy_path.display()
     );
 
-    // 4. Apps and sidecars; each sidecar makes a key and CSR and asks the service.
+    // 4. Apps and sidecars; each sidecar makes a key and CSR and asks the authority.
     println!(
         "[4/6] workloads and sidecars (each makes a key + CSR; the chain it gets is checked against its signer's roots)"
     );

@@ -321,7 +321,7 @@ impl Authority {
         let signer = inputs.signers.get(&signer_name).ok_or_else(|| {
             refuse(
                 Refusal::SignerUnavailable,
-                format!("signer {signer_name} is not loaded in this service"),
+                format!("signer {signer_name} is not loaded in this authority (no signer directory for it)"),
             )
         })?;
         let issued = signer

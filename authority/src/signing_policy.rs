@@ -1,5 +1,5 @@
 //! The signing policy: which signer each namespace uses (Istio's per-namespace `ProxyConfig`
-//! `ISTIO_META_CERT_SIGNER`), the mesh default, which signers this service may approve (the
+//! `ISTIO_META_CERT_SIGNER`), the mesh default, which signers this authority may approve (the
 //! istiod ClusterRole's `approve` resourceNames), lifetimes, and which identities may carry DNS SANs.
 
 use std::collections::{BTreeMap, HashMap};
@@ -63,7 +63,7 @@ pub struct SigningPolicy {
     pub signer_domain: String,
     /// The mesh default signer, for namespaces without their own.
     pub default_signer: SignerName,
-    /// Signers this service may approve; `None` means every signer it holds.
+    /// Signers this authority may approve; `None` means every signer it holds.
     pub approvable: Option<Vec<SignerName>>,
     namespaces: BTreeMap<String, (SignerName, Vec<SignerName>)>,
     pub max_ttl: Duration,
