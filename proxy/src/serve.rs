@@ -8,6 +8,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -79,14 +80,7 @@ where
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    }
+    until_done_or_drained(conn, shutdown).await
 }
 
 /// Serves HTTP/1.1 or h2 (by what the client speaks: ALPN or the h2 preface) on one connection,
@@ -107,6 +101,11 @@ where
 {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(io), service);
+    until_done_or_drained(conn, shutdown).await
+}
+
+/// Runs a connection to its end; on shutdown, lets it finish its current request, then ends it.
+async fn until_done_or_drained<C: GracefulConnection>(conn: C, shutdown: &CancellationToken) -> Result<(), C::Error> {
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => result,
