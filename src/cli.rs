@@ -431,7 +431,6 @@ impl ProxyArgs {
 fn flag_of(setting: &Setting) -> Option<&'static str> {
     Some(match setting {
         Setting::Signer => "--signer",
-        Setting::SignerDomain => "--signer-domain",
         Setting::CertDir => "--cert-dir",
         Setting::Cert => "--cert",
         Setting::Key => "--key",
@@ -446,16 +445,10 @@ fn flag_of(setting: &Setting) -> Option<&'static str> {
         Setting::Ttl => "--ttl",
         Setting::RenewAt => "--renew-at",
         Setting::Inbound(_) | Setting::InboundListen(_) | Setting::InboundApp(_) => "--inbound",
-        Setting::InboundAllow(_) => "--allow",
         Setting::OutboundHttp => "--outbound",
         Setting::OutboundTcp(_) => "--tcp",
         Setting::Service(_) => "--service",
         Setting::Admin => "--admin",
-        Setting::Timeout("handshake") => "--handshake-timeout",
-        Setting::Timeout("connect") => "--connect-timeout",
-        Setting::Timeout("drain") => "--drain-timeout",
-        Setting::Xfcc => "--xfcc",
-        Setting::TlsMinVersion => "--tls-min-version",
         Setting::WatchInterval => "--watch-interval",
         _ => return None,
     })

@@ -25,7 +25,7 @@ dnsSans:
 
 struct Setup {
     mesh: Mesh,
-    ca: Authority,
+    authority: Authority,
 }
 
 fn setup() -> Setup {
@@ -34,14 +34,14 @@ fn setup() -> Setup {
     for (ns, sa) in [("foo", "httpbin"), ("foo", "web"), ("legacy", "app")] {
         mesh.token(ns, sa);
     }
-    let ca = Authority::start(&mesh, POLICY, "127.0.0.1:0");
-    Setup { mesh, ca }
+    let authority = Authority::start(&mesh, POLICY, "127.0.0.1:0");
+    Setup { mesh, authority }
 }
 
 impl Setup {
     fn client(&self, token: Option<&str>) -> GrpcClient {
         GrpcClient::new(AuthorityEndpoint {
-            address: self.ca.addr.to_string(),
+            address: self.authority.addr.to_string(),
             server_name: signet_certs::AUTHORITY_SERVER_NAME.into(),
             ca: format!("{}/ca.crt", self.mesh.signer_dir("istio-system")).into(),
             token_file: token.map(|t| t.into()),
@@ -75,7 +75,7 @@ impl Setup {
 
     /// The condition the service recorded for its newest request.
     fn last_condition(&self) -> (String, String) {
-        let reqs = self.ca.requests();
+        let reqs = self.authority.requests();
         let last = reqs["items"].as_array().unwrap().last().unwrap().clone();
         let c = &last["status"]["conditions"][0];
         (c["type"].as_str().unwrap().into(), c["reason"].as_str().unwrap().into())
@@ -122,7 +122,7 @@ fn a_well_formed_request_is_signed_by_the_namespaces_signer() {
         t.send(("foo", "httpbin"), csr_for(&spiffe("foo", "httpbin")), None, None)
             .is_none()
     );
-    let reqs = t.ca.requests();
+    let reqs = t.authority.requests();
     let r = &reqs["items"][0];
     assert_eq!(r["spec"]["signerName"], "clusterissuers.cert-manager.io/foo");
     assert_eq!(r["spec"]["username"], "system:serviceaccount:foo:httpbin");
@@ -172,7 +172,8 @@ fn unknown_token() {
         "the message is the authority's own, without the label: {e}"
     );
     assert!(
-        t.ca.proc
+        t.authority
+            .proc
             .logged_within("Unauthenticated: UnknownToken", Duration::from_secs(2))
     );
 }
@@ -228,7 +229,7 @@ fn a_signer_the_namespace_may_not_use() {
         None,
     );
     assert_denied(got, Refusal::SignerNotAllowedForNamespace);
-    let reqs = t.ca.requests();
+    let reqs = t.authority.requests();
     let last = reqs["items"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["spec"]["signerName"], "clusterissuers.cert-manager.io/bar");
 }
@@ -240,7 +241,7 @@ fn a_signer_the_service_may_not_approve() {
     let got = t.send(("legacy", "app"), csr_for(&spiffe("legacy", "app")), None, None);
     assert_denied(got, Refusal::SignerNotApprovable);
     assert_eq!(t.last_condition(), ("Denied".into(), "SignerNotApprovable".into()));
-    let metrics = curl(&[&format!("http://{}/metrics", t.ca.admin)], &[]).body;
+    let metrics = curl(&[&format!("http://{}/metrics", t.authority.admin)], &[]).body;
     assert!(
         metrics.contains("signet_authority_requests_total{outcome=\"SignerNotApprovable\"} 1"),
         "{metrics}"

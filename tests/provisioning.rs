@@ -62,14 +62,14 @@ fn serial(side: &Sidecar) -> String {
 #[test]
 fn an_authority_outage_keeps_valid_certificates_serving_and_renewals_resume() {
     let t = setup();
-    let mut ca = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
-    let side = t.inbound(t.mesh.provisioned(&ca, "foo", "httpbin", "10s"));
+    let mut authority = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
+    let side = t.inbound(t.mesh.provisioned(&authority, "foo", "httpbin", "10s"));
     side.wait_ready(Duration::from_secs(10));
     assert_eq!(t.call(&side).status, 200);
 
     // (A token minted after the service started may fail once until the service reloads its tokens.)
     let failed_before = side.metric("signet_identity_csr_requests_total{result=\"failed\"}");
-    ca.stop();
+    authority.stop();
     // Renewal (at ~5 s) fails; every call in the meantime is still served.
     let mut calls = 0;
     eventually("a failed renewal", Duration::from_secs(20), || {
@@ -92,7 +92,7 @@ fn an_authority_outage_keeps_valid_certificates_serving_and_renewals_resume() {
     assert_eq!(side.admin_get("/ready").status, 200);
 
     let before = side.metric("signet_identity_renewals_total");
-    ca.restart();
+    authority.restart();
     eventually("a renewal after the restart", Duration::from_secs(20), || {
         side.metric("signet_identity_renewals_total") > before
     });
@@ -128,10 +128,10 @@ fn an_expired_certificate_is_never_presented_and_readiness_turns_false() {
     assert!(side.metric("signet_tls_handshakes_total{direction=\"inbound\",result=\"not_ready\"}") >= 1);
 
     // Authority mode: the authority is gone before the 3 s certificate can be renewed.
-    let mut ca = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
-    let side = t.inbound(t.mesh.provisioned(&ca, "foo", "httpbin", "3s"));
+    let mut authority = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
+    let side = t.inbound(t.mesh.provisioned(&authority, "foo", "httpbin", "3s"));
     side.wait_ready(Duration::from_secs(10));
-    ca.stop();
+    authority.stop();
     eventually("readiness false after expiry", Duration::from_secs(10), || {
         side.admin_get("/ready").status == 503
     });
@@ -143,7 +143,7 @@ fn an_expired_certificate_is_never_presented_and_readiness_turns_false() {
     );
     assert_ne!(t.call(&side).code, 0);
     // The service comes back: a new certificate, ready again.
-    ca.restart();
+    authority.restart();
     side.wait_ready(Duration::from_secs(20));
     assert_eq!(t.call(&side).status, 200);
 }
@@ -228,8 +228,8 @@ fn a_broken_certificate_file_keeps_the_old_certificate_serving() {
 #[test]
 fn a_wrong_authority_root_is_named_once_with_the_fix() {
     let t = setup();
-    let ca = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
-    let mut args = t.mesh.provisioned(&ca, "foo", "httpbin", "1h");
+    let authority = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
+    let mut args = t.mesh.provisioned(&authority, "foo", "httpbin", "1h");
     // foo's root instead of istio-system's, which signs the authority's certificate.
     let at = args.iter().position(|a| a == "--authority-ca").unwrap();
     args[at + 1] = format!("{}/ca.crt", t.mesh.signer_dir("foo"));

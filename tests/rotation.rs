@@ -120,7 +120,7 @@ fn renewals_and_a_root_rotation_under_load_lose_no_request() {
     let mesh = Mesh::new(&["istio-system", "foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
     std::fs::write(mesh.path("tokens.yaml"), "tokens: []\n").unwrap();
-    let ca = Authority::start(
+    let authority = Authority::start(
         &mesh,
         "approvableSigners: [istio-system, foo]\nnamespaces:\n  foo: {signer: foo}\n",
         "127.0.0.1:0",
@@ -133,8 +133,8 @@ fn renewals_and_a_root_rotation_under_load_lose_no_request() {
     std::fs::write(
         &server_yaml,
         format!(
-            "identity:\n  authority: {{address: \"{ca}\", ca: \"{root}\", tokenFile: \"{token}\"}}\n  spiffeId: {id}\n  ttl: 4s\ntrustBundle: {bundle}\nwatchInterval: 200ms\ninbound:\n- {{listen: \"127.0.0.1:0\", app: \"{app}\", protocol: http}}\n- {{listen: \"127.0.0.1:0\", app: \"{app}\", protocol: tcp}}\n",
-            ca = ca.addr,
+            "identity:\n  authority: {{address: \"{authority}\", ca: \"{root}\", tokenFile: \"{token}\"}}\n  spiffeId: {id}\n  ttl: 4s\ntrustBundle: {bundle}\nwatchInterval: 200ms\ninbound:\n- {{listen: \"127.0.0.1:0\", app: \"{app}\", protocol: http}}\n- {{listen: \"127.0.0.1:0\", app: \"{app}\", protocol: tcp}}\n",
+            authority = authority.addr,
             root = root_of_service,
             token = server_token,
             id = spiffe("foo", "httpbin"),
@@ -144,7 +144,7 @@ fn renewals_and_a_root_rotation_under_load_lose_no_request() {
     )
     .unwrap();
     let server = Sidecar::start("server httpbin.foo", &s(&["--config", server_yaml.to_str().unwrap()]));
-    let mut client_args = mesh.provisioned(&ca, "foo", "curl", "4s");
+    let mut client_args = mesh.provisioned(&authority, "foo", "curl", "4s");
     client_args.extend(s(&[
         "--outbound",
         "127.0.0.1:0",
@@ -262,6 +262,6 @@ fn renewals_and_a_root_rotation_under_load_lose_no_request() {
     assert!(sent > 1000, "the load ran: {sent} requests");
     assert_ne!(old_root, new_root);
     // The authority saw the switch: foo's requests after step 2 were signed by the new CA.
-    let reqs = ca.requests();
+    let reqs = authority.requests();
     assert!(reqs["items"].as_array().unwrap().len() as u64 >= 22);
 }

@@ -19,7 +19,8 @@ pub enum Usage {
 }
 
 impl Usage {
-    fn webpki(self) -> webpki::KeyUsage {
+    /// As webpki checks it.
+    pub fn key_usage(self) -> webpki::KeyUsage {
         match self {
             Usage::ServerAuth => webpki::KeyUsage::server_auth(),
             Usage::ClientAuth => webpki::KeyUsage::client_auth(),
@@ -52,7 +53,7 @@ impl Anchors {
         let ee = webpki::EndEntityCert::try_from(leaf)?;
         let at = UnixTime::since_unix_epoch(at.duration_since(UNIX_EPOCH).unwrap_or_default());
         let algs = CryptoPolicy::default().signature_algorithms();
-        ee.verify_for_usage(algs.all, &self.0, intermediates, at, usage.webpki(), None, None)
+        ee.verify_for_usage(algs.all, &self.0, intermediates, at, usage.key_usage(), None, None)
             .map(|_| ())
     }
 

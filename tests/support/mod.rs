@@ -506,12 +506,12 @@ impl Mesh {
         out
     }
 
-    /// Sidecar flags that provision `ns/sa` from `ca` (signer chosen by the service's policy).
-    pub fn provisioned(&self, ca: &Authority, ns: &str, sa: &str, ttl: &str) -> Vec<String> {
+    /// Sidecar flags that provision `ns/sa` from `authority` (signer chosen by its signing policy).
+    pub fn provisioned(&self, authority: &Authority, ns: &str, sa: &str, ttl: &str) -> Vec<String> {
         let token = self.token(ns, sa);
         s(&[
             "--authority",
-            &ca.addr.to_string(),
+            &authority.addr.to_string(),
             "--authority-ca",
             &format!("{}/ca.crt", self.signer_dir("istio-system")),
             "--token-file",

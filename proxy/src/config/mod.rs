@@ -100,14 +100,15 @@ deserialize_from_str!(XfccMode);
 
 // === settings and errors ===
 
-/// One setting, named by its YAML path. Errors carry these so the CLI can add its flag names.
+/// A setting that a library error can name, by its YAML path; the CLI adds its flag names.
+/// (Values that do not parse at all are reported where they are read, with the YAML path or the
+/// flag in the message.)
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Setting {
     /// A config file as a whole (its path).
     File(PathBuf),
     Signer,
-    SignerDomain,
     CertDir,
     Cert,
     Key,
@@ -124,14 +125,10 @@ pub enum Setting {
     Inbound(usize),
     InboundListen(usize),
     InboundApp(usize),
-    InboundAllow(usize),
     OutboundHttp,
     OutboundTcp(usize),
     Service(String),
     Admin,
-    Timeout(&'static str),
-    Xfcc,
-    TlsMinVersion,
     WatchInterval,
 }
 
@@ -141,7 +138,6 @@ impl Setting {
         match self {
             Setting::File(path) => path.display().to_string(),
             Setting::Signer => "signer".into(),
-            Setting::SignerDomain => "signerDomain".into(),
             Setting::CertDir => "identity.certDir".into(),
             Setting::Cert => "identity.cert".into(),
             Setting::Key => "identity.key".into(),
@@ -158,14 +154,10 @@ impl Setting {
             Setting::Inbound(i) => format!("inbound[{i}]"),
             Setting::InboundListen(i) => format!("inbound[{i}].listen"),
             Setting::InboundApp(i) => format!("inbound[{i}].app"),
-            Setting::InboundAllow(i) => format!("inbound[{i}].allow"),
             Setting::OutboundHttp => "outbound.http".into(),
             Setting::OutboundTcp(i) => format!("outbound.tcp[{i}]"),
             Setting::Service(name) => format!("services[{name}]"),
             Setting::Admin => "admin".into(),
-            Setting::Timeout(which) => format!("timeouts.{which}"),
-            Setting::Xfcc => "xfcc".into(),
-            Setting::TlsMinVersion => "tls.minVersion".into(),
             Setting::WatchInterval => "watchInterval".into(),
         }
     }

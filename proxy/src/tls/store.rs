@@ -87,7 +87,7 @@ struct Inputs {
 
 pub struct TlsStore {
     settings: TlsSettings,
-    policy: CryptoPolicy,
+    /// The crypto policy's provider, made once: every config this store builds shares it.
     provider: Arc<CryptoProvider>,
     current: ArcSwapOption<TlsState>,
     // Held only while building and publishing, never across an await.
@@ -97,7 +97,6 @@ pub struct TlsStore {
 impl TlsStore {
     pub fn new(settings: TlsSettings) -> Self {
         TlsStore {
-            policy: settings.policy,
             provider: settings.policy.provider(),
             settings,
             current: ArcSwapOption::empty(),
@@ -162,17 +161,13 @@ impl TlsStore {
         })?;
         let algs = self.provider.signature_verification_algorithms;
         let unix_now = UnixTime::now();
-        let usage_of = |u: signet_certs::Usage| match u {
-            signet_certs::Usage::ServerAuth => webpki::KeyUsage::server_auth(),
-            signet_certs::Usage::ClientAuth => webpki::KeyUsage::client_auth(),
-        };
         for (usage, usage_name) in WORKLOAD_USAGES {
             let result = ee.verify_for_usage(
                 algs.all,
                 &trust.roots().roots,
                 &chain[1..],
                 unix_now,
-                usage_of(usage),
+                usage.key_usage(),
                 None,
                 None,
             );
@@ -250,14 +245,14 @@ impl TlsStore {
             anchor_sha256: anchor,
         });
         let resolver = Arc::new(SingleCertAndKey::from(cert.clone()));
-        let versions = self.policy.versions();
+        let versions = self.settings.policy.versions();
 
         // Resumed sessions skip certificate checks: a new trust version gets new ticket keys and
         // an empty client cache, so no session verified under the old roots survives.
         let sessions = if self.settings.resumption {
             if inputs.sessions.as_ref().map(|s| s.trust_version.as_str()) != Some(trust.version()) {
                 inputs.sessions = Some(Sessions::new(
-                    &self.policy,
+                    &self.settings.policy,
                     trust.version(),
                     self.settings.inbound.len(),
                 )?);
