@@ -111,7 +111,7 @@ impl CertInfo {
         match self.uris.as_slice() {
             [one] => one.parse(),
             [] => Err(Error::Certificate(
-                "the certificate has no URI SAN, so no SPIFFE ID (issue it with --id spiffe://...)".into(),
+                "the certificate has no URI SAN, so no SPIFFE ID; a workload certificate carries spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>".into(),
             )),
             many => Err(Error::Certificate(format!(
                 "the certificate has {} URI SANs; an X509-SVID carries exactly one",

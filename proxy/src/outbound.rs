@@ -225,7 +225,7 @@ impl HttpOutbound {
             return body::text(
                 StatusCode::BAD_GATEWAY,
                 format!(
-                    "signet: no route to {target}: it is not in this sidecar's service table (add --service {target}=ADDRESS,SPIFFE_ID)"
+                    "signet: no route to {target}: it is not in this sidecar's service table (services[{target}] in the config, --service {target}=ADDRESS,SPIFFE_ID on the command line)"
                 ),
             );
         };
