@@ -74,9 +74,9 @@ fn sessions_resume_but_never_past_the_client_certificate() {
         "nothing reached httpbin after the client certificate expired"
     );
     assert!(
-        side.proc
-            .log()
-            .contains("the resumed session's peer certificate expired"),
+        side.proc.log().contains(
+            "expired: resumed session: peer spiffe://cluster.local/ns/foo/sa/curl: the peer's certificate has expired"
+        ),
         "{}",
         side.proc.log()
     );

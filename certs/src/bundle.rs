@@ -35,22 +35,42 @@ pub struct SignerTrust {
     pub others: Vec<(SignerName, Vec<CertificateDer<'static>>)>,
     /// The bundle's `trustDomains` for this signer; `None` when an entry leaves them open.
     pub trust_domains: Option<Vec<String>>,
-    /// The trust version: changes whenever the roots or their signer mapping change.
+    /// The trust version: a fingerprint of everything that decides whom this workload accepts
+    /// (its signer, that signer's roots, the trust domains). It changes when any of them does,
+    /// a switch to another signer under the same bundle included; the other signers' roots,
+    /// which only name refused peers, do not count.
     pub version: String,
 }
 
 impl SignerTrust {
     /// Trust exactly `roots` for `signer`, with no other signer known (no bundle configured).
     pub fn from_roots(signer: SignerName, roots: Vec<CertificateDer<'static>>) -> Self {
-        let all: Vec<u8> = roots.iter().flat_map(|r| r.to_vec()).collect();
         SignerTrust {
+            version: trust_version(&signer, &roots, None),
             signer,
-            version: sha256_hex(&all)[..16].to_string(),
             roots,
             others: Vec::new(),
             trust_domains: None,
         }
     }
+}
+
+/// See [`SignerTrust::version`]. Each part is length-prefixed, so no two inputs collide.
+fn trust_version(signer: &SignerName, roots: &[CertificateDer<'_>], trust_domains: Option<&[String]>) -> String {
+    let mut all = Vec::new();
+    let mut part = |bytes: &[u8]| {
+        all.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        all.extend_from_slice(bytes);
+    };
+    part(signer.as_str().as_bytes());
+    for root in roots {
+        part(root);
+    }
+    match trust_domains {
+        Some(tds) => tds.iter().for_each(|td| part(td.as_bytes())),
+        None => part(b"any trust domain"),
+    }
+    sha256_hex(&all)[..16].to_string()
 }
 
 #[derive(Deserialize)]
@@ -193,11 +213,11 @@ impl TrustBundle {
             .all(|e| !e.trust_domains.is_empty())
             .then(|| entries.iter().flat_map(|e| e.trust_domains.iter().cloned()).collect());
         Ok(SignerTrust {
+            version: trust_version(signer, &roots, trust_domains.as_deref()),
             signer: signer.clone(),
             roots,
             others,
             trust_domains,
-            version: self.version(),
         })
     }
 
@@ -384,6 +404,26 @@ spec:
         assert_eq!(again, bundle);
         let only_foo = TrustBundle::from_signers([(f.name(), f.roots())]).unwrap();
         assert_ne!(only_foo.version(), bundle.version());
+    }
+
+    #[test]
+    fn the_trust_version_follows_what_decides_trust() {
+        let (f, b, other_f) = (signer("foo"), signer("bar"), signer("foo"));
+        let bundle = TrustBundle::from_signers([(f.name(), f.roots()), (b.name(), b.roots())]).unwrap();
+        let foo = bundle.trust_for(f.name()).unwrap();
+        // The same bundle, another own signer: another version (sessions must not survive).
+        assert_ne!(foo.version, bundle.trust_for(b.name()).unwrap().version);
+        // Only another signer's roots changed: the same version.
+        let bar2 = signer("bar");
+        let changed = TrustBundle::from_signers([(f.name(), f.roots()), (b.name(), bar2.roots())]).unwrap();
+        assert_eq!(foo.version, changed.trust_for(f.name()).unwrap().version);
+        // Our roots or trust domains changed: another version.
+        let rotated = TrustBundle::from_signers([(f.name(), other_f.roots()), (b.name(), b.roots())]).unwrap();
+        assert_ne!(foo.version, rotated.trust_for(f.name()).unwrap().version);
+        let mut entries = bundle.entries().to_vec();
+        entries[0].trust_domains = vec!["cluster.local".into()];
+        let scoped = TrustBundle::new(entries).unwrap();
+        assert_ne!(foo.version, scoped.trust_for(f.name()).unwrap().version);
     }
 
     #[test]

@@ -32,7 +32,6 @@ pub(crate) struct Inbound {
     listen: SocketAddr,
     app: String,
     protocol: Protocol,
-    allow: crate::tls::AllowList,
     xfcc: XfccMode,
     shared: Arc<Shared>,
     app_client: Client<HttpConnector, Incoming>,
@@ -57,7 +56,6 @@ impl Inbound {
             listen,
             app: config.app.clone(),
             protocol: config.protocol,
-            allow: config.allow.clone(),
             xfcc,
             shared,
             app_client,
@@ -112,8 +110,10 @@ impl Inbound {
         };
         let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         if resumed {
-            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-            if let Err(e) = crate::tls::recheck_resumed(leaf, Some(&self.allow), None) {
+            // Resumption skips the verifier: the peer's chain (carried in the ticket) is verified
+            // again, in full, against the current trust and this listener's allow-list.
+            let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+            if let Err(e) = state.recheck_inbound(self.index, chain) {
                 self.reject(peer, e);
                 return;
             }

@@ -29,8 +29,8 @@ use crate::metrics::Direction;
 use crate::serve::{accept_loop, serve_http1};
 use crate::services::{Service, ServiceTable};
 use crate::sidecar::Shared;
-use crate::tls::ClientAlpn;
 use crate::tls::diagnose::{self, HandshakeError, Reason};
+use crate::tls::{ClientAlpn, TlsState};
 use crate::xfcc;
 
 /// Envoy's prefix for every failure before response headers.
@@ -95,14 +95,48 @@ fn tls_failure(error: &HandshakeError) -> String {
     )
 }
 
-/// Connects to `service`'s sidecar and completes the mTLS handshake.
+/// Connects to `service`'s sidecar and completes the mTLS handshake. A resumed session skips
+/// verification, so its peer chain is verified again; if that fails (the server's certificate
+/// expired since, say), the service's tickets are dropped and one full handshake is tried.
 pub(crate) async fn connect_peer(
     shared: &Shared,
     service: &Service,
     alpn: ClientAlpn,
 ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-    let metrics = &shared.metrics;
     let state = shared.store.current().ok_or(UpstreamError::NotReady)?;
+    let tls = handshake(shared, &state, service, alpn).await?;
+    if tls.get_ref().1.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+        shared.metrics.handshake_ok(Direction::Outbound, false);
+        return Ok(tls);
+    }
+    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    match state.recheck_outbound(&service.identity, alpn, chain) {
+        Ok(_) => {
+            shared.metrics.handshake_ok(Direction::Outbound, true);
+            Ok(tls)
+        }
+        Err(e) => {
+            tracing::debug!(
+                "outbound: the resumed session with {} no longer verifies ({e}); trying a full handshake",
+                service.name
+            );
+            state.forget_sessions(&service.server_name);
+            drop(tls);
+            let tls = handshake(shared, &state, service, alpn).await?;
+            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            shared.metrics.handshake_ok(Direction::Outbound, resumed);
+            Ok(tls)
+        }
+    }
+}
+
+/// TCP connect and one TLS handshake with the configs of `state`; failures are counted.
+async fn handshake(
+    shared: &Shared,
+    state: &TlsState,
+    service: &Service,
+    alpn: ClientAlpn,
+) -> Result<TlsStream<TcpStream>, UpstreamError> {
     let config = state.client(&service.identity, alpn).ok_or(UpstreamError::NotReady)?;
     let (name, address) = (|| service.name.clone(), || service.address.clone());
     let tcp = match tokio::time::timeout(shared.timeouts.connect, TcpStream::connect(service.address.as_str())).await {
@@ -125,23 +159,7 @@ pub(crate) async fn connect_peer(
     let connect = TlsConnector::from(config).connect(service.server_name.clone(), tcp);
     let (result, note) = diagnose::capture(tokio::time::timeout(shared.timeouts.handshake, connect)).await;
     let error = match result {
-        Ok(Ok(tls)) => {
-            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-            let recheck = match resumed {
-                true => {
-                    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-                    crate::tls::recheck_resumed(leaf, None, service.identity.as_ref()).err()
-                }
-                false => None,
-            };
-            match recheck {
-                None => {
-                    metrics.handshake_ok(Direction::Outbound, resumed);
-                    return Ok(tls);
-                }
-                Some(e) => e,
-            }
-        }
+        Ok(Ok(tls)) => return Ok(tls),
         Ok(Err(e)) => diagnose::classify(&e, note, state.identity.signer.as_str()),
         Err(_) => HandshakeError::new(
             Reason::Timeout,
@@ -151,7 +169,7 @@ pub(crate) async fn connect_peer(
             ),
         ),
     };
-    metrics.handshake_failed(Direction::Outbound, error.reason);
+    shared.metrics.handshake_failed(Direction::Outbound, error.reason);
     Err(UpstreamError::Handshake {
         service: name(),
         address: address(),

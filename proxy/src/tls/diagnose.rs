@@ -133,6 +133,15 @@ pub async fn capture<F: Future>(fut: F) -> (F::Output, Option<HandshakeError>) {
     .await
 }
 
+/// [`capture`] for a synchronous call (a verifier run outside a handshake).
+pub fn capture_sync<R>(f: impl FnOnce() -> R) -> (R, Option<HandshakeError>) {
+    NOTE.sync_scope(RefCell::new(None), || {
+        let out = f();
+        let note = NOTE.with(|n| n.borrow_mut().take());
+        (out, note)
+    })
+}
+
 /// Called by verifiers; a no-op outside [`capture`].
 pub(crate) fn note(err: HandshakeError) {
     let _ = NOTE.try_with(|n| *n.borrow_mut() = Some(err));

@@ -10,7 +10,7 @@ pub mod verify;
 
 pub use diagnose::{HandshakeError, Reason};
 pub use store::{ClientAlpn, InboundTls, TlsSettings, TlsState, TlsStore};
-pub use verify::{AllowList, PeerServerVerifier, Trust, recheck_resumed};
+pub use verify::{AllowList, PeerClientVerifier, PeerServerVerifier, Trust};
 
 #[cfg(test)]
 mod tests;

@@ -11,15 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
-use rustls::client::Resumption;
+use rustls::client::{ClientSessionStore, Resumption};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::NoServerSessionStorage;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, ServerConfig};
 use signet_certs::{CertInfo, CryptoPolicy, SignerTrust, SpiffeId, WORKLOAD_USAGES, crypto};
 
-use super::diagnose::describe_webpki;
+use super::diagnose::{HandshakeError, Reason, describe_webpki};
 use super::resume::Sessions;
 use super::verify::{AllowList, PeerClientVerifier, PeerServerVerifier, Trust};
 use crate::credentials::{Credentials, CredentialsError, TrustUpdate, WorkloadIdentity};
@@ -54,21 +54,65 @@ pub struct TlsSettings {
     pub outbound: Vec<(Option<SpiffeId>, ClientAlpn)>,
 }
 
+/// What an outbound connection asks for: the peer's expected identity and the ALPN.
+type ClientKey = (Option<SpiffeId>, ClientAlpn);
+
 /// One published generation of configs.
 pub struct TlsState {
     pub identity: Arc<WorkloadIdentity>,
     pub generation: u64,
-    servers: Vec<Arc<ServerConfig>>,
-    clients: HashMap<(Option<SpiffeId>, ClientAlpn), Arc<ClientConfig>>,
+    /// Per inbound listener: its config and the verifier inside it.
+    servers: Vec<(Arc<ServerConfig>, Arc<PeerClientVerifier>)>,
+    /// Per (expected identity, ALPN): the config and the verifier inside it.
+    clients: HashMap<ClientKey, (Arc<ClientConfig>, Arc<PeerServerVerifier>)>,
+    /// The clients' session cache, when resumption is on.
+    client_sessions: Option<Arc<dyn ClientSessionStore>>,
 }
 
 impl TlsState {
     pub fn server(&self, listener: usize) -> Option<Arc<ServerConfig>> {
-        self.servers.get(listener).cloned()
+        self.servers.get(listener).map(|(config, _)| config.clone())
     }
 
     pub fn client(&self, expected: &Option<SpiffeId>, alpn: ClientAlpn) -> Option<Arc<ClientConfig>> {
-        self.clients.get(&(expected.clone(), alpn)).cloned()
+        self.clients
+            .get(&(expected.clone(), alpn))
+            .map(|(config, _)| config.clone())
+    }
+
+    /// Verifies the chain of a client that resumed a session on `listener` again, in full.
+    pub fn recheck_inbound(&self, listener: usize, chain: &[CertificateDer<'_>]) -> Result<(), HandshakeError> {
+        match self.servers.get(listener) {
+            Some((_, verifier)) => verifier.recheck(chain),
+            None => Err(HandshakeError::new(
+                Reason::NotReady,
+                "no configuration for this listener",
+            )),
+        }
+    }
+
+    /// Verifies the chain of a server whose session was resumed again, in full.
+    pub fn recheck_outbound(
+        &self,
+        expected: &Option<SpiffeId>,
+        alpn: ClientAlpn,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<(), HandshakeError> {
+        match self.clients.get(&(expected.clone(), alpn)) {
+            Some((_, verifier)) => verifier.recheck(chain),
+            None => Err(HandshakeError::new(
+                Reason::NotReady,
+                "no configuration for this service",
+            )),
+        }
+    }
+
+    /// Drops every session ticket held for `server` (the next handshake with it is a full one).
+    pub fn forget_sessions(&self, server: &ServerName<'static>) {
+        if let Some(cache) = &self.client_sessions {
+            while cache.take_tls13_ticket(server).is_some() {}
+            cache.remove_tls12_session(server);
+        }
     }
 
     /// False once the certificate has expired: an expired certificate is never presented.
@@ -269,9 +313,10 @@ impl TlsStore {
                 &self.provider,
                 self.settings.verify_cache,
             )?;
+            let verifier = Arc::new(verifier);
             let mut config = ServerConfig::builder_with_provider(self.provider.clone())
                 .with_protocol_versions(versions)?
-                .with_client_cert_verifier(Arc::new(verifier))
+                .with_client_cert_verifier(verifier.clone())
                 .with_cert_resolver(resolver.clone());
             config.alpn_protocols = inbound.alpn.clone();
             // Only stateless TLS 1.3 tickets, sealed with keys of this trust version.
@@ -284,21 +329,21 @@ impl TlsStore {
                 }
                 None => config.send_tls13_tickets = 0,
             }
-            servers.push(Arc::new(config));
+            servers.push((Arc::new(config), verifier));
         }
 
         let mut clients = HashMap::new();
         for (expected, alpn) in &self.settings.outbound {
-            let verifier = PeerServerVerifier::new(
+            let verifier = Arc::new(PeerServerVerifier::new(
                 trust.clone(),
                 expected.clone(),
                 self.provider.signature_verification_algorithms,
                 self.settings.verify_cache,
-            );
+            ));
             let mut config = ClientConfig::builder_with_provider(self.provider.clone())
                 .with_protocol_versions(versions)?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_custom_certificate_verifier(verifier.clone())
                 .with_client_cert_resolver(resolver.clone());
             config.resumption = match &sessions {
                 Some(s) => Resumption::store(s.client_cache.clone()),
@@ -307,7 +352,7 @@ impl TlsStore {
             if *alpn == ClientAlpn::Http {
                 config.alpn_protocols = crypto::alpn(crypto::ALPN_HTTP);
             }
-            clients.insert((expected.clone(), *alpn), Arc::new(config));
+            clients.insert((expected.clone(), *alpn), (Arc::new(config), verifier));
         }
 
         inputs.generation += 1;
@@ -316,6 +361,7 @@ impl TlsStore {
             generation: inputs.generation,
             servers,
             clients,
+            client_sessions: sessions.as_ref().map(|s| s.client_cache.clone()),
         })));
         Ok(Some((identity, chains)))
     }

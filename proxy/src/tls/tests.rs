@@ -599,3 +599,173 @@ fn a_certificate_without_client_auth_is_refused_in_words() {
     assert!(e.contains("lacks the clientAuth extended key usage"), "{e}");
     assert!(e.contains("needs both") && !e.contains("Context"), "{e}");
 }
+
+fn resuming(settings: TlsSettings) -> TlsSettings {
+    TlsSettings {
+        resumption: true,
+        ..settings
+    }
+}
+
+/// The attack: a sidecar's own certificate moves to another signer (its namespace's signer
+/// changed) while the bundle stays the same. A peer of the old signer that holds a ticket must
+/// not resume, in either direction.
+#[tokio::test]
+async fn a_signer_switch_under_the_same_bundle_ends_every_session() {
+    use rustls::HandshakeKind::Resumed;
+    let ca = ca();
+    let server = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        resuming(server_settings(AllowList::default())),
+    )
+    .unwrap();
+    let client = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "curl"),
+        resuming(client_settings(None)),
+    )
+    .unwrap();
+    handshake_kind(&server, &client).await;
+    assert_eq!(handshake_kind(&server, &client).await, Resumed, "a ticket is held");
+    let before = server.identity().unwrap().trust_version.clone();
+
+    // The server now belongs to signer bar; the bundle is unchanged.
+    let (chain, key) = material(&ca.bar, &id("foo", "httpbin"), IssueOptions::default());
+    server
+        .set_certificate(chain, key, Some(ca.bundle.trust_for(ca.bar.name()).unwrap()))
+        .unwrap();
+    assert_ne!(server.identity().unwrap().trust_version, before);
+    // No resumption: a full handshake, in which each side refuses the other's signer.
+    let (s, c) = handshake(&server, &client, None).await;
+    assert!(s.is_err(), "the foo client's ticket no longer opens the door");
+    assert_eq!(c.unwrap_err().reason, Reason::UnknownSigner);
+
+    // The other direction: the client moves to bar and must not offer its foo sessions.
+    let server = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        resuming(server_settings(AllowList::default())),
+    )
+    .unwrap();
+    let client = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "curl"),
+        resuming(client_settings(None)),
+    )
+    .unwrap();
+    handshake_kind(&server, &client).await;
+    assert_eq!(handshake_kind(&server, &client).await, Resumed);
+    let (chain, key) = material(&ca.bar, &id("foo", "curl"), IssueOptions::default());
+    client
+        .set_certificate(chain, key, Some(ca.bundle.trust_for(ca.bar.name()).unwrap()))
+        .unwrap();
+    let (s, c) = handshake(&server, &client, None).await;
+    assert!(
+        s.is_err() && c.is_err(),
+        "a full handshake across signers fails: {s:?} {c:?}"
+    );
+}
+
+/// A client whose ticket outlives the server's certificate (the server renewed since) finds out
+/// on the re-check, drops its tickets, and the next handshake is a full one.
+#[tokio::test]
+async fn a_ticket_whose_server_certificate_expired_is_dropped() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let ca = ca();
+    let server = TlsStore::new(resuming(server_settings(AllowList::default())));
+    let short = IssueOptions {
+        ttl: Duration::from_secs(2),
+        backdate: Duration::ZERO,
+    };
+    let (chain, key) = material(&ca.foo, &id("foo", "httpbin"), short);
+    server
+        .set_certificate(chain, key, Some(ca.bundle.trust_for(ca.foo.name()).unwrap()))
+        .unwrap();
+    let client = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "curl"),
+        resuming(client_settings(None)),
+    )
+    .unwrap();
+    assert_eq!(handshake_kind(&server, &client).await, Full);
+    // The server renews; its old certificate then expires. The client's ticket still resumes.
+    let (chain, key) = material(&ca.foo, &id("foo", "httpbin"), IssueOptions::default());
+    server.set_certificate(chain, key, None).unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let server_cfg = server.current().unwrap().server(0).unwrap();
+    let state = client.current().unwrap();
+    let client_cfg = state.client(&None, ClientAlpn::None).unwrap();
+    let (_, tls) = tokio::join!(TlsAcceptor::from(server_cfg).accept(s), async {
+        TlsConnector::from(client_cfg)
+            .connect(ServerName::try_from("httpbin.foo").unwrap(), c)
+            .await
+            .unwrap()
+    });
+    assert_eq!(tls.get_ref().1.handshake_kind(), Some(Resumed));
+    let chain = tls.get_ref().1.peer_certificates().unwrap().to_vec();
+    let e = state.recheck_outbound(&None, ClientAlpn::None, &chain).unwrap_err();
+    assert_eq!(e.reason, Reason::Expired, "{e}");
+    state.forget_sessions(&ServerName::try_from("httpbin.foo").unwrap());
+    assert_eq!(
+        handshake_kind(&server, &client).await,
+        Full,
+        "no ticket is offered any more"
+    );
+}
+
+/// A client resuming after its certificate expired is refused by the re-check, not let in by the
+/// ticket (resumption skips the verifier).
+#[tokio::test]
+async fn a_resumed_client_is_verified_again() {
+    use rustls::HandshakeKind::Resumed;
+    let ca = ca();
+    let server = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        resuming(server_settings(AllowList::default())),
+    )
+    .unwrap();
+    let client = TlsStore::new(resuming(client_settings(None)));
+    let short = IssueOptions {
+        ttl: Duration::from_secs(2),
+        backdate: Duration::ZERO,
+    };
+    let (chain, key) = material(&ca.foo, &id("foo", "curl"), short);
+    client
+        .set_certificate(chain, key, Some(ca.bundle.trust_for(ca.foo.name()).unwrap()))
+        .unwrap();
+    let client_cfg = client.current().unwrap().client(&None, ClientAlpn::None).unwrap();
+    handshake_kind(&server, &client).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let state = server.current().unwrap();
+    let (tls, client_side) = tokio::join!(TlsAcceptor::from(state.server(0).unwrap()).accept(s), async {
+        TlsConnector::from(client_cfg)
+            .connect(ServerName::try_from("httpbin.foo").unwrap(), c)
+            .await
+    });
+    let tls = tls.unwrap_or_else(|e| panic!("server: {e}; client: {:?}", client_side.err()));
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(Resumed),
+        "the ticket resumed the session"
+    );
+    let chain = tls.get_ref().1.peer_certificates().unwrap().to_vec();
+    let e = state.recheck_inbound(0, &chain).unwrap_err();
+    assert_eq!(e.reason, Reason::Expired, "{e}");
+    assert!(e.detail.starts_with("resumed session: "), "{e}");
+}

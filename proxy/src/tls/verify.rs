@@ -402,51 +402,48 @@ impl ClientCertVerifier for PeerClientVerifier {
     }
 }
 
-/// After a resumed handshake, which skips certificate verification, re-checks what can change
-/// while a session lives: the validity of the peer's leaf (carried over from the original
-/// handshake) and, inbound, this listener's allow-list; outbound, the expected identity.
-pub fn recheck_resumed(
-    leaf: Option<&CertificateDer<'_>>,
-    allow: Option<&AllowList>,
-    expected: Option<&SpiffeId>,
-) -> Result<SpiffeId, HandshakeError> {
-    let leaf = leaf.ok_or_else(|| {
-        HandshakeError::new(
-            Reason::BadCertificate,
-            "the resumed session carries no peer certificate",
-        )
-    })?;
-    let info = CertInfo::parse(leaf).map_err(|e| HandshakeError::new(Reason::BadCertificate, e.to_string()))?;
-    let now = std::time::SystemTime::now();
-    if now > info.not_after {
-        return Err(HandshakeError::new(
-            Reason::Expired,
-            format!(
-                "the resumed session's peer certificate expired at {}",
-                signet_certs::rfc3339(info.not_after)
-            ),
-        ));
+/// The outcome of a verifier run on a resumed session, explained as a handshake failure would be.
+fn explained<T>(
+    result: Result<T, rustls::Error>,
+    note: Option<HandshakeError>,
+    signer: &SignerName,
+) -> Result<T, HandshakeError> {
+    result.map_err(|e| {
+        let mut e = note.unwrap_or_else(|| diagnose::from_rustls(&e, signer.as_str()));
+        e.detail = format!("resumed session: {}", e.detail);
+        e
+    })
+}
+
+impl PeerClientVerifier {
+    /// The whole check again, for a client whose session was resumed (resumption skips the
+    /// verifier): its chain against our current roots, its SPIFFE ID, trust domain, allow-list.
+    pub fn recheck(&self, chain: &[CertificateDer<'_>]) -> Result<(), HandshakeError> {
+        let (leaf, intermediates) = chain.split_first().ok_or_else(|| {
+            HandshakeError::new(
+                Reason::BadCertificate,
+                "the resumed session carries no peer certificate",
+            )
+        })?;
+        let (result, note) = diagnose::capture_sync(|| self.verify_client_cert(leaf, intermediates, UnixTime::now()));
+        explained(result, note, &self.trust.signer).map(|_| ())
     }
-    if now < info.not_before {
-        return Err(HandshakeError::new(
-            Reason::NotYetValid,
-            "the resumed session's peer certificate is not valid yet",
-        ));
+}
+
+impl PeerServerVerifier {
+    /// The whole check again, for a server whose session was resumed: its chain against our
+    /// current roots, its SPIFFE ID against the one expected.
+    pub fn recheck(&self, chain: &[CertificateDer<'_>]) -> Result<(), HandshakeError> {
+        let (leaf, intermediates) = chain.split_first().ok_or_else(|| {
+            HandshakeError::new(
+                Reason::BadCertificate,
+                "the resumed session carries no peer certificate",
+            )
+        })?;
+        // The name is not checked: the SPIFFE ID is (see `verify_server_cert`).
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let (result, note) =
+            diagnose::capture_sync(|| self.verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now()));
+        explained(result, note, &self.trust.signer).map(|_| ())
     }
-    let id = info
-        .spiffe_id()
-        .map_err(|e| HandshakeError::new(Reason::BadCertificate, e.to_string()))?;
-    if allow.is_some_and(|a| !a.allows(&id)) {
-        return Err(HandshakeError::new(
-            Reason::NotAllowed,
-            format!("peer {id} (resumed session) is not on this listener's allow-list"),
-        ));
-    }
-    if let Some(expected) = expected.filter(|e| **e != id) {
-        return Err(HandshakeError::new(
-            Reason::WrongIdentity,
-            format!("the resumed session is with {id}, but this service should be {expected}"),
-        ));
-    }
-    Ok(id)
 }
