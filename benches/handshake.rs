@@ -48,6 +48,7 @@ fn store(f: &Fixture, sa: &str, resumption: bool, verify_cache: bool) -> TlsStor
             allow: AllowList::default(),
         }],
         outbound: vec![(None, ClientAlpn::None)],
+        trust_domain_aliases: Vec::new(),
     });
     let (chain, key) = identity(f, sa);
     store

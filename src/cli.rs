@@ -320,6 +320,9 @@ pub struct ProxyArgs {
     /// Once every listener is bound, write their addresses to FILE as JSON (as /listeners answers).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+    /// Also accept peers of this trust domain (repeatable; by default only the own trust domain, unless the bundle names trust domains).
+    #[arg(long = "trust-domain-alias", value_name = "TRUST_DOMAIN")]
+    pub trust_domain_alias: Vec<String>,
 }
 
 impl ProxyArgs {
@@ -423,6 +426,7 @@ impl ProxyArgs {
                 || tls.verify_cache.is_some())
             .then_some(tls),
             watch_interval: self.watch_interval,
+            trust_domain_aliases: self.trust_domain_alias.clone(),
         })
     }
 }
@@ -450,6 +454,7 @@ fn flag_of(setting: &Setting) -> Option<&'static str> {
         Setting::Service(_) => "--service",
         Setting::Admin => "--admin",
         Setting::WatchInterval => "--watch-interval",
+        Setting::TrustDomainAlias(_) => "--trust-domain-alias",
         _ => return None,
     })
 }

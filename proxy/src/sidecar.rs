@@ -266,5 +266,6 @@ fn tls_settings(config: &Config, services: &ServiceTable) -> TlsSettings {
         verify_cache: config.tls.verify_cache,
         inbound,
         outbound,
+        trust_domain_aliases: config.trust_domain_aliases.clone(),
     }
 }

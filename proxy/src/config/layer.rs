@@ -32,6 +32,10 @@ pub struct ConfigFile {
     pub tls: Option<TlsFile>,
     /// How often watched files (certificates in files mode, the trust bundle) are checked.
     pub watch_interval: Option<HumanDuration>,
+    /// Trust domains peers may be in besides the sidecar's own (Istio's
+    /// `meshConfig.trustDomainAliases`), where the bundle names none for the signer.
+    #[serde(default)]
+    pub trust_domain_aliases: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -219,6 +223,11 @@ impl ConfigFile {
                 }),
             },
             watch_interval: pick(self.watch_interval, over.watch_interval),
+            trust_domain_aliases: if over.trust_domain_aliases.is_empty() {
+                self.trust_domain_aliases
+            } else {
+                over.trust_domain_aliases
+            },
         }
     }
 }

@@ -130,6 +130,7 @@ pub enum Setting {
     Service(String),
     Admin,
     WatchInterval,
+    TrustDomainAlias(usize),
 }
 
 impl Setting {
@@ -159,6 +160,7 @@ impl Setting {
             Setting::Service(name) => format!("services[{name}]"),
             Setting::Admin => "admin".into(),
             Setting::WatchInterval => "watchInterval".into(),
+            Setting::TrustDomainAlias(i) => format!("trustDomainAliases[{i}]"),
         }
     }
 }
@@ -403,6 +405,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub xfcc: XfccMode,
     pub tls: TlsConfig,
+    /// Trust domains accepted besides the own one (where the bundle names none).
+    pub trust_domain_aliases: Vec<String>,
 }
 
 #[cfg(test)]

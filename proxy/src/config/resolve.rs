@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use signet_certs::{AUTHORITY_SERVER_NAME, DEFAULT_SIGNER_DOMAIN, SignerName, files};
+use signet_certs::{AUTHORITY_SERVER_NAME, DEFAULT_SIGNER_DOMAIN, SignerName, SpiffeId, files};
 
 use super::layer::{ConfigFile, IdentityFile, InboundFile, OutboundFile, ServiceFile, TimeoutsFile, TlsFile};
 use super::{
@@ -39,6 +39,10 @@ impl ConfigFile {
         if inbound.is_empty() && outbound_http.is_none() && outbound_tcp.is_empty() {
             return Err(err(S::Inbound(0), P::NoListeners));
         }
+        for (i, td) in self.trust_domain_aliases.iter().enumerate() {
+            // A trust domain is what a SPIFFE ID may have between `spiffe://` and its path.
+            SpiffeId::workload(td, "ns", "sa").map_err(|e| err(S::TrustDomainAlias(i), P::Value(e)))?;
+        }
         let watch_interval = self.watch_interval.map_or(DEFAULT_WATCH_INTERVAL, |w| w.0);
         if watch_interval < MIN_WATCH_INTERVAL {
             return Err(err(S::WatchInterval, P::WatchIntervalTooShort));
@@ -57,6 +61,7 @@ impl ConfigFile {
             timeouts: timeouts(self.timeouts.unwrap_or_default()),
             xfcc: self.xfcc.unwrap_or_default(),
             tls: tls(self.tls.unwrap_or_default()),
+            trust_domain_aliases: self.trust_domain_aliases,
         })
     }
 }

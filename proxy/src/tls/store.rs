@@ -52,6 +52,8 @@ pub struct TlsSettings {
     pub inbound: Vec<InboundTls>,
     /// The (expected peer identity, ALPN) pairs outbound connections will ask for.
     pub outbound: Vec<(Option<SpiffeId>, ClientAlpn)>,
+    /// Trust domains accepted besides the own one, where the bundle names none.
+    pub trust_domain_aliases: Vec<String>,
 }
 
 /// What an outbound connection asks for: the peer's expected identity and the ALPN.
@@ -290,6 +292,8 @@ impl TlsStore {
         });
         let resolver = Arc::new(SingleCertAndKey::from(cert.clone()));
         let versions = self.settings.policy.versions();
+        // Peers are held to the trust domains this identity accepts.
+        let trust = Arc::new(trust.for_identity(&identity.id, &self.settings.trust_domain_aliases));
 
         // Resumed sessions skip certificate checks: a new trust version gets new ticket keys and
         // an empty client cache, so no session verified under the old roots survives.

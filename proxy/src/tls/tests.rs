@@ -769,3 +769,57 @@ async fn a_resumed_client_is_verified_again() {
     assert_eq!(e.reason, Reason::Expired, "{e}");
     assert!(e.detail.starts_with("resumed session: "), "{e}");
 }
+
+/// The attack: a client certificate from the right signer, with a SPIFFE ID in a trust domain
+/// that is not ours, while the bundle names no trust domains. Refused by default; accepted only
+/// when that trust domain is configured as an alias.
+#[tokio::test]
+async fn a_peer_of_another_trust_domain_is_refused_unless_aliased() {
+    let ca = ca();
+    let foreign: SpiffeId = "spiffe://evil.example/ns/foo/sa/curl".parse().unwrap();
+    // The attacker's sidecar accepts our trust domain, so only our side decides.
+    let mut attacker_settings = client_settings(None);
+    attacker_settings.trust_domain_aliases = vec!["cluster.local".into()];
+    let attacker = store(&ca, &ca.foo, &ca.foo, &foreign, attacker_settings).unwrap();
+
+    let server = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        server_settings(AllowList::default()),
+    )
+    .unwrap();
+    let (s, _) = handshake(&server, &attacker, None).await;
+    let s = s.unwrap_err();
+    assert_eq!(s.reason, Reason::WrongIdentity, "{}", s.detail);
+    assert!(
+        s.detail.contains("evil.example") && s.detail.contains("only its own trust domain"),
+        "{}",
+        s.detail
+    );
+
+    let mut aliased = server_settings(AllowList::default());
+    aliased.trust_domain_aliases = vec!["evil.example".into()];
+    let server = store(&ca, &ca.foo, &ca.foo, &id("foo", "httpbin"), aliased).unwrap();
+    let (s, c) = handshake(&server, &attacker, None).await;
+    assert_eq!(s.unwrap(), Some(foreign), "an alias is explicit configuration");
+    c.unwrap();
+
+    // Outbound too: a server of the right signer in another trust domain is refused.
+    let foreign_server = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &"spiffe://evil.example/ns/foo/sa/httpbin".parse().unwrap(),
+        {
+            let mut s = server_settings(AllowList::default());
+            s.trust_domain_aliases = vec!["cluster.local".into()];
+            s
+        },
+    )
+    .unwrap();
+    let client = store(&ca, &ca.foo, &ca.foo, &id("foo", "curl"), client_settings(None)).unwrap();
+    let (_, c) = handshake(&foreign_server, &client, None).await;
+    assert_eq!(c.unwrap_err().reason, Reason::WrongIdentity);
+}

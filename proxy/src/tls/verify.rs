@@ -23,7 +23,7 @@ use crate::credentials::CredentialsError;
 
 /// What one sidecar trusts, ready for verification: its own signer's roots as a root store,
 /// plus every other signer's roots as anchors, kept only to name a refused peer's signer.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Trust {
     signer: SignerName,
     roots: Arc<RootCertStore>,
@@ -34,6 +34,9 @@ pub struct Trust {
     version: String,
     /// The bundle's `trustDomains` for this signer; `None` when an entry leaves them open.
     trust_domains: Option<Vec<String>>,
+    /// The trust domains peers may be in: the bundle's, else the sidecar's own and its aliases
+    /// (set by [`Trust::for_identity`] once the own identity is known).
+    accepted_domains: Vec<String>,
 }
 
 impl Trust {
@@ -62,24 +65,41 @@ impl Trust {
             signer: trust.signer,
             root_certs: trust.roots,
             version: trust.version,
+            accepted_domains: trust.trust_domains.clone().unwrap_or_default(),
             trust_domains: trust.trust_domains,
         })
     }
 
-    /// Refuses a peer whose trust domain is not among the signer's `trustDomains` (if set).
-    pub fn check_trust_domain(&self, id: &SpiffeId) -> Result<(), HandshakeError> {
-        match &self.trust_domains {
-            Some(tds) if !tds.iter().any(|td| td == id.trust_domain()) => Err(HandshakeError::new(
-                Reason::WrongIdentity,
-                format!(
-                    "{id} is in trust domain {}, but signer {} is trusted only for {}",
-                    id.trust_domain(),
-                    self.signer,
-                    tds.join(", ")
-                ),
-            )),
-            _ => Ok(()),
+    /// This trust as the sidecar with identity `own` applies it: where the bundle names no trust
+    /// domains for the signer, peers must be in `own`'s trust domain or one of `aliases`, as in
+    /// Istio (`meshConfig.trustDomainAliases`).
+    pub fn for_identity(&self, own: &SpiffeId, aliases: &[String]) -> Trust {
+        let mut scoped = self.clone();
+        if self.trust_domains.is_none() {
+            scoped.accepted_domains = std::iter::once(own.trust_domain().to_string())
+                .chain(aliases.iter().cloned())
+                .collect();
         }
+        scoped
+    }
+
+    /// Refuses a peer whose trust domain is not accepted (see [`Trust::for_identity`]).
+    pub fn check_trust_domain(&self, id: &SpiffeId) -> Result<(), HandshakeError> {
+        if self.accepted_domains.is_empty() || self.accepted_domains.iter().any(|td| td == id.trust_domain()) {
+            return Ok(());
+        }
+        let why = match self.trust_domains {
+            Some(_) => format!("signer {} is trusted only for", self.signer),
+            None => "this sidecar accepts only its own trust domain and its aliases:".to_string(),
+        };
+        Err(HandshakeError::new(
+            Reason::WrongIdentity,
+            format!(
+                "{id} is in trust domain {}, but {why} {}",
+                id.trust_domain(),
+                self.accepted_domains.join(", ")
+            ),
+        ))
     }
 
     pub(crate) fn trust_domains(&self) -> Option<&[String]> {
