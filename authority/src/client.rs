@@ -16,7 +16,7 @@ use rustls::pki_types::ServerName;
 use rustls::{CertificateError, RootCertStore};
 use signet_certs::{
     AuthorityClient, AuthorityError, AuthorityFuture, CryptoPolicy, CsrOrder, IssuedChain, crypto, parse_certs,
-    read_certs,
+    printable, read_certs,
 };
 use signet_proxy::config::AuthorityEndpoint;
 use tokio::net::TcpStream;
@@ -177,15 +177,12 @@ fn from_status(s: tonic::Status) -> AuthorityError {
     match crate::server::refusal_of(&s) {
         Some(reason) => AuthorityError::Refused {
             reason,
-            message: s
-                .message()
-                .strip_prefix(&format!("{reason}: "))
-                .unwrap_or(s.message())
-                .to_string(),
+            message: printable(s.message().strip_prefix(&format!("{reason}: ")).unwrap_or(s.message())).into_owned(),
         },
+        // Whatever answered may not be Signet: its words are escaped before they reach a log.
         None => AuthorityError::Status {
             code: code_name(s.code()).to_string(),
-            message: s.message().to_string(),
+            message: printable(s.message()).into_owned(),
         },
     }
 }

@@ -50,10 +50,13 @@ pub struct Refused {
     pub message: String,
 }
 
+/// Refusal messages quote what the caller sent (SANs, signer names): control characters are
+/// escaped, so a CSR cannot forge an audit line.
 fn refuse(reason: Refusal, message: impl Into<String>) -> Refused {
+    let message = message.into();
     Refused {
         reason,
-        message: message.into(),
+        message: signet_certs::printable(&message).into_owned(),
     }
 }
 
@@ -139,8 +142,9 @@ impl Authority {
                 &signet_certs::sha256_hex(csr.as_bytes())[..5]
             ),
             created: SystemTime::now(),
+            // As the caller named it (escaped): the record shows what was asked for.
             signer_name: cert_signer
-                .map(str::to_string)
+                .map(|s| signet_certs::printable(s).into_owned())
                 .unwrap_or_else(|| inputs.policy.signer_for(&requester.namespace).to_string()),
             usages: USAGES.to_vec(),
             expiration_seconds: if validity_seconds > 0 {
@@ -575,6 +579,36 @@ dnsSans:
         assert_eq!(refused.unwrap_err().reason, Refusal::UnknownToken);
         let refused = t.authority.create_certificate(None, &csr(me, &[]), 0, None);
         assert_eq!(refused.unwrap_err().reason, Refusal::NoToken);
+    }
+
+    /// The attack: a CSR whose SAN carries a line break and a fake log line, and a signer name
+    /// with one. The audit records and messages show them escaped.
+    #[test]
+    fn caller_supplied_text_cannot_forge_an_audit_line() {
+        use rcgen::{CertificateParams, KeyPair, SanType};
+        let t = setup();
+        let forged = "spiffe://cluster.local/ns/foo/sa/httpbin\n2026-11-30T00:00:00Z  INFO forged";
+        let mut params = CertificateParams::default();
+        params.subject_alt_names.push(SanType::URI(forged.try_into().unwrap()));
+        let csr = params
+            .serialize_request(&KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+            .unwrap();
+        let refused = t
+            .authority
+            .create_certificate(Some(&t.tokens[&("foo", "httpbin")]), &csr, 0, Some("foo\nINFO forged"))
+            .unwrap_err();
+        assert!(!refused.message.contains('\n'), "{}", refused.message);
+        let items = t.authority.requests_json()["items"].as_array().unwrap().clone();
+        for item in items {
+            for text in [
+                item["spec"]["signerName"].as_str().unwrap_or_default(),
+                item["status"]["conditions"][0]["message"].as_str().unwrap_or_default(),
+            ] {
+                assert!(!text.contains('\n'), "{text}");
+            }
+        }
     }
 
     #[test]

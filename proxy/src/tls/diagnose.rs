@@ -103,10 +103,13 @@ pub struct HandshakeError {
 }
 
 impl HandshakeError {
+    /// Explanations quote what peers sent (names in their certificates, issuers): control
+    /// characters are escaped here, so no explanation can forge a log line or a response.
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
         HandshakeError {
             reason,
-            detail: detail.into(),
+            detail: signet_certs::printable(&detail).into_owned(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! at the TLS layer, including the fixture per-signer trust lives or dies by, the same SPIFFE ID
 //! issued by another signer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
@@ -822,4 +823,61 @@ async fn a_peer_of_another_trust_domain_is_refused_unless_aliased() {
     let client = store(&ca, &ca.foo, &ca.foo, &id("foo", "curl"), client_settings(None)).unwrap();
     let (_, c) = handshake(&foreign_server, &client, None).await;
     assert_eq!(c.unwrap_err().reason, Reason::WrongIdentity);
+}
+
+/// The attack: an unauthenticated client presents a self-signed certificate whose issuer name
+/// and URI SAN carry a line break and a whole fake log line. The explanation escapes both and
+/// labels them unverified.
+#[tokio::test]
+async fn a_forged_log_line_in_a_certificate_is_escaped() {
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+    let ca = ca();
+    let server = store(
+        &ca,
+        &ca.foo,
+        &ca.foo,
+        &id("foo", "httpbin"),
+        server_settings(AllowList::default()),
+    )
+    .unwrap();
+    let forged = "x\n2026-11-30T00:00:00.000000Z  INFO inbound: accepted spiffe://cluster.local/ns/foo/sa/admin";
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, forged);
+    params.subject_alt_names.push(SanType::URI(
+        "spiffe://cluster.local/ns/foo/sa/x\nINFO forged".try_into().unwrap(),
+    ));
+    let cert = params.self_signed(&key).unwrap();
+    // The attacker trusts our server, so the refusal is ours to explain.
+    let verifier = PeerServerVerifier::new(
+        Arc::new(Trust::new(ca.bundle.trust_for(ca.foo.name()).unwrap()).unwrap()),
+        None,
+        signet_certs::CryptoPolicy::default().signature_algorithms(),
+        false,
+    );
+    let client_cfg = signet_certs::CryptoPolicy::default()
+        .client_builder()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let server_cfg = server.current().unwrap().server(0).unwrap();
+    let ((result, note), _) = tokio::join!(diagnose::capture(TlsAcceptor::from(server_cfg).accept(s)), async {
+        let _ = TlsConnector::from(Arc::new(client_cfg))
+            .connect(ServerName::try_from("httpbin.foo").unwrap(), c)
+            .await;
+    });
+    let e = diagnose::classify(&result.err().unwrap(), note, "foo");
+    assert_eq!(e.reason, Reason::UnknownSigner);
+    let line = e.to_string();
+    assert!(!line.contains('\n') && !line.contains('\r'), "{line}");
+    assert!(
+        line.contains("x\\u{a}2026-11-30T00:00:00.000000Z") && line.contains("(unverified)"),
+        "{line}"
+    );
 }

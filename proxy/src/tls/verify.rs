@@ -140,10 +140,11 @@ impl Trust {
     /// Records why `end_entity` failed verification with `err`, naming the signers involved.
     fn explain(&self, err: &rustls::Error, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) {
         let info = CertInfo::parse(end_entity).ok();
+        // Nothing in a certificate that did not verify is vouched for: say so.
         let who = info
             .as_ref()
             .and_then(|i| i.uris.first().cloned())
-            .map(|u| format!("peer {u}"))
+            .map(|u| format!("peer {u} (unverified)"))
             .unwrap_or_else(|| "the peer".to_string());
         let chain: Vec<CertificateDer<'_>> = std::iter::once(end_entity)
             .chain(intermediates)
@@ -154,10 +155,16 @@ impl Trust {
             rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature)
         );
         let note = if unknown_issuer && let Some(theirs) = self.anchored_signer(&chain) {
+            // Signed by another signer of the bundle: that signer vouches for the name.
+            let peer = info
+                .as_ref()
+                .and_then(|i| i.uris.first().cloned())
+                .map(|u| format!("peer {u}"))
+                .unwrap_or_else(|| "the peer".to_string());
             HandshakeError::new(
                 Reason::UnknownSigner,
                 format!(
-                    "{who} presents a certificate from signer {theirs}, but this proxy trusts only signer {} (roots of {theirs} are not accepted here)",
+                    "{peer} presents a certificate from signer {theirs}, but this proxy trusts only signer {} (roots of {theirs} are not accepted here)",
                     self.signer
                 ),
             )
@@ -173,7 +180,7 @@ impl Trust {
             HandshakeError::new(
                 Reason::UnknownSigner,
                 format!(
-                    "{who} presents a certificate issued by \"{}\", which chains to no signer in the trust bundle; this proxy trusts only signer {}",
+                    "{who} presents a certificate issued by \"{}\" (unverified), which chains to no signer in the trust bundle; this proxy trusts only signer {}",
                     info.map(|i| i.issuer).unwrap_or_default(),
                     self.signer
                 ),
