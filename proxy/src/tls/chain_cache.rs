@@ -1,9 +1,14 @@
-//! Remembers peer chains that verified against one trust, so a reconnecting workload costs one
-//! signature check (its CertificateVerify) instead of two. One cache lives inside each verifier,
-//! and verifiers are rebuilt whenever the trust or our certificate changes, so an entry never
-//! outlives the roots it was verified against. The key is the exact chain bytes; validity times
-//! are checked on every handshake; the SPIFFE ID is re-checked against the allow-list or the
-//! expected identity by the caller each time.
+//! Remembers peers that verified and were authorized under one trust, so a reconnecting
+//! workload costs one signature check (its CertificateVerify) instead of two. One cache lives
+//! inside each verifier, and verifiers are rebuilt whenever the trust or our certificate
+//! changes, so an entry never outlives the roots it was verified against.
+//!
+//! Entries are keyed by the SHA-256 of the peer's leaf: once a leaf has been verified to chain
+//! to our roots it is authentic, whatever else a later handshake sends with it (webpki ignores
+//! extra certificates, so keying by the whole chain let a peer make every chain unique by
+//! appending junk). Only chains that passed authorization (allow-list, expected identity) are
+//! remembered; validity times are checked on every use; the cache is bounded in entries and in
+//! bytes, and chains too large to be a mesh's are not remembered at all.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -12,8 +17,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use signet_certs::{CertInfo, SpiffeId};
 
-/// Entries kept at most; the cache is cleared when full (peers reconnect and refill it).
-const CAPACITY: usize = 4096;
+/// At most this many peers are remembered; the cache is cleared when full (they reconnect and
+/// refill it).
+const MAX_ENTRIES: usize = 4096;
+/// At most this many bytes of keys and identities are held (a SPIFFE ID may be 2 KiB long).
+const MAX_BYTES: usize = 1 << 20;
+/// Chains above this size (all certificates together) are verified every time, never remembered.
+pub(crate) const MAX_REMEMBERED_CHAIN_BYTES: usize = 16 * 1024;
 
 #[derive(Debug)]
 struct Entry {
@@ -23,46 +33,50 @@ struct Entry {
     not_after: u64,
 }
 
+impl Entry {
+    fn bytes(&self) -> usize {
+        32 + self.id.as_str().len() + std::mem::size_of::<Entry>()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_leaf: HashMap<[u8; 32], Entry>,
+    bytes: usize,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct VerifiedChains {
-    entries: RwLock<HashMap<Vec<u8>, Entry>>,
+    entries: RwLock<Entries>,
 }
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// The chain as one byte string, each certificate length-prefixed.
-pub(crate) fn key(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(end_entity.len() + intermediates.iter().map(|c| c.len() + 4).sum::<usize>() + 4);
-    for c in std::iter::once(end_entity).chain(intermediates) {
-        k.extend_from_slice(&(c.len() as u32).to_be_bytes());
-        k.extend_from_slice(c);
-    }
-    k
+fn leaf_key(leaf: &CertificateDer<'_>) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf);
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
 }
 
 impl VerifiedChains {
-    /// The SPIFFE ID of a chain verified earlier and valid at `now` (Unix seconds).
-    pub fn get(&self, key: &[u8], now: u64) -> Option<SpiffeId> {
+    /// The SPIFFE ID of a leaf verified and authorized earlier, valid at `now` (Unix seconds).
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<SpiffeId> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries
+            .by_leaf
             .get(key)
             .filter(|e| e.not_before <= now && now <= e.not_after)
             .map(|e| e.id.clone())
     }
 
-    /// Records a chain that just verified (the slow path).
-    pub fn insert(
-        &self,
-        key: Vec<u8>,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        id: &SpiffeId,
-    ) {
+    /// Records a chain that just verified and was authorized (the slow path).
+    fn insert(&self, key: [u8; 32], chain: &[&CertificateDer<'_>], id: &SpiffeId) {
         let mut not_before = 0;
         let mut not_after = u64::MAX;
-        for c in std::iter::once(end_entity).chain(intermediates) {
+        for c in chain {
             match CertInfo::spiffe_id_and_validity(c) {
                 Ok((_, nb, na)) => {
                     not_before = not_before.max(unix(nb));
@@ -78,23 +92,32 @@ impl VerifiedChains {
                 },
             }
         }
+        let entry = Entry {
+            id: id.clone(),
+            not_before,
+            not_after,
+        };
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= CAPACITY {
-            entries.clear();
+        if entries.by_leaf.len() >= MAX_ENTRIES || entries.bytes + entry.bytes() > MAX_BYTES {
+            entries.by_leaf.clear();
+            entries.bytes = 0;
         }
-        entries.insert(
-            key,
-            Entry {
-                id: id.clone(),
-                not_before,
-                not_after,
-            },
-        );
+        entries.bytes += entry.bytes();
+        if let Some(old) = entries.by_leaf.insert(key, entry) {
+            entries.bytes -= old.bytes();
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> (usize, usize) {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        (entries.by_leaf.len(), entries.bytes)
     }
 }
 
-/// The SPIFFE ID of a chain remembered by `cache` and valid `now`, or else `verify()`'s answer,
-/// remembered when it is a success. Without a cache, always `verify()`.
+/// The SPIFFE ID of a peer remembered by `cache` and valid `now`, or else `verify()`'s answer
+/// (which must include authorization), remembered when it is a success and the chain is small.
+/// Without a cache, always `verify()`.
 pub(crate) fn remembered_or<E>(
     cache: Option<&VerifiedChains>,
     end_entity: &CertificateDer<'_>,
@@ -105,11 +128,15 @@ pub(crate) fn remembered_or<E>(
     let Some(cache) = cache else {
         return verify();
     };
-    let key = key(end_entity, intermediates);
+    let key = leaf_key(end_entity);
     if let Some(id) = cache.get(&key, now.as_secs()) {
         return Ok(id);
     }
     let id = verify()?;
-    cache.insert(key, end_entity, intermediates, &id);
+    let size = end_entity.len() + intermediates.iter().map(|c| c.len()).sum::<usize>();
+    if size <= MAX_REMEMBERED_CHAIN_BYTES {
+        let chain: Vec<&CertificateDer<'_>> = std::iter::once(end_entity).chain(intermediates).collect();
+        cache.insert(key, &chain, &id);
+    }
     Ok(id)
 }

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use signet_certs::{DEFAULT_CA_VALIDITY, IdPattern, IssueOptions, Signer, SignerName, SpiffeId, TrustBundle};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -880,4 +881,49 @@ async fn a_forged_log_line_in_a_certificate_is_escaped() {
         line.contains("x\\u{a}2026-11-30T00:00:00.000000Z") && line.contains("(unverified)"),
         "{line}"
     );
+}
+
+/// The attack: a holder of a valid certificate of our signer makes every chain unique by
+/// appending a large junk certificate, and a refused peer tries the same. The cache holds one
+/// entry for the valid leaf, none for the refused one, and stays within its byte bound when many
+/// distinct (long) identities connect.
+#[test]
+fn junk_chains_do_not_grow_the_verified_chain_cache() {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let ca = ca();
+    let trust = Arc::new(Trust::new(ca.bundle.trust_for(ca.foo.name()).unwrap()).unwrap());
+    let provider = signet_certs::CryptoPolicy::default().provider();
+    let only_curl = AllowList::new(vec![allow(id("foo", "curl").as_str())]);
+    let verifier = PeerClientVerifier::new(trust.clone(), only_curl, &provider, true).unwrap();
+    let junk = |i: usize| {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("junk {i} {}", "x".repeat(3000)));
+        params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().clone()
+    };
+    let (curl, _) = material(&ca.foo, &id("foo", "curl"), IssueOptions::default());
+    let (sleep, _) = material(&ca.foo, &id("foo", "sleep"), IssueOptions::default());
+    for i in 0..50 {
+        let extra = [junk(i)];
+        assert!(verifier.verify_client_cert(&curl[0], &extra, UnixTime::now()).is_ok());
+        assert!(
+            verifier.verify_client_cert(&sleep[0], &extra, UnixTime::now()).is_err(),
+            "not on the allow-list"
+        );
+    }
+    let (entries, bytes) = verifier.cache_footprint();
+    assert_eq!(entries, 1, "one peer, one entry, whatever it sends along");
+    assert!(bytes < 1024, "{bytes} bytes");
+
+    // Many distinct identities with the longest SPIFFE IDs: the byte bound holds.
+    let open = PeerClientVerifier::new(trust, AllowList::default(), &provider, true).unwrap();
+    let mut most = 0;
+    for i in 0..700 {
+        let long = SpiffeId::workload("cluster.local", "foo", &format!("{i}-{}", "a".repeat(1900))).unwrap();
+        let (chain, _) = material(&ca.foo, &long, IssueOptions::default());
+        assert!(open.verify_client_cert(&chain[0], &chain[1..], UnixTime::now()).is_ok());
+        most = most.max(open.cache_footprint().1);
+    }
+    assert!(most <= 1 << 20, "the cache held {most} bytes");
 }

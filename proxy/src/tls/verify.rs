@@ -283,19 +283,21 @@ impl ServerCertVerifier for PeerServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = chain_cache::remembered_or(self.cache.as_ref(), end_entity, intermediates, now, || {
-            self.verify_chain(end_entity, intermediates, now)
+        // Authorization is part of what is remembered: a refused peer never fills the cache.
+        chain_cache::remembered_or(self.cache.as_ref(), end_entity, intermediates, now, || {
+            let id = self.verify_chain(end_entity, intermediates, now)?;
+            if let Some(expected) = self.expected.as_ref().filter(|e| **e != id) {
+                diagnose::note(HandshakeError::new(
+                    Reason::WrongIdentity,
+                    format!(
+                        "the peer is {id} (signer {}), but this service should be {expected}",
+                        self.trust.signer
+                    ),
+                ));
+                return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
+            }
+            Ok(id)
         })?;
-        if let Some(expected) = self.expected.as_ref().filter(|e| **e != id) {
-            diagnose::note(HandshakeError::new(
-                Reason::WrongIdentity,
-                format!(
-                    "the peer is {id} (signer {}), but this service should be {expected}",
-                    self.trust.signer
-                ),
-            ));
-            return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
-        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -332,6 +334,11 @@ pub struct PeerClientVerifier {
 }
 
 impl PeerClientVerifier {
+    #[cfg(test)]
+    pub(crate) fn cache_footprint(&self) -> (usize, usize) {
+        self.cache.as_ref().map(|c| c.footprint()).unwrap_or_default()
+    }
+
     pub fn new(
         trust: Arc<Trust>,
         allow: AllowList,
@@ -388,21 +395,23 @@ impl ClientCertVerifier for PeerClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let id = chain_cache::remembered_or(self.cache.as_ref(), end_entity, intermediates, now, || {
-            self.verify_chain(end_entity, intermediates, now)
+        // Authorization is part of what is remembered: a refused peer never fills the cache.
+        chain_cache::remembered_or(self.cache.as_ref(), end_entity, intermediates, now, || {
+            let id = self.verify_chain(end_entity, intermediates, now)?;
+            if !self.allow.allows(&id) {
+                diagnose::note(HandshakeError::new(
+                    Reason::NotAllowed,
+                    format!(
+                        "peer {id} (signer {}) is not on this listener's allow-list",
+                        self.trust.signer
+                    ),
+                ));
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+            Ok(id)
         })?;
-        if !self.allow.allows(&id) {
-            diagnose::note(HandshakeError::new(
-                Reason::NotAllowed,
-                format!(
-                    "peer {id} (signer {}) is not on this listener's allow-list",
-                    self.trust.signer
-                ),
-            ));
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ));
-        }
         Ok(ClientCertVerified::assertion())
     }
 
