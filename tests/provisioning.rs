@@ -250,3 +250,63 @@ fn a_wrong_authority_root_is_named_once_with_the_fix() {
     );
     assert_eq!(side.admin_get("/ready").status, 503);
 }
+
+/// The attack: signer foo's root is compromised and taken out of the bundle (a new root replaces
+/// it). A client holding a certificate from the removed root must be refused as soon as the
+/// bundle changes, even though the sidecar's own certificate came from that root too; the sidecar
+/// says so and is not ready until it holds a certificate from the new root.
+#[test]
+fn removing_a_compromised_root_takes_effect_in_files_mode() {
+    let t = setup();
+    let certs = t.mesh.issue(
+        "foo",
+        "httpbin-foo",
+        &spiffe("foo", "httpbin"),
+        &["--dns", "httpbin.foo"],
+    );
+    let mut args = t.mesh.inbound_args(&certs, "foo", t.app.addr, "http");
+    args.extend(s(&["--watch-interval", "200ms"]));
+    let side = Sidecar::start("sidecar httpbin.foo", &args);
+    assert_eq!(t.call(&side).status, 200, "the old root's client gets in before");
+
+    let new = t.mesh.path("new-signers").display().to_string();
+    signet_ok(&["signer", "new", "foo", "--dir", &new]);
+    let fresh = t.mesh.path("bundle.new").display().to_string();
+    signet_ok(&["bundle", &format!("{new}/foo"), "-o", &fresh]);
+    replace_file(&t.mesh.path("bundle.yaml"), &std::fs::read(&fresh).unwrap());
+    eventually("/ready to report the missing root", Duration::from_secs(10), || {
+        side.admin_get("/ready").status == 503
+    });
+    assert!(
+        side.admin_get("/ready")
+            .body
+            .contains("does not chain to the current roots of signer"),
+        "{}",
+        side.admin_get("/ready").body
+    );
+    let r = t.call(&side);
+    assert_ne!(r.status, 200, "a client of the removed root is refused: {r:?}");
+    assert!(
+        side.proc.logged_within(
+            "the trust bundle no longer holds the root of this sidecar's certificate",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        side.proc.log()
+    );
+
+    // A certificate from the new root: ready again.
+    signet_ok(&[
+        "cert",
+        "issue",
+        "--signer-dir",
+        &format!("{new}/foo"),
+        "--id",
+        &spiffe("foo", "httpbin"),
+        "--out",
+        &certs,
+    ]);
+    eventually("ready with the new root", Duration::from_secs(10), || {
+        side.admin_get("/ready").status == 200
+    });
+}

@@ -48,20 +48,15 @@ impl Admin {
             return body::text(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints are read-only (GET)");
         }
         match req.uri().path() {
-            "/ready" | "/healthz/ready" => match (self.store.is_ready(), self.store.identity()) {
-                (true, _) => body::text(StatusCode::OK, "ready"),
-                (false, Some(id)) => body::text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "not ready: the certificate for {} expired at {}",
-                        id.id,
-                        rfc3339(id.not_after)
-                    ),
-                ),
-                (false, None) => body::text(
+            "/ready" | "/healthz/ready" => match self.store.identity() {
+                None => body::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: no workload certificate yet",
                 ),
+                Some(id) => match id.unready_reason(SystemTime::now()) {
+                    None => body::text(StatusCode::OK, "ready"),
+                    Some(why) => body::text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+                },
             },
             "/live" => body::text(StatusCode::OK, "live"),
             "/metrics" | "/stats/prometheus" => {

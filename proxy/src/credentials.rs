@@ -42,8 +42,12 @@ pub struct WorkloadIdentity {
     pub chain: Vec<CertInfo>,
     pub roots: Vec<CertInfo>,
     pub trust_version: String,
-    /// SHA-256 of the root the chain anchors to.
+    /// SHA-256 of the root the chain anchors to (empty when it anchors to none of them).
     pub anchor_sha256: String,
+    /// The certificate chains to the current roots. False after a trust update that removed
+    /// its root: the new roots are in force, and the sidecar is not ready until it has a
+    /// certificate from one of them.
+    pub chains_to_roots: bool,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
@@ -52,6 +56,23 @@ impl WorkloadIdentity {
     /// False once the certificate has expired: an expired certificate is never presented.
     pub fn is_valid_at(&self, now: SystemTime) -> bool {
         now <= self.not_after
+    }
+
+    /// Why this identity cannot serve (readiness), if it cannot.
+    pub fn unready_reason(&self, now: SystemTime) -> Option<String> {
+        if !self.is_valid_at(now) {
+            return Some(format!(
+                "the certificate for {} expired at {}",
+                self.id,
+                signet_certs::rfc3339(self.not_after)
+            ));
+        }
+        (!self.chains_to_roots).then(|| {
+            format!(
+                "the certificate for {} does not chain to the current roots of signer {} (its root was removed from the trust bundle); install one from a current root",
+                self.id, self.signer
+            )
+        })
     }
 }
 

@@ -161,8 +161,9 @@ impl TlsStore {
         self.current.load_full().filter(|s| s.is_valid_now())
     }
 
+    /// A valid certificate that chains to the current roots is published.
     pub fn is_ready(&self) -> bool {
-        self.current().is_some()
+        self.current().is_some_and(|s| s.identity.chains_to_roots)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inputs> {
@@ -289,6 +290,7 @@ impl TlsStore {
                 .collect(),
             trust_version: trust.version().to_string(),
             anchor_sha256: anchor,
+            chains_to_roots: chains,
         });
         let resolver = Arc::new(SingleCertAndKey::from(cert.clone()));
         let versions = self.settings.policy.versions();
