@@ -169,8 +169,8 @@ fn benches(crit: &mut Criterion) {
 
     let trust = Arc::new(Trust::new(f.bundle.trust_for(f.foo.name()).unwrap()).unwrap());
     let provider = CryptoPolicy::default().provider();
-    let verifier = PeerClientVerifier::new(trust.clone(), AllowList::default(), &provider, false).unwrap();
-    let cached = PeerClientVerifier::new(trust, AllowList::default(), &provider, true).unwrap();
+    let verifier = PeerClientVerifier::new(trust.clone(), AllowList::default(), &provider, false);
+    let cached = PeerClientVerifier::new(trust, AllowList::default(), &provider, true);
     let (chain, _) = identity(&f, "curl");
     crit.bench_function("peer_verifier (client chain against foo's roots + SPIFFE ID)", |b| {
         b.iter(|| {

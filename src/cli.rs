@@ -236,6 +236,9 @@ pub struct ProxyArgs {
     /// Trust bundle (caCertificates YAML, as `signet bundle` writes it or Istio's meshConfig holds it).
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of this sidecar's signer, reloaded like the bundle; peers they list are refused.
+    #[arg(long, value_name = "FILE")]
+    pub crl: Option<PathBuf>,
     /// This workload's signer name; only its roots are trusted. Optional with --bundle: read off the certificate.
     #[arg(long, env = "ISTIO_META_CERT_SIGNER", value_name = "NAME")]
     pub signer: Option<String>,
@@ -410,6 +413,7 @@ impl ProxyArgs {
             signer_domain: self.signer_domain.clone(),
             identity: names_identity.then_some(identity),
             trust_bundle: self.bundle.clone(),
+            crl: self.crl.clone(),
             inbound,
             outbound: (self.outbound.is_some() || !tcp.is_empty()).then(|| OutboundFile {
                 http: self.outbound.clone(),
@@ -440,6 +444,7 @@ fn flag_of(setting: &Setting) -> Option<&'static str> {
         Setting::Key => "--key",
         Setting::Ca => "--ca",
         Setting::TrustBundle => "--bundle",
+        Setting::Crl => "--crl",
         Setting::AuthorityAddress => "--authority",
         Setting::AuthorityCa => "--authority-ca",
         Setting::AuthorityServerName => "--authority-server-name",

@@ -280,7 +280,7 @@ fn removing_a_compromised_root_takes_effect_in_files_mode() {
     assert!(
         side.admin_get("/ready")
             .body
-            .contains("does not chain to the current roots of signer"),
+            .contains("refuses this sidecar's certificate: the certificate for"),
         "{}",
         side.admin_get("/ready").body
     );
@@ -288,10 +288,15 @@ fn removing_a_compromised_root_takes_effect_in_files_mode() {
     assert_ne!(r.status, 200, "a client of the removed root is refused: {r:?}");
     assert!(
         side.proc.logged_within(
-            "the trust bundle no longer holds the root of this sidecar's certificate",
+            "the new trust refuses this sidecar's own certificate",
             Duration::from_secs(2)
         ),
         "{}",
+        side.proc.log()
+    );
+    assert!(
+        side.proc.logged_within("retired_root: peer", Duration::from_secs(2)),
+        "the refused client is named as one of a removed root:\n{}",
         side.proc.log()
     );
 

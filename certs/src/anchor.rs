@@ -9,7 +9,7 @@ use crate::{CertInfo, CryptoPolicy};
 
 /// The key usages a workload certificate must carry: a sidecar is a TLS server (inbound) and a
 /// TLS client (outbound) with the same certificate.
-pub const WORKLOAD_USAGES: [(Usage, &str); 2] = [(Usage::ServerAuth, "serverAuth"), (Usage::ClientAuth, "clientAuth")];
+pub const WORKLOAD_USAGES: [Usage; 2] = [Usage::ServerAuth, Usage::ClientAuth];
 
 /// An extended key usage a chain is checked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,11 +19,36 @@ pub enum Usage {
 }
 
 impl Usage {
-    /// As webpki checks it.
+    /// As webpki checks it by default: the usage must be listed *if* the certificate lists any.
+    /// Enough to tell which signer issued a chain.
     pub fn key_usage(self) -> webpki::KeyUsage {
         match self {
             Usage::ServerAuth => webpki::KeyUsage::server_auth(),
             Usage::ClientAuth => webpki::KeyUsage::client_auth(),
+        }
+    }
+
+    /// Whether `leaf` lists this usage in its extended key usage, as Signet requires of a peer:
+    /// a leaf with no extended key usage, or only anyExtendedKeyUsage, or only the other
+    /// direction's, does not. (webpki's check accepts the first two, and applies a required
+    /// usage to intermediates too, which commonly list none.) Unparseable: false.
+    pub fn listed_in(self, leaf: &[u8]) -> bool {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+            return false;
+        };
+        match cert.extended_key_usage() {
+            Ok(Some(eku)) => match self {
+                Usage::ServerAuth => eku.value.server_auth,
+                Usage::ClientAuth => eku.value.client_auth,
+            },
+            _ => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Usage::ServerAuth => "serverAuth",
+            Usage::ClientAuth => "clientAuth",
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
@@ -35,10 +35,12 @@ pub struct SignerTrust {
     pub others: Vec<(SignerName, Vec<CertificateDer<'static>>)>,
     /// The bundle's `trustDomains` for this signer; `None` when an entry leaves them open.
     pub trust_domains: Option<Vec<String>>,
+    /// Certificate revocation lists issued under the signer's roots.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
     /// The trust version: a fingerprint of everything that decides whom this workload accepts
-    /// (its signer, that signer's roots, the trust domains). It changes when any of them does,
-    /// a switch to another signer under the same bundle included; the other signers' roots,
-    /// which only name refused peers, do not count.
+    /// (its signer, that signer's roots, the trust domains, the revocation lists). It changes
+    /// when any of them does, a switch to another signer under the same bundle included; the
+    /// other signers' roots, which only name refused peers, do not count.
     pub version: String,
 }
 
@@ -51,7 +53,22 @@ impl SignerTrust {
             roots,
             others: Vec::new(),
             trust_domains: None,
+            crls: Vec::new(),
         }
+    }
+
+    /// The same trust with the signer's revocation lists (a new trust version).
+    pub fn with_crls(mut self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self {
+        if !crls.is_empty() {
+            let mut all = self.version.into_bytes();
+            for crl in &crls {
+                all.extend_from_slice(&(crl.len() as u64).to_be_bytes());
+                all.extend_from_slice(crl);
+            }
+            self.version = sha256_hex(&all)[..16].to_string();
+        }
+        self.crls = crls;
+        self
     }
 }
 
@@ -218,6 +235,7 @@ impl TrustBundle {
             roots,
             others,
             trust_domains,
+            crls: Vec::new(),
         })
     }
 

@@ -20,6 +20,11 @@ pub struct CertInfo {
     pub ips: Vec<IpAddr>,
     pub emails: Vec<String>,
     pub is_ca: bool,
+    /// A CA's basicConstraints pathLenConstraint: how many intermediates may follow it.
+    pub path_len: Option<u32>,
+    /// The extended key usages listed (`serverAuth`, `clientAuth`, `anyExtendedKeyUsage`, other
+    /// OIDs dotted); `None` when the certificate has no extended key usage extension.
+    pub extended_key_usage: Option<Vec<String>>,
     /// SHA-256 of the DER, lowercase hex.
     pub sha256: String,
     /// DER of the SubjectPublicKeyInfo, to match a private key against its certificate.
@@ -46,9 +51,33 @@ impl CertInfo {
             ips: Vec::new(),
             emails: Vec::new(),
             is_ca: cert.is_ca(),
+            path_len: cert
+                .basic_constraints()
+                .ok()
+                .flatten()
+                .and_then(|bc| bc.value.path_len_constraint),
+            extended_key_usage: None,
             sha256: sha256_hex(der),
             spki: cert.public_key().raw.to_vec(),
         };
+        let eku = cert
+            .extended_key_usage()
+            .map_err(|e| Error::Certificate(format!("malformed extendedKeyUsage: {e}")))?;
+        if let Some(eku) = eku {
+            let eku = eku.value;
+            let named = [
+                (eku.any, "anyExtendedKeyUsage"),
+                (eku.server_auth, "serverAuth"),
+                (eku.client_auth, "clientAuth"),
+                (eku.code_signing, "codeSigning"),
+                (eku.email_protection, "emailProtection"),
+                (eku.time_stamping, "timeStamping"),
+                (eku.ocsp_signing, "OCSPSigning"),
+            ];
+            let mut list: Vec<String> = named.iter().filter(|(on, _)| *on).map(|(_, n)| n.to_string()).collect();
+            list.extend(eku.other.iter().map(|oid| oid.to_id_string()));
+            info.extended_key_usage = Some(list);
+        }
         let san = cert
             .subject_alternative_name()
             .map_err(|e| Error::Certificate(format!("malformed subjectAltName: {e}")))?;

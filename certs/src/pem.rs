@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use rustls_pki_types::pem::{self, PemObject, SectionKind};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::Error;
 
@@ -68,6 +68,54 @@ fn section_name(kind: SectionKind) -> String {
     }
     .to_string()
         + " block"
+}
+
+/// Reads every `X509 CRL` block of a PEM file (certificate revocation lists); a file with none,
+/// or a list that does not parse, is an error.
+pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let origin = path.display().to_string();
+    let bad = |problem: String| Error::Pem {
+        origin: origin.clone(),
+        problem,
+    };
+    let mut crls = Vec::new();
+    for item in pem::PemObject::pem_slice_iter(&bytes) {
+        let (kind, der): (SectionKind, Vec<u8>) =
+            item.map_err(|e| bad(format!("not valid PEM ({e}); expected -----BEGIN X509 CRL----- blocks")))?;
+        if kind == SectionKind::Crl {
+            webpki::OwnedCertRevocationList::from_der(&der).map_err(|e| {
+                bad(format!(
+                    "revocation list #{} is unusable: {}",
+                    crls.len() + 1,
+                    crl_problem(&e)
+                ))
+            })?;
+            crls.push(CertificateRevocationListDer::from(der));
+        }
+    }
+    if crls.is_empty() {
+        return Err(bad(
+            "no revocation list found; expected -----BEGIN X509 CRL----- blocks".into(),
+        ));
+    }
+    Ok(crls)
+}
+
+/// Why webpki refuses a revocation list, in words.
+fn crl_problem(e: &webpki::Error) -> &'static str {
+    use webpki::Error as W;
+    match e {
+        W::UnsupportedCrlVersion => {
+            "it is a version 1 list; Signet reads version 2 lists (for `openssl ca -gencrl`, set crl_extensions with authorityKeyIdentifier so the list carries a CRL number)"
+        }
+        W::InvalidCrlNumber => "its CRL number is invalid",
+        W::UnsupportedDeltaCrl => "it is a delta CRL; give the complete list",
+        W::UnsupportedIndirectCrl => "it is an indirect CRL; give the list its CA issued itself",
+        W::UnsupportedCriticalExtension => "it carries a critical extension Signet does not understand",
+        W::UnsupportedRevocationReason => "it names a revocation reason that does not exist",
+        _ => "it is not a valid DER X.509 CRL",
+    }
 }
 
 /// Reads one PKCS#8, SEC1 or PKCS#1 private key from a PEM file.

@@ -30,7 +30,7 @@ pub trait Credentials: Send + Sync {
 /// What a trust update means for the current certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrustUpdate {
-    /// A certificate is held and it chains to the new roots.
+    /// A certificate is held and the new trust accepts it.
     pub certificate_chains: bool,
 }
 
@@ -44,10 +44,10 @@ pub struct WorkloadIdentity {
     pub trust_version: String,
     /// SHA-256 of the root the chain anchors to (empty when it anchors to none of them).
     pub anchor_sha256: String,
-    /// The certificate chains to the current roots. False after a trust update that removed
-    /// its root: the new roots are in force, and the sidecar is not ready until it has a
-    /// certificate from one of them.
-    pub chains_to_roots: bool,
+    /// Why the current trust refuses this certificate, if it does: after a trust update that
+    /// removed its root or revoked it, the new trust is in force, and the sidecar is not ready
+    /// until it has a certificate the trust accepts.
+    pub refused: Option<String>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
@@ -67,10 +67,10 @@ impl WorkloadIdentity {
                 signet_certs::rfc3339(self.not_after)
             ));
         }
-        (!self.chains_to_roots).then(|| {
+        self.refused.as_ref().map(|why| {
             format!(
-                "the certificate for {} does not chain to the current roots of signer {} (its root was removed from the trust bundle); install one from a current root",
-                self.id, self.signer
+                "the current trust of signer {} refuses this sidecar's certificate: {why}",
+                self.signer
             )
         })
     }
@@ -85,6 +85,16 @@ pub enum CredentialsError {
     NoTrust,
     #[error("root #{index} of signer {signer} is unusable: {detail}")]
     BadRoot {
+        signer: SignerName,
+        index: usize,
+        detail: String,
+    },
+    #[error(
+        "no root of signer {signer} is valid now ({roots}); an out-of-date root is no trust anchor: add a current root to the bundle"
+    )]
+    NoCurrentRoot { signer: SignerName, roots: String },
+    #[error("revocation list #{index} for signer {signer} is unusable: {detail}")]
+    BadRevocationList {
         signer: SignerName,
         index: usize,
         detail: String,
@@ -127,6 +137,16 @@ pub enum CredentialsError {
         "the certificate for {id} lacks the {usage} extended key usage; a sidecar presents one certificate as TLS server (inbound: serverAuth) and as TLS client (outbound: clientAuth), so it needs both (`signet cert issue` and the authority set both)"
     )]
     MissingUsage { id: SpiffeId, usage: &'static str },
+    #[error("the certificate for {id} is on signer {signer}'s revocation list; issue a new one")]
+    Revoked { id: SpiffeId, signer: SignerName },
+    #[error(
+        "the certificate for {id} chains only to a root of signer {signer} that is not valid now ({detail}); issue it from a current root"
+    )]
+    RootOutOfDate {
+        id: SpiffeId,
+        signer: SignerName,
+        detail: String,
+    },
     #[error("the certificate for {id} is not usable: {detail}")]
     Unusable { id: SpiffeId, detail: String },
     #[error("building the TLS configuration: {0}")]

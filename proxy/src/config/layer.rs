@@ -20,6 +20,9 @@ pub struct ConfigFile {
     pub identity: Option<IdentityFile>,
     /// A `caCertificates` YAML file (see `signet bundle`).
     pub trust_bundle: Option<PathBuf>,
+    /// Certificate revocation lists (PEM `X509 CRL` blocks) of this sidecar's signer, reloaded
+    /// like the bundle; a peer whose chain one of them lists is refused.
+    pub crl: Option<PathBuf>,
     #[serde(default)]
     pub inbound: Vec<InboundFile>,
     pub outbound: Option<OutboundFile>,
@@ -159,6 +162,7 @@ impl ConfigFile {
             }
         };
         fix(&mut self.trust_bundle);
+        fix(&mut self.crl);
         if let Some(id) = self.identity.as_mut() {
             for path in [&mut id.cert_dir, &mut id.cert, &mut id.key, &mut id.ca] {
                 fix(path);
@@ -186,6 +190,7 @@ impl ConfigFile {
                 (Some(lower), Some(upper)) => Some(overlay_identity(lower, upper)),
             },
             trust_bundle: pick(self.trust_bundle, over.trust_bundle),
+            crl: pick(self.crl, over.crl),
             inbound: if over.inbound.is_empty() {
                 self.inbound
             } else {

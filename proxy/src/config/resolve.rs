@@ -53,6 +53,7 @@ impl ConfigFile {
             identity,
             watch_interval,
             trust_bundle: self.trust_bundle,
+            crl: self.crl,
             inbound,
             outbound_http,
             outbound_tcp,

@@ -75,7 +75,12 @@ fn reload(config: &Config, files: &IdentityFiles, credentials: &dyn Credentials)
     match credentials.set_certificate(m.chain, m.key, Some(m.trust)) {
         Ok(identity) => Ok(Reloaded::Certificate(identity)),
         // Keeping the old roots would keep trusting a root that was taken out of the bundle.
-        Err(e @ (CredentialsError::NoRootOfSigner { .. } | CredentialsError::RetiredRoot { .. })) => {
+        Err(
+            e @ (CredentialsError::NoRootOfSigner { .. }
+            | CredentialsError::RetiredRoot { .. }
+            | CredentialsError::RootOutOfDate { .. }
+            | CredentialsError::Revoked { .. }),
+        ) => {
             credentials
                 .set_trust(trust)
                 .map_err(|source| IdentityError::Certificate { path: None, source })?;
@@ -95,6 +100,7 @@ pub(super) async fn watch(ctx: Arc<IdentityCtx>) {
     let mut paths = vec![files.cert.clone(), files.key.clone()];
     paths.extend(files.ca.iter().cloned());
     paths.extend(ctx.config.trust_bundle.iter().cloned());
+    paths.extend(ctx.config.crl.iter().cloned());
     let mut watch = FileWatch::new(paths);
     let mut ticker = tokio::time::interval(ctx.config.watch_interval.max(MIN_WATCH_INTERVAL));
     loop {
@@ -120,7 +126,7 @@ pub(super) async fn watch(ctx: Arc<IdentityCtx>) {
             Ok(Reloaded::RootsWithoutCertificate(why)) => {
                 ctx.metrics.identity_reloaded(false);
                 tracing::error!(
-                    "the trust bundle no longer holds the root of this sidecar's certificate ({why}); the new roots are in force (peers of the removed root are refused), and the sidecar is not ready until {} holds a certificate from a current root",
+                    "the new trust refuses this sidecar's own certificate ({why}); the new trust is in force (peers of a removed root or on the revocation list are refused), and the sidecar is not ready until {} holds a certificate it accepts",
                     files.cert.display()
                 );
             }

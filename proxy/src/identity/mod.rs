@@ -172,4 +172,13 @@ fn trust_for(
         }),
         _ => Ok(SignerTrust::from_roots(signer.clone(), roots()?)),
     }
+    .and_then(|trust| match &config.crl {
+        Some(path) => signet_certs::read_crls(path)
+            .map(|crls| trust.with_crls(crls))
+            .map_err(|source| IdentityError::File {
+                setting: Setting::Crl,
+                source,
+            }),
+        None => Ok(trust),
+    })
 }

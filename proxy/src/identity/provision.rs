@@ -34,7 +34,14 @@ fn instant_of(t: SystemTime) -> Option<Instant> {
 pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: Arc<dyn AuthorityClient>) {
     let source = client.describe();
     tracing::info!("requesting a certificate for {} from {source}", settings.id);
-    let mut bundle_watch = FileWatch::new(ctx.config.trust_bundle.iter().cloned().collect());
+    let mut bundle_watch = FileWatch::new(
+        ctx.config
+            .trust_bundle
+            .iter()
+            .chain(ctx.config.crl.iter())
+            .cloned()
+            .collect(),
+    );
     let mut ticker = tokio::time::interval(ctx.config.watch_interval.max(MIN_WATCH_INTERVAL));
     let mut failures = 0u32;
     let mut issued_once = false;
@@ -140,10 +147,17 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: A
 /// Re-reads the bundle and republishes the trust. Returns whether the current certificate still
 /// chains to it (if not, the caller renews at once).
 fn reload_bundle(ctx: &IdentityCtx) -> bool {
-    let (Some(identity), Some(_)) = (ctx.credentials.identity(), &ctx.config.trust_bundle) else {
-        // Without a bundle the roots come with each certificate: nothing to reload.
+    let Some(identity) = ctx.credentials.identity() else {
         return true;
     };
+    if ctx.config.trust_bundle.is_none() {
+        // Without a bundle the roots come with each certificate: a new revocation list is
+        // applied with the next one, requested at once.
+        if ctx.config.crl.is_some() {
+            tracing::info!("the revocation list changed; requesting a certificate to apply it with fresh roots");
+        }
+        return ctx.config.crl.is_none();
+    }
     let result = load_bundle(&ctx.config).and_then(|bundle| {
         let trust = trust_for(&ctx.config, bundle.as_ref(), &identity.signer, || Ok(Vec::new()))?;
         ctx.credentials

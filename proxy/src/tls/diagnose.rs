@@ -13,20 +13,42 @@ use std::io;
 
 use rustls::{AlertDescription, CertificateError};
 
-/// What went wrong, as a metric label and a log/response category.
+/// What went wrong, as a metric label and a log/response category. Each way a certificate can
+/// be refused has its own label, so a dashboard tells an attack from a rotation gone wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// The peer's chain does not anchor to our signer's roots (the cross-tenant case).
     UnknownSigner,
     /// The peer's chain was issued under a root of our signer that has been rotated out.
     RetiredRoot,
+    /// The peer's chain anchors to a root of our signer that has expired.
+    RootExpired,
+    /// The peer's chain anchors to a root of our signer that is not valid yet.
+    RootNotYetValid,
     Expired,
     NotYetValid,
+    /// A certificate on the peer's path is on the signer's revocation list.
+    Revoked,
+    /// The leaf does not list the extended key usage this direction needs.
+    BadUsage,
+    /// The peer presented a CA certificate as its leaf.
+    CaAsLeaf,
+    /// The chain is longer than a CA's path length constraint allows.
+    PathTooLong,
+    /// A name in the chain violates a CA's name constraints.
+    NameConstraint,
+    /// A certificate on the path carries a critical extension Signet does not understand.
+    CriticalExtension,
+    /// The leaf does not carry exactly one valid SPIFFE ID.
+    BadSpiffeId,
+    /// The peer's SPIFFE ID is in a trust domain this sidecar does not accept.
+    ForeignTrustDomain,
     /// The chain is ours but the SPIFFE ID is not the expected one.
     WrongIdentity,
     /// Inbound allow-list refused the peer's SPIFFE ID.
     NotAllowed,
     NoClientCert,
+    /// Any other defect of the peer's certificate.
     BadCertificate,
     /// The peer refused us (we received an alert).
     PeerRejected,
@@ -41,11 +63,21 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 24] = [
         Reason::UnknownSigner,
         Reason::RetiredRoot,
+        Reason::RootExpired,
+        Reason::RootNotYetValid,
         Reason::Expired,
         Reason::NotYetValid,
+        Reason::Revoked,
+        Reason::BadUsage,
+        Reason::CaAsLeaf,
+        Reason::PathTooLong,
+        Reason::NameConstraint,
+        Reason::CriticalExtension,
+        Reason::BadSpiffeId,
+        Reason::ForeignTrustDomain,
         Reason::WrongIdentity,
         Reason::NotAllowed,
         Reason::NoClientCert,
@@ -62,8 +94,18 @@ impl Reason {
         match self {
             Reason::UnknownSigner => "unknown_signer",
             Reason::RetiredRoot => "retired_root",
+            Reason::RootExpired => "root_expired",
+            Reason::RootNotYetValid => "root_not_yet_valid",
             Reason::Expired => "expired",
             Reason::NotYetValid => "not_yet_valid",
+            Reason::Revoked => "revoked",
+            Reason::BadUsage => "bad_usage",
+            Reason::CaAsLeaf => "ca_as_leaf",
+            Reason::PathTooLong => "path_too_long",
+            Reason::NameConstraint => "name_constraint",
+            Reason::CriticalExtension => "critical_extension",
+            Reason::BadSpiffeId => "bad_spiffe_id",
+            Reason::ForeignTrustDomain => "foreign_trust_domain",
             Reason::WrongIdentity => "wrong_identity",
             Reason::NotAllowed => "not_allowed",
             Reason::NoClientCert => "no_client_cert",
@@ -83,14 +125,16 @@ impl Reason {
 
     /// True when this side refused the peer's certificate (OpenSSL's CERTIFICATE_VERIFY_FAILED).
     pub fn is_verify_failure(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            Reason::UnknownSigner
-                | Reason::RetiredRoot
-                | Reason::Expired
-                | Reason::NotYetValid
-                | Reason::WrongIdentity
-                | Reason::BadCertificate
+            Reason::NotAllowed
+                | Reason::NoClientCert
+                | Reason::PeerRejected
+                | Reason::NotTls
+                | Reason::Protocol
+                | Reason::Timeout
+                | Reason::Closed
+                | Reason::NotReady
         )
     }
 }
@@ -241,8 +285,12 @@ fn from_certificate_error(err: &CertificateError) -> HandshakeError {
             Reason::UnknownSigner,
             "the peer's certificate chain does not anchor to a root of our signer",
         ),
+        C::Revoked => HandshakeError::new(
+            Reason::Revoked,
+            "the peer's certificate is on its signer's revocation list",
+        ),
         C::InvalidPurpose | C::InvalidPurposeContext { .. } => HandshakeError::new(
-            Reason::BadCertificate,
+            Reason::BadUsage,
             format!(
                 "the peer's certificate is not valid for this use ({err}); mesh certificates carry serverAuth and clientAuth"
             ),

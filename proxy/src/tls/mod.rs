@@ -10,7 +10,9 @@ pub mod verify;
 
 pub use diagnose::{HandshakeError, Reason};
 pub use store::{ClientAlpn, InboundTls, TlsSettings, TlsState, TlsStore};
-pub use verify::{AllowList, PeerClientVerifier, PeerServerVerifier, Trust};
+pub use verify::{AllowList, PathError, PeerClientVerifier, PeerServerVerifier, Trust};
 
+#[cfg(test)]
+mod strictness;
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,7 @@ use signet_certs::{CertInfo, CryptoPolicy, SignerTrust, SpiffeId, WORKLOAD_USAGE
 
 use super::diagnose::{HandshakeError, Reason, describe_webpki};
 use super::resume::Sessions;
-use super::verify::{AllowList, PeerClientVerifier, PeerServerVerifier, Trust};
+use super::verify::{AllowList, PathError, PeerClientVerifier, PeerServerVerifier, Trust};
 use crate::credentials::{Credentials, CredentialsError, TrustUpdate, WorkloadIdentity};
 
 /// TLS settings of one inbound listener.
@@ -161,9 +161,9 @@ impl TlsStore {
         self.current.load_full().filter(|s| s.is_valid_now())
     }
 
-    /// A valid certificate that chains to the current roots is published.
+    /// A valid certificate that the current trust accepts is published.
     pub fn is_ready(&self) -> bool {
-        self.current().is_some_and(|s| s.identity.chains_to_roots)
+        self.current().is_some_and(|s| s.identity.refused.is_none())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inputs> {
@@ -202,30 +202,45 @@ impl TlsStore {
                 at: info.not_before,
             });
         }
-        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| CredentialsError::Unusable {
-            id: id.clone(),
-            detail: describe_webpki(&e),
-        })?;
-        let algs = self.provider.signature_verification_algorithms;
+        let algs = &self.provider.signature_verification_algorithms;
         let unix_now = UnixTime::now();
-        for (usage, usage_name) in WORKLOAD_USAGES {
-            let result = ee.verify_for_usage(
-                algs.all,
-                &trust.roots().roots,
-                &chain[1..],
-                unix_now,
-                usage.key_usage(),
-                None,
-                None,
-            );
-            match result {
-                Ok(_) => {}
-                Err(webpki::Error::RequiredEkuNotFoundContext(_)) => {
-                    return Err(CredentialsError::MissingUsage { id, usage: usage_name });
+        for usage in WORKLOAD_USAGES {
+            let Err(e) = trust.validate(leaf, &chain[1..], unix_now, usage, algs) else {
+                continue;
+            };
+            let signer = trust.signer().clone();
+            return Err(match e {
+                PathError::RootOutOfDate {
+                    subject,
+                    not_before,
+                    not_after,
+                } => CredentialsError::RootOutOfDate {
+                    id,
+                    signer,
+                    detail: if now < not_before {
+                        format!(
+                            "root \"{subject}\" is not valid before {}",
+                            signet_certs::rfc3339(not_before)
+                        )
+                    } else {
+                        format!("root \"{subject}\" expired at {}", signet_certs::rfc3339(not_after))
+                    },
+                },
+                PathError::MissingUsage | PathError::Invalid(webpki::Error::RequiredEkuNotFoundContext(_)) => {
+                    CredentialsError::MissingUsage {
+                        id,
+                        usage: usage.name(),
+                    }
                 }
-                Err(webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey) => {
-                    let signer = trust.signer().clone();
-                    return Err(match trust.anchored_signer(chain) {
+                PathError::RootPathLength { subject, limit } => CredentialsError::Unusable {
+                    id,
+                    detail: format!(
+                        "the chain has more intermediates than root \"{subject}\" allows (pathLenConstraint {limit})"
+                    ),
+                },
+                PathError::Invalid(webpki::Error::CertRevoked) => CredentialsError::Revoked { id, signer },
+                PathError::Invalid(webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey) => {
+                    match trust.anchored_signer(chain) {
                         Some(theirs) => CredentialsError::OtherSigner {
                             id,
                             theirs: theirs.clone(),
@@ -233,15 +248,13 @@ impl TlsStore {
                         },
                         None if trust.issued_by_retired_root(chain) => CredentialsError::RetiredRoot { id, signer },
                         None => CredentialsError::NoRootOfSigner { id, signer },
-                    });
+                    }
                 }
-                Err(e) => {
-                    return Err(CredentialsError::Unusable {
-                        id,
-                        detail: describe_webpki(&e),
-                    });
-                }
-            }
+                PathError::Invalid(e) => CredentialsError::Unusable {
+                    id,
+                    detail: describe_webpki(&e),
+                },
+            });
         }
         // Which of the signer's roots (several during a rotation) this chain anchors to.
         let anchor = trust
@@ -263,15 +276,17 @@ impl TlsStore {
         let (Some(trust), Some(cert)) = (inputs.trust.clone(), inputs.cert.clone()) else {
             return Ok(None);
         };
-        let (chains, id, anchor) = match self.check_chain(&trust, &cert.cert) {
-            Ok((id, anchor)) => (true, id, anchor),
+        let (refused, id, anchor) = match self.check_chain(&trust, &cert.cert) {
+            Ok((id, anchor)) => (None, id, anchor),
             Err(e) if strict => return Err(e),
-            Err(_) => {
-                // The certificate was checked when it was installed; it only lost its root.
+            Err(e) => {
+                // The certificate was checked when it was installed; the trust changed under it
+                // (its root was removed, it was revoked).
                 let leaf = cert.cert.first().ok_or(CredentialsError::NoCertificate)?;
-                (false, CertInfo::parse(leaf)?.spiffe_id()?, String::new())
+                (Some(e.to_string()), CertInfo::parse(leaf)?.spiffe_id()?, String::new())
             }
         };
+        let chains = refused.is_none();
         let chain = cert
             .cert
             .iter()
@@ -290,7 +305,7 @@ impl TlsStore {
                 .collect(),
             trust_version: trust.version().to_string(),
             anchor_sha256: anchor,
-            chains_to_roots: chains,
+            refused,
         });
         let resolver = Arc::new(SingleCertAndKey::from(cert.clone()));
         let versions = self.settings.policy.versions();
@@ -318,7 +333,7 @@ impl TlsStore {
                 inbound.allow.clone(),
                 &self.provider,
                 self.settings.verify_cache,
-            )?;
+            );
             let verifier = Arc::new(verifier);
             let mut config = ServerConfig::builder_with_provider(self.provider.clone())
                 .with_protocol_versions(versions)?

@@ -794,7 +794,7 @@ async fn a_peer_of_another_trust_domain_is_refused_unless_aliased() {
     .unwrap();
     let (s, _) = handshake(&server, &attacker, None).await;
     let s = s.unwrap_err();
-    assert_eq!(s.reason, Reason::WrongIdentity, "{}", s.detail);
+    assert_eq!(s.reason, Reason::ForeignTrustDomain, "{}", s.detail);
     assert!(
         s.detail.contains("evil.example") && s.detail.contains("only its own trust domain"),
         "{}",
@@ -823,7 +823,7 @@ async fn a_peer_of_another_trust_domain_is_refused_unless_aliased() {
     .unwrap();
     let client = store(&ca, &ca.foo, &ca.foo, &id("foo", "curl"), client_settings(None)).unwrap();
     let (_, c) = handshake(&foreign_server, &client, None).await;
-    assert_eq!(c.unwrap_err().reason, Reason::WrongIdentity);
+    assert_eq!(c.unwrap_err().reason, Reason::ForeignTrustDomain);
 }
 
 /// The attack: an unauthenticated client presents a self-signed certificate whose issuer name
@@ -894,7 +894,7 @@ fn junk_chains_do_not_grow_the_verified_chain_cache() {
     let trust = Arc::new(Trust::new(ca.bundle.trust_for(ca.foo.name()).unwrap()).unwrap());
     let provider = signet_certs::CryptoPolicy::default().provider();
     let only_curl = AllowList::new(vec![allow(id("foo", "curl").as_str())]);
-    let verifier = PeerClientVerifier::new(trust.clone(), only_curl, &provider, true).unwrap();
+    let verifier = PeerClientVerifier::new(trust.clone(), only_curl, &provider, true);
     let junk = |i: usize| {
         let mut params = CertificateParams::default();
         params
@@ -917,7 +917,7 @@ fn junk_chains_do_not_grow_the_verified_chain_cache() {
     assert!(bytes < 1024, "{bytes} bytes");
 
     // Many distinct identities with the longest SPIFFE IDs: the byte bound holds.
-    let open = PeerClientVerifier::new(trust, AllowList::default(), &provider, true).unwrap();
+    let open = PeerClientVerifier::new(trust, AllowList::default(), &provider, true);
     let mut most = 0;
     for i in 0..700 {
         let long = SpiffeId::workload("cluster.local", "foo", &format!("{i}-{}", "a".repeat(1900))).unwrap();
