@@ -83,6 +83,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// The first address `target` (host:port) resolves to.
+/// The bench server holds at most this many connections (far above any bench concurrency).
+const BENCH_SERVER_CONNECTIONS: usize = 100_000;
+
 fn resolve(target: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
     target
@@ -476,35 +479,44 @@ pub fn serve(args: ServerArgs) -> Result<ExitCode, String> {
         eprintln!("bench server on {} (tokio-rustls, one thread)", args.listen);
         let http = args.http;
         let life = signet_proxy::serve::Lifecycle::default();
-        signet_proxy::serve::accept_loop(listener, "bench server".into(), life, move |tcp, _| {
-            let acceptor = acceptor.clone();
-            async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut buf = [0u8; 4096];
-                if http {
-                    let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        let limit = signet_proxy::serve::ConnLimit::new(BENCH_SERVER_CONNECTIONS);
+        let refuse = |_tcp, _peer, _why| {};
+        signet_proxy::serve::accept_loop(
+            listener,
+            "bench server".into(),
+            life,
+            limit,
+            move |tcp, _| {
+                let acceptor = acceptor.clone();
+                async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 4096];
+                    if http {
+                        let mut seen = Vec::new();
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
                         }
-                    }
-                    let _ = tls
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .await;
-                    let _ = tls.shutdown().await;
-                } else {
-                    while let Ok(n) = tls.read(&mut buf).await {
-                        if n == 0 {
-                            break;
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        let _ = tls.shutdown().await;
+                    } else {
+                        while let Ok(n) = tls.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
                         }
+                        let _ = tls.shutdown().await;
                     }
-                    let _ = tls.shutdown().await;
                 }
-            }
-        })
+            },
+            refuse,
+        )
         .await;
         Ok::<_, String>(ExitCode::SUCCESS)
     })

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use signet_certs::{HumanDuration, IdPattern, MinVersion, SpiffeId};
 use signet_proxy::config::{
-    AuthorityFile, IdentityFile, InboundFile, OutboundFile, ServiceFile, TcpRouteFile, TimeoutsFile, TlsFile,
+    AuthorityFile, IdentityFile, InboundFile, LimitsFile, OutboundFile, ServiceFile, TcpRouteFile, TimeoutsFile,
+    TlsFile,
 };
 use signet_proxy::{ConfigFile, Protocol, Setting, XfccMode};
 
@@ -275,6 +276,24 @@ pub struct ProxyArgs {
     /// On SIGTERM/Ctrl-C, how long open connections may finish [default: 5s].
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<HumanDuration>,
+    /// An HTTP connection with no request in flight for this long is closed [default: 90s].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<HumanDuration>,
+    /// A request's headers (and a connection's first request) must arrive within this [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub header_read_timeout: Option<HumanDuration>,
+    /// A TCP tunnel with no byte either way for this long is closed [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub tcp_idle_timeout: Option<HumanDuration>,
+    /// Connections are closed at this age, HTTP ones after their requests in flight [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub max_connection_age: Option<HumanDuration>,
+    /// Connections each data listener may hold [default: what the file-descriptor limit allows].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// The largest request header block in bytes, every listener, h1 and h2; larger gets 431 [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
     /// x-forwarded-client-cert on http inbound: SANITIZE_SET or APPEND_FORWARD [default: SANITIZE_SET].
     #[arg(long, value_name = "MODE")]
     pub xfcc: Option<XfccMode>,
@@ -400,7 +419,14 @@ impl ProxyArgs {
             handshake: self.handshake_timeout,
             connect: self.connect_timeout,
             drain: self.drain_timeout,
-            idle: None,
+            idle: self.idle_timeout,
+            header_read: self.header_read_timeout,
+            tcp_idle: self.tcp_idle_timeout,
+            max_connection_age: self.max_connection_age,
+        };
+        let limits = LimitsFile {
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
         };
         let tls = TlsFile {
             min_version: self.tls_min_version,
@@ -421,8 +447,15 @@ impl ProxyArgs {
             }),
             services,
             admin: self.admin.clone(),
-            timeouts: (timeouts.handshake.is_some() || timeouts.connect.is_some() || timeouts.drain.is_some())
-                .then_some(timeouts),
+            timeouts: (timeouts.handshake.is_some()
+                || timeouts.connect.is_some()
+                || timeouts.drain.is_some()
+                || timeouts.idle.is_some()
+                || timeouts.header_read.is_some()
+                || timeouts.tcp_idle.is_some()
+                || timeouts.max_connection_age.is_some())
+            .then_some(timeouts),
+            limits: (limits.max_connections.is_some() || limits.max_header_bytes.is_some()).then_some(limits),
             xfcc: self.xfcc,
             tls: (tls.min_version.is_some()
                 || tls.post_quantum.is_some()
@@ -460,6 +493,15 @@ fn flag_of(setting: &Setting) -> Option<&'static str> {
         Setting::Admin => "--admin",
         Setting::WatchInterval => "--watch-interval",
         Setting::TrustDomainAlias(_) => "--trust-domain-alias",
+        Setting::Timeout("handshake") => "--handshake-timeout",
+        Setting::Timeout("connect") => "--connect-timeout",
+        Setting::Timeout("drain") => "--drain-timeout",
+        Setting::Timeout("idle") => "--idle-timeout",
+        Setting::Timeout("headerRead") => "--header-read-timeout",
+        Setting::Timeout("tcpIdle") => "--tcp-idle-timeout",
+        Setting::Timeout("maxConnectionAge") => "--max-connection-age",
+        Setting::Limit("maxConnections") => "--max-connections",
+        Setting::Limit("maxHeaderBytes") => "--max-header-bytes",
         _ => return None,
     })
 }

@@ -4,13 +4,17 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use serde_json::{Map, Value, json};
 use signet_proxy::body::{self, Body};
-use signet_proxy::serve::{Lifecycle, accept_loop, serve_http_auto};
+use signet_proxy::serve::{ConnLimit, HttpLimits, HttpServing, Lifecycle, accept_loop, serve_http_auto};
+
+/// Connections the built-in httpbin holds at most.
+const MAX_CONNECTIONS: usize = 1024;
 use tokio::net::TcpListener;
 
 /// httpbin's `/html`: the opening of Moby-Dick, chapter 112 (public domain).
@@ -40,18 +44,23 @@ impl Httpbin {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let life = Lifecycle::default();
-        let shutdown = life.shutdown.clone();
+        let serving = Arc::new(HttpServing::new(HttpLimits::default(), life.shutdown.clone()));
+        let handle = move |stream, peer| {
+            let serving = serving.clone();
+            async move {
+                let svc = service_fn(move |req| async move { Ok::<_, Infallible>(route(&req, peer)) });
+                serve_http_auto(stream, svc, &serving).await;
+            }
+        };
+        let limit = ConnLimit::new(MAX_CONNECTIONS);
+        let refuse = |_stream, peer, why| tracing::debug!("httpbin: refused {peer}: {why}");
         life.spawn(accept_loop(
             listener,
             name.to_string(),
             life.clone(),
-            move |stream, peer| {
-                let shutdown = shutdown.clone();
-                async move {
-                    let svc = service_fn(move |req| async move { Ok::<_, Infallible>(route(&req, peer)) });
-                    let _ = serve_http_auto(stream, svc, &shutdown).await;
-                }
-            },
+            limit,
+            handle,
+            refuse,
         ));
         tracing::debug!("{name}: httpbin on {addr}");
         Ok(Httpbin { addr, life })

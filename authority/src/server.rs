@@ -19,7 +19,11 @@ use signet_certs::{
     files,
 };
 use signet_proxy::body;
-use signet_proxy::serve::{Lifecycle, accept_loop, serve_http_auto, serve_http1};
+use signet_proxy::serve::{
+    ConnLimit, HttpLimits, HttpServing, Lifecycle, accept_loop, data_plane_budget, raise_fd_limit, serve_http_auto,
+    serve_http1,
+};
+use signet_proxy::throttle::{Throttle, more};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tonic::{Request, Status};
@@ -38,6 +42,22 @@ const SERVING_CERT_RENEW_BEFORE: Duration = Duration::from_secs(12 * 3600);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, open calls may finish for this long.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A certificate request (reading it, signing, answering) must finish within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections the gRPC port may hold (each sidecar keeps one open at most).
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections the admin port may hold.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// The limits of every connection to the authority: a connection that sends no request (no
+/// HTTP/2 preface) within 10 s is closed, as is one idle for 90 s or older than an hour;
+/// HTTP/2 PINGs find dead peers; headers are bounded.
+fn http_limits() -> HttpLimits {
+    HttpLimits {
+        grace: DRAIN_TIMEOUT,
+        ..HttpLimits::default()
+    }
+}
 /// The gRPC metadata key that carries a refusal's reason, so clients need not parse messages.
 pub const REFUSAL_KEY: &str = "signet-refusal";
 
@@ -239,28 +259,58 @@ impl AuthorityServer {
 
         // Each connection: TLS (with a handshake timeout), then gRPC over h2 through the same
         // serving stack as every other listener (graceful shutdown included).
-        let grpc = TowerToHyperService::new(IstioCertificateServiceServer::new(Grpc {
-            authority: inner.authority.clone(),
-        }));
-        let (handshakes, shutdown) = (inner.clone(), life.shutdown.clone());
+        let grpc = TowerToHyperService::new(Deadline {
+            inner: IstioCertificateServiceServer::new(Grpc {
+                authority: inner.authority.clone(),
+            }),
+            limit: REQUEST_TIMEOUT,
+        });
+        let handshakes = inner.clone();
+        let serving = Arc::new(HttpServing::new(http_limits(), life.shutdown.clone()));
+        let logs = Arc::new(Throttle::default());
+        let refuse_logs = logs.clone();
+        let pool_size = data_plane_budget(raise_fd_limit());
+        let limit = ConnLimit::new(MAX_CONNECTIONS.min(pool_size));
+        let handle = move |stream, peer| {
+            let acceptor = TlsAcceptor::from(handshakes.serving.load_full());
+            let (grpc, serving, logs) = (grpc.clone(), serving.clone(), logs.clone());
+            async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        if let Some(skipped) = logs.allow("handshake") {
+                            tracing::warn!("authority: TLS handshake with {peer} failed: {e}{}", more(skipped));
+                        }
+                        return;
+                    }
+                    Err(_) => {
+                        if let Some(skipped) = logs.allow("handshake_timeout") {
+                            tracing::warn!("authority: TLS handshake with {peer} timed out{}", more(skipped));
+                        }
+                        return;
+                    }
+                };
+                let served = serve_http_auto(tls, grpc, &serving).await;
+                if let Some(closed) = served.closed {
+                    tracing::debug!("authority: closed the connection from {peer} ({})", closed.label());
+                }
+                if let Some(e) = served.error {
+                    tracing::debug!("authority: connection from {peer} ended: {e}");
+                }
+            }
+        };
+        let refuse = move |_stream, peer, why| {
+            if let Some(skipped) = refuse_logs.allow("limit") {
+                tracing::warn!("authority: refused {peer}: {why}{}", more(skipped));
+            }
+        };
         life.spawn(accept_loop(
             listener,
             "authority".into(),
             life.clone(),
-            move |stream, peer| {
-                let acceptor = TlsAcceptor::from(handshakes.serving.load_full());
-                let (grpc, shutdown) = (grpc.clone(), shutdown.clone());
-                async move {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => return tracing::warn!("authority: TLS handshake with {peer} failed: {e}"),
-                        Err(_) => return tracing::warn!("authority: TLS handshake with {peer} timed out"),
-                    };
-                    if let Err(e) = serve_http_auto(tls, grpc, &shutdown).await {
-                        tracing::debug!("authority: connection from {peer} ended: {e}");
-                    }
-                }
-            },
+            limit,
+            handle,
+            refuse,
         ));
         if let Some(listener) = admin_listener {
             life.spawn(admin_loop(listener, inner.clone(), life.clone()));
@@ -337,9 +387,10 @@ async fn watch_loop(inner: Arc<Inner>, life: Lifecycle) {
 }
 
 async fn admin_loop(listener: TcpListener, inner: Arc<Inner>, life: Lifecycle) {
-    let shutdown = life.shutdown.clone();
-    accept_loop(listener, "authority admin".into(), life, move |stream, _| {
-        let (inner, shutdown) = (inner.clone(), shutdown.clone());
+    let serving = Arc::new(HttpServing::new(http_limits(), life.shutdown.clone()));
+    let refuse = |_stream, peer, why| tracing::debug!("authority admin: refused {peer}: {why}");
+    let handle = move |stream, _| {
+        let (inner, serving) = (inner.clone(), serving.clone());
         async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let inner = inner.clone();
@@ -361,10 +412,49 @@ async fn admin_loop(listener: TcpListener, inner: Arc<Inner>, life: Lifecycle) {
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = serve_http1(stream, svc, &shutdown).await;
+            serve_http1(stream, svc, &serving).await;
         }
-    })
-    .await
+    };
+    let limit = ConnLimit::new(ADMIN_CONNECTIONS);
+    accept_loop(listener, "authority admin".into(), life, limit, handle, refuse).await
+}
+
+/// Ends a call that takes longer than `limit` (a client sending its request slowly, say) with
+/// DEADLINE_EXCEEDED.
+#[derive(Clone)]
+struct Deadline<S> {
+    inner: S,
+    limit: Duration,
+}
+
+type GrpcResponse = http::Response<tonic::body::Body>;
+
+impl<S, B> tower_service::Service<http::Request<B>> for Deadline<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = GrpcResponse, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = GrpcResponse;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<GrpcResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let (call, limit) = (self.inner.call(req), self.limit);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, call).await {
+                Ok(response) => response,
+                Err(_) => Ok(Status::deadline_exceeded(format!(
+                    "the request did not complete within {}",
+                    signet_certs::format_duration(limit)
+                ))
+                .into_http()),
+            }
+        })
+    }
 }
 
 struct Grpc {

@@ -15,9 +15,10 @@ use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
 use crate::credentials::Credentials;
-use crate::metrics::Metrics;
-use crate::serve::{Lifecycle, accept_loop, serve_http1};
+use crate::metrics::{Listener, Metrics};
+use crate::serve::{ConnLimit, HttpServing, Lifecycle, accept_loop, serve_http1};
 use crate::sidecar::BoundAddrs;
+use crate::throttle::{Throttle, more};
 use crate::tls::TlsStore;
 
 pub struct Admin {
@@ -28,19 +29,34 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, life: Lifecycle) {
-        let shutdown = life.shutdown.clone();
-        accept_loop(listener, "admin".into(), life, move |stream, _| {
-            let (admin, shutdown) = (self.clone(), shutdown.clone());
+    /// Serves the admin endpoints with a connection cap of its own: a full data plane does not
+    /// keep `/ready` from answering.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        life: Lifecycle,
+        limit: ConnLimit,
+        serving: HttpServing,
+    ) {
+        let serving = Arc::new(serving);
+        let (metrics, logs) = (self.metrics.clone(), Throttle::default());
+        let handle = move |stream, _| {
+            let (admin, serving) = (self.clone(), serving.clone());
             async move {
                 let svc = service_fn(move |req| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.route(req)) }
                 });
-                let _ = serve_http1(stream, svc, &shutdown).await;
+                serve_http1(stream, svc, &serving).await;
             }
-        })
-        .await
+        };
+        let refuse = move |_stream, peer, why| {
+            metrics.refused(Listener::Admin);
+            if let Some(skipped) = logs.allow("limit") {
+                tracing::warn!("admin: refused {peer}: {why}{}", more(skipped));
+            }
+        };
+        accept_loop(listener, "admin".into(), life, limit, handle, refuse).await
     }
 
     fn route(&self, req: Request<Incoming>) -> Response<Body> {

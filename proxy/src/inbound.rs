@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::HOST;
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -21,9 +22,10 @@ use tokio_rustls::server::TlsStream;
 
 use crate::body::{self, Body, strip_hop_by_hop};
 use crate::config::{InboundConfig, Protocol, XfccMode};
-use crate::metrics::Direction;
-use crate::serve::{accept_loop, serve_http_auto};
+use crate::metrics::{Direction, Listener};
+use crate::serve::{Closed, HttpServing, accept_loop, serve_http_auto};
 use crate::sidecar::Shared;
+use crate::throttle::{Throttle, more};
 use crate::tls::diagnose::{self, HandshakeError, Reason};
 use crate::xfcc::{self, PeerCert};
 
@@ -31,10 +33,15 @@ pub(crate) struct Inbound {
     index: usize,
     listen: SocketAddr,
     app: String,
+    /// The app's address as a URI authority (checked when the config was resolved).
+    app_authority: Option<Authority>,
     protocol: Protocol,
     xfcc: XfccMode,
     shared: Arc<Shared>,
     app_client: Client<HttpConnector, Incoming>,
+    serving: HttpServing,
+    /// One warning per kind of rejection per interval; the metrics count every one.
+    logs: Throttle,
 }
 
 impl Inbound {
@@ -49,24 +56,40 @@ impl Inbound {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(shared.timeouts.connect));
         let app_client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(shared.timeouts.idle)
+            .pool_idle_timeout(shared.pool_idle())
             .build(connector);
         Inbound {
             index,
             listen,
             app: config.app.clone(),
+            app_authority: config.app.parse().ok(),
             protocol: config.protocol,
             xfcc,
+            serving: shared.serving(Direction::Inbound),
             shared,
             app_client,
+            logs: Throttle::default(),
         }
     }
 
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
         let (name, life) = (format!("inbound {}", self.listen), self.shared.life.clone());
-        accept_loop(listener, name, life, move |stream, peer| {
-            self.clone().handle(stream, peer)
-        })
+        let limit = self.shared.conn_limit();
+        let this = self.clone();
+        let refuse = move |_stream, peer, why| {
+            this.shared.metrics.refused(Listener::Inbound);
+            if let Some(skipped) = this.logs.allow("limit") {
+                tracing::warn!("inbound {}: refused {peer}: {why}{}", this.listen, more(skipped));
+            }
+        };
+        accept_loop(
+            listener,
+            name,
+            life,
+            limit,
+            move |stream, peer| self.clone().handle(stream, peer),
+            refuse,
+        )
         .await
     }
 
@@ -146,10 +169,11 @@ impl Inbound {
                 self.listen,
                 err.detail
             );
-        } else {
+        } else if let Some(skipped) = self.logs.allow(err.reason.label()) {
             tracing::warn!(
-                "inbound {}: rejected {peer} during the TLS handshake: {err}",
-                self.listen
+                "inbound {}: rejected {peer} during the TLS handshake: {err}{}",
+                self.listen,
+                more(skipped)
             );
         }
     }
@@ -162,18 +186,32 @@ impl Inbound {
             Err(_) => return self.app_unreachable(peer, "connect timed out"),
         };
         let _ = app.set_nodelay(true);
-        if let Err(e) = crate::splice::splice(&mut tls, &mut app).await {
-            tracing::debug!("inbound {}: connection from {peer} ended: {e}", self.listen);
+        let timeouts = &self.shared.timeouts;
+        let tunnel = crate::splice::splice(&mut tls, &mut app, timeouts.tcp_idle);
+        match tokio::time::timeout(timeouts.max_connection_age, tunnel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.shared.metrics.closed(Direction::Inbound, Closed::Idle);
+                tracing::debug!("inbound {}: closed {peer}'s tunnel: {e}", self.listen);
+            }
+            Ok(Err(e)) => tracing::debug!("inbound {}: connection from {peer} ended: {e}", self.listen),
+            Err(_) => {
+                self.shared.metrics.closed(Direction::Inbound, Closed::MaxAge);
+                tracing::debug!("inbound {}: closed {peer}'s tunnel at its maximum age", self.listen);
+            }
         }
     }
 
     fn app_unreachable(&self, peer: impl std::fmt::Display, why: &str) {
         self.shared.metrics.app_connect_failed();
-        tracing::warn!(
-            "inbound {}: cannot reach the app at {} for {peer}: {why}; is it running?",
-            self.listen,
-            self.app
-        );
+        if let Some(skipped) = self.logs.allow("app") {
+            tracing::warn!(
+                "inbound {}: cannot reach the app at {} for {peer}: {why}; is it running?{}",
+                self.listen,
+                self.app,
+                more(skipped)
+            );
+        }
     }
 
     async fn serve_http(self: Arc<Self>, tls: TlsStream<TcpStream>, peer: Option<PeerCert>, by: SpiffeId) {
@@ -184,7 +222,11 @@ impl Inbound {
             let (this, peer, by) = (this.clone(), peer.clone(), by.clone());
             async move { Ok::<_, Infallible>(this.forward(req, peer.as_deref(), &by).await) }
         });
-        if let Err(e) = serve_http_auto(tls, svc, &self.shared.life.shutdown).await {
+        let served = serve_http_auto(tls, svc, &self.serving).await;
+        if let Some(closed) = served.closed {
+            self.shared.metrics.closed(Direction::Inbound, closed);
+        }
+        if let Some(e) = served.error {
             tracing::debug!("inbound {}: HTTP connection ended: {e}", self.listen);
         }
     }
@@ -197,10 +239,22 @@ impl Inbound {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        parts.uri = match format!("http://{}{path}", self.app).parse() {
-            Ok(uri) => uri,
-            Err(_) => return body::text(StatusCode::BAD_REQUEST, "invalid request target"),
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| "/".parse().expect("a path"));
+        let uri = self.app_authority.clone().and_then(|authority| {
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .ok()
+        });
+        parts.uri = match uri {
+            Some(uri) => uri,
+            None => return body::text(StatusCode::BAD_REQUEST, "signet: invalid request target"),
         };
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
@@ -215,7 +269,6 @@ impl Inbound {
         }
         match self.app_client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => {
-                self.shared.metrics.response(Direction::Inbound, resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.boxed())
@@ -225,7 +278,6 @@ impl Inbound {
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| e.to_string());
                 self.app_unreachable(peer.map(|p| p.id.as_str()).unwrap_or("a request"), &cause);
-                self.shared.metrics.response(Direction::Inbound, 503);
                 body::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(

@@ -20,6 +20,7 @@ pub mod serve;
 pub mod services;
 mod sidecar;
 pub mod splice;
+pub mod throttle;
 pub mod tls;
 pub mod xfcc;
 

@@ -1,11 +1,13 @@
 //! Counters for the data plane, rendered as Prometheus text on the admin port. Plain atomics:
 //! a handshake or request adds one relaxed increment, nothing more.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::UNIX_EPOCH;
 
 use crate::credentials::Credentials;
 use crate::prometheus::{Exposition, Kind};
+use crate::serve::Closed;
 use crate::tls::{Reason, TlsStore};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +27,7 @@ impl Direction {
 }
 
 const REASONS: usize = Reason::ALL.len();
+const CLOSES: usize = Closed::ALL.len();
 
 #[derive(Default)]
 pub struct Metrics {
@@ -34,6 +37,10 @@ pub struct Metrics {
     handshake_failures: [[AtomicU64; REASONS]; 2],
     connections_total: [AtomicU64; 2],
     connections_active: [AtomicI64; 2],
+    /// Closed by a limit: by direction and [`Closed`] kind.
+    closed: [[AtomicU64; CLOSES]; 2],
+    /// Refused at accept for a connection limit: inbound, outbound (app side), admin.
+    refused: [AtomicU64; 3],
     /// By status class 1xx..5xx.
     responses: [[AtomicU64; 5]; 2],
     app_connect_failures: AtomicU64,
@@ -44,20 +51,52 @@ pub struct Metrics {
     reloads: [AtomicU64; 2],
 }
 
-/// Decrements the active-connection gauge when dropped.
-pub struct ActiveGuard<'a>(&'a AtomicI64);
+/// Decrements the active-connection gauge when dropped (it lives as long as the connection).
+pub struct ActiveGuard(Arc<Metrics>, Direction);
 
-impl Drop for ActiveGuard<'_> {
+impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.0.connections_active[self.1 as usize].fetch_sub(1, Relaxed);
+    }
+}
+
+/// Where a connection was refused for a limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Inbound = 0,
+    /// The outbound listeners the app connects to (HTTP proxy and TCP tunnels).
+    Outbound = 1,
+    Admin = 2,
+}
+
+impl Listener {
+    const ALL: [Listener; 3] = [Listener::Inbound, Listener::Outbound, Listener::Admin];
+    fn label(self) -> &'static str {
+        match self {
+            Listener::Inbound => "inbound",
+            Listener::Outbound => "outbound",
+            Listener::Admin => "admin",
+        }
     }
 }
 
 impl Metrics {
-    pub fn connection(&self, d: Direction) -> ActiveGuard<'_> {
+    /// Counts a connection accepted (inbound) or opened to a peer (outbound) and keeps it in the
+    /// active gauge while the returned guard lives.
+    pub fn connection(self: &Arc<Self>, d: Direction) -> ActiveGuard {
         self.connections_total[d as usize].fetch_add(1, Relaxed);
         self.connections_active[d as usize].fetch_add(1, Relaxed);
-        ActiveGuard(&self.connections_active[d as usize])
+        ActiveGuard(self.clone(), d)
+    }
+
+    pub fn closed(&self, d: Direction, why: Closed) {
+        if let Some(i) = Closed::ALL.iter().position(|c| *c == why) {
+            self.closed[d as usize][i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn refused(&self, at: Listener) {
+        self.refused[at as usize].fetch_add(1, Relaxed);
     }
 
     pub fn handshake_ok(&self, d: Direction, resumed: bool) {
@@ -137,7 +176,7 @@ impl Metrics {
         e.family(
             "signet_connections_total",
             Kind::Counter,
-            "Accepted (inbound) or opened (outbound) connections.",
+            "Connections accepted from peers (inbound) or opened to peers (outbound).",
         );
         for d in Direction::ALL {
             let n = self.connections_total[d as usize].load(Relaxed);
@@ -149,9 +188,33 @@ impl Metrics {
             e.sample("signet_connections_active", &[("direction", d.label())], n);
         }
         e.family(
+            "signet_connections_closed_total",
+            Kind::Counter,
+            "Connections Signet closed for a limit: header_timeout (headers or first request too slow), idle, max_age.",
+        );
+        for d in Direction::ALL {
+            for (i, c) in Closed::ALL.iter().enumerate() {
+                let n = self.closed[d as usize][i].load(Relaxed);
+                e.sample(
+                    "signet_connections_closed_total",
+                    &[("direction", d.label()), ("reason", c.label())],
+                    n,
+                );
+            }
+        }
+        e.family(
+            "signet_connections_refused_total",
+            Kind::Counter,
+            "Connections refused at accept because a connection limit was reached.",
+        );
+        for l in Listener::ALL {
+            let n = self.refused[l as usize].load(Relaxed);
+            e.sample("signet_connections_refused_total", &[("listener", l.label())], n);
+        }
+        e.family(
             "signet_http_responses_total",
             Kind::Counter,
-            "HTTP responses by direction and status class.",
+            "HTTP responses by direction and status class, Signet's own (400, 405, 431, 502, 503) included.",
         );
         for d in Direction::ALL {
             for (i, n) in self.responses[d as usize].iter().enumerate() {

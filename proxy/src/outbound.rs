@@ -18,17 +18,18 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::body::{self, Body, strip_hop_by_hop};
 use crate::credentials::Credentials;
-use crate::metrics::Direction;
-use crate::serve::{accept_loop, serve_http1};
+use crate::metrics::{ActiveGuard, Direction, Listener};
+use crate::serve::{Closed, HttpServing, Refusal, accept_loop, serve_http1};
 use crate::services::{Service, ServiceTable};
 use crate::sidecar::Shared;
+use crate::throttle::{Throttle, more};
 use crate::tls::diagnose::{self, HandshakeError, Reason};
 use crate::tls::{ClientAlpn, TlsState};
 use crate::xfcc;
@@ -95,6 +96,9 @@ fn tls_failure(error: &HandshakeError) -> String {
     )
 }
 
+/// An mTLS connection to a peer sidecar, counted as an open outbound connection while it lives.
+pub(crate) type PeerConn = (TlsStream<TcpStream>, ActiveGuard);
+
 /// Connects to `service`'s sidecar and completes the mTLS handshake. A resumed session skips
 /// verification, so its peer chain is verified again; if that fails (the server's certificate
 /// expired since, say), the service's tickets are dropped and one full handshake is tried.
@@ -102,18 +106,18 @@ pub(crate) async fn connect_peer(
     shared: &Shared,
     service: &Service,
     alpn: ClientAlpn,
-) -> Result<TlsStream<TcpStream>, UpstreamError> {
+) -> Result<PeerConn, UpstreamError> {
     let state = shared.store.current().ok_or(UpstreamError::NotReady)?;
-    let tls = handshake(shared, &state, service, alpn).await?;
+    let (tls, active) = handshake(shared, &state, service, alpn).await?;
     if tls.get_ref().1.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
         shared.metrics.handshake_ok(Direction::Outbound, false);
-        return Ok(tls);
+        return Ok((tls, active));
     }
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
     match state.recheck_outbound(&service.identity, alpn, chain) {
         Ok(_) => {
             shared.metrics.handshake_ok(Direction::Outbound, true);
-            Ok(tls)
+            Ok((tls, active))
         }
         Err(e) => {
             tracing::debug!(
@@ -121,11 +125,11 @@ pub(crate) async fn connect_peer(
                 service.name
             );
             state.forget_sessions(&service.server_name);
-            drop(tls);
-            let tls = handshake(shared, &state, service, alpn).await?;
+            drop((tls, active));
+            let (tls, active) = handshake(shared, &state, service, alpn).await?;
             let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             shared.metrics.handshake_ok(Direction::Outbound, resumed);
-            Ok(tls)
+            Ok((tls, active))
         }
     }
 }
@@ -136,7 +140,7 @@ async fn handshake(
     state: &TlsState,
     service: &Service,
     alpn: ClientAlpn,
-) -> Result<TlsStream<TcpStream>, UpstreamError> {
+) -> Result<PeerConn, UpstreamError> {
     let config = state.client(&service.identity, alpn).ok_or(UpstreamError::NotReady)?;
     let (name, address) = (|| service.name.clone(), || service.address.clone());
     let tcp = match tokio::time::timeout(shared.timeouts.connect, TcpStream::connect(service.address.as_str())).await {
@@ -156,10 +160,11 @@ async fn handshake(
         }
     };
     let _ = tcp.set_nodelay(true);
+    let active = shared.metrics.connection(Direction::Outbound);
     let connect = TlsConnector::from(config).connect(service.server_name.clone(), tcp);
     let (result, note) = diagnose::capture(tokio::time::timeout(shared.timeouts.handshake, connect)).await;
     let error = match result {
-        Ok(Ok(tls)) => return Ok(tls),
+        Ok(Ok(tls)) => return Ok((tls, active)),
         Ok(Err(e)) => diagnose::classify(&e, note, state.identity.signer.as_str()),
         Err(_) => HandshakeError::new(
             Reason::Timeout,
@@ -184,6 +189,8 @@ pub(crate) struct HttpOutbound {
     shared: Arc<Shared>,
     services: Arc<ServiceTable>,
     client: Client<MeshConnector, Incoming>,
+    serving: HttpServing,
+    logs: Throttle,
 }
 
 impl HttpOutbound {
@@ -192,20 +199,38 @@ impl HttpOutbound {
             shared: shared.clone(),
             services: services.clone(),
         };
+        let limits = shared.http_limits();
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(shared.timeouts.idle)
+            .pool_idle_timeout(shared.pool_idle())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .http2_keep_alive_interval(limits.h2_keepalive)
+            .http2_keep_alive_timeout(limits.h2_keepalive)
+            .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .build(connector);
         HttpOutbound {
             listen,
+            serving: shared.serving(Direction::Outbound),
             shared,
             services,
             client,
+            logs: Throttle::default(),
         }
     }
 
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
         let (name, life) = (format!("outbound {}", self.listen), self.shared.life.clone());
-        accept_loop(listener, name, life, move |stream, _| {
+        let limit = self.shared.conn_limit();
+        let this = self.clone();
+        let refuse = move |stream: TcpStream, peer, why| {
+            this.shared.metrics.refused(Listener::Outbound);
+            this.shared.metrics.response(Direction::Outbound, 503);
+            refuse_http(&stream, why);
+            if let Some(skipped) = this.logs.allow("limit") {
+                tracing::warn!("outbound {}: refused {peer}: {why}{}", this.listen, more(skipped));
+            }
+        };
+        let handle = move |stream, _| {
             let this = self.clone();
             async move {
                 let svc_this = this.clone();
@@ -213,10 +238,13 @@ impl HttpOutbound {
                     let this = svc_this.clone();
                     async move { Ok::<_, Infallible>(this.route(req).await) }
                 });
-                let _ = serve_http1(stream, svc, &this.shared.life.shutdown).await;
+                let served = serve_http1(stream, svc, &this.serving).await;
+                if let Some(closed) = served.closed {
+                    this.shared.metrics.closed(Direction::Outbound, closed);
+                }
             }
-        })
-        .await
+        };
+        accept_loop(listener, name, life, limit, handle, refuse).await
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
@@ -239,7 +267,9 @@ impl HttpOutbound {
             );
         };
         let Some(service) = self.services.get(&target) else {
-            tracing::warn!("outbound {}: no route to {target}", self.listen);
+            if let Some(skipped) = self.logs.allow("no_route") {
+                tracing::warn!("outbound {}: no route to {target}{}", self.listen, more(skipped));
+            }
             return body::text(
                 StatusCode::BAD_GATEWAY,
                 format!(
@@ -264,9 +294,6 @@ impl HttpOutbound {
         }
         match self.client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => {
-                self.shared
-                    .metrics
-                    .response(Direction::Outbound, resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.boxed())
@@ -279,17 +306,30 @@ impl HttpOutbound {
                     .map(|i| i.signer.to_string())
                     .unwrap_or_default();
                 let message = failure_body(&e, &signer);
-                tracing::warn!(
-                    "outbound {}: {method} http://{}{target} failed: {}",
-                    self.listen,
-                    service.name,
-                    message
-                );
-                self.shared.metrics.response(Direction::Outbound, 503);
+                if let Some(skipped) = self.logs.allow("upstream") {
+                    tracing::warn!(
+                        "outbound {}: {method} http://{}{target} failed: {}{}",
+                        self.listen,
+                        service.name,
+                        message,
+                        more(skipped)
+                    );
+                }
                 body::text(StatusCode::SERVICE_UNAVAILABLE, message)
             }
         }
     }
+}
+
+/// Answers an app connection over the limit with a 503 it can read, without waiting for it:
+/// the response fits the socket buffer of a fresh connection.
+fn refuse_http(stream: &TcpStream, why: Refusal) {
+    let body = format!("signet: connection refused: {why}; retry later\n");
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
 }
 
 /// Envoy's body for a failed upstream request, from the error chain.
@@ -338,11 +378,12 @@ impl tower_service::Service<Uri> for MeshConnector {
             let service = services
                 .get(target)
                 .ok_or_else(|| UpstreamError::NoRoute(target.to_string()))?;
-            let tls = connect_peer(&shared, &service, ClientAlpn::Http).await?;
+            let (tls, active) = connect_peer(&shared, &service, ClientAlpn::Http).await?;
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             Ok(MeshStream {
                 io: TokioIo::new(tls),
                 h2,
+                _active: active,
             })
         })
     }
@@ -352,6 +393,7 @@ impl tower_service::Service<Uri> for MeshConnector {
 pub(crate) struct MeshStream {
     io: TokioIo<TlsStream<TcpStream>>,
     h2: bool,
+    _active: ActiveGuard,
 }
 
 impl Connection for MeshStream {
@@ -403,6 +445,7 @@ pub(crate) struct TcpOutbound {
     listen: SocketAddr,
     service: Arc<Service>,
     shared: Arc<Shared>,
+    logs: Throttle,
 }
 
 impl TcpOutbound {
@@ -411,33 +454,60 @@ impl TcpOutbound {
             listen,
             service,
             shared,
+            logs: Throttle::default(),
         }
     }
 
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
         let (name, life) = (format!("outbound tcp {}", self.listen), self.shared.life.clone());
-        accept_loop(listener, name, life, move |stream, peer| {
+        let limit = self.shared.conn_limit();
+        let this = self.clone();
+        let refuse = move |_stream, peer, why| {
+            this.shared.metrics.refused(Listener::Outbound);
+            if let Some(skipped) = this.logs.allow("limit") {
+                tracing::warn!("outbound tcp {}: refused {peer}: {why}{}", this.listen, more(skipped));
+            }
+        };
+        let handle = move |stream, peer| {
             let this = self.clone();
             async move { this.tunnel(stream, peer).await }
-        })
-        .await
+        };
+        accept_loop(listener, name, life, limit, handle, refuse).await
     }
 
     async fn tunnel(&self, mut client: TcpStream, peer: SocketAddr) {
-        let _active = self.shared.metrics.connection(Direction::Outbound);
-        match connect_peer(&self.shared, &self.service, ClientAlpn::None).await {
-            Ok(mut tls) => {
-                if let Err(e) = crate::splice::splice(&mut client, &mut tls).await {
-                    tracing::debug!("outbound tcp {}: tunnel for {peer} ended: {e}", self.listen);
-                }
-            }
+        let (mut tls, _active) = match connect_peer(&self.shared, &self.service, ClientAlpn::None).await {
+            Ok(conn) => conn,
             // The app's connection is closed without a byte: nothing reaches a peer we refused.
-            Err(e) => tracing::warn!(
-                "outbound tcp {}: closing {peer}'s connection to {}: {}",
-                self.listen,
-                self.service.name,
-                e.envoy_body().trim_start_matches(ENVOY_PREFIX)
-            ),
+            Err(e) => {
+                if let Some(skipped) = self.logs.allow("upstream") {
+                    tracing::warn!(
+                        "outbound tcp {}: closing {peer}'s connection to {}: {}{}",
+                        self.listen,
+                        self.service.name,
+                        e.envoy_body().trim_start_matches(ENVOY_PREFIX),
+                        more(skipped)
+                    );
+                }
+                return;
+            }
+        };
+        let timeouts = &self.shared.timeouts;
+        let tunnel = crate::splice::splice(&mut client, &mut tls, timeouts.tcp_idle);
+        match tokio::time::timeout(timeouts.max_connection_age, tunnel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                self.shared.metrics.closed(Direction::Outbound, Closed::Idle);
+                tracing::debug!("outbound tcp {}: closed {peer}'s tunnel: {e}", self.listen);
+            }
+            Ok(Err(e)) => tracing::debug!("outbound tcp {}: tunnel for {peer} ended: {e}", self.listen),
+            Err(_) => {
+                self.shared.metrics.closed(Direction::Outbound, Closed::MaxAge);
+                tracing::debug!(
+                    "outbound tcp {}: closed {peer}'s tunnel at its maximum age",
+                    self.listen
+                );
+            }
         }
     }
 }

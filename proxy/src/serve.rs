@@ -1,22 +1,49 @@
-//! Written once: the accept loop and the graceful HTTP connection every listener uses (inbound,
-//! outbound, admin, the authority and the built-in httpbin), and the lifecycle they share.
+//! Written once: the accept loop and the HTTP connection every listener uses (inbound, outbound,
+//! admin, the authority and the built-in httpbin), the limits they all run under, and the
+//! lifecycle they share.
+//!
+//! Limits, each on by default (see `HttpLimits` and `ConnLimit`):
+//! - connections per listener, and all data-plane connections together (derived from the
+//!   file-descriptor limit, so the admin port and the certificate watcher always keep some);
+//!   a connection over a limit is refused at once, with a reason where the protocol allows one;
+//! - a request's headers must arrive within `header_read` of its first byte, and a connection's
+//!   first request within `header_read` of the connection (slow-header and silent clients);
+//! - with no request in flight for `idle`, a connection is closed;
+//! - at `max_age`, a connection finishes its requests and is closed (a peer whose trust was
+//!   withdrawn cannot keep an old connection forever);
+//! - one header-size limit for h1 and h2 (431), and HTTP/2 keep-alive pings.
+//!
+//! hyper's own h1 header timeout is left off: it also runs while a keep-alive connection waits
+//! for its next request, which would make it the idle timeout. The watch here tells the two apart.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long an accept loop pauses after a failed accept (EMFILE and friends): long enough not
-/// to spin, short enough that the listener recovers as soon as descriptors are free.
-pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+use crate::throttle::{Throttle, more};
+
+/// After a failed accept (EMFILE and friends) an accept loop pauses, doubling from this...
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// ...up to this: long enough not to spin, short enough to recover as soon as descriptors free up.
+pub const ACCEPT_ERROR_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a server's listeners and connections share: one cancellation for "stop accepting, finish
 /// what is in flight", and one tracker of every task, to wait for them.
@@ -46,72 +73,636 @@ impl Lifecycle {
     }
 }
 
+/// How many connections a listener may hold: its own cap, and optionally a pool shared by
+/// several listeners (the data plane's, sized from the file-descriptor limit).
+#[derive(Clone, Debug)]
+pub struct ConnLimit {
+    own: Arc<Semaphore>,
+    max: usize,
+    shared: Option<(Arc<Semaphore>, usize)>,
+}
+
+/// Held by a connection while it is open; gives its places back when dropped.
+#[derive(Debug)]
+pub struct ConnPermit {
+    _own: OwnedSemaphorePermit,
+    _shared: Option<OwnedSemaphorePermit>,
+}
+
+/// Why a connection was refused at accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener holds its maximum.
+    ListenerFull(usize),
+    /// All data-plane listeners together hold the maximum the descriptor limit allows.
+    ProcessFull(usize),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::ListenerFull(n) => write!(
+                f,
+                "the listener holds its maximum of {n} connections (limits.maxConnections)"
+            ),
+            Refusal::ProcessFull(n) => write!(
+                f,
+                "the sidecar holds {n} connections, all its file-descriptor limit allows while keeping some for admin and reloads (raise `ulimit -n`)"
+            ),
+        }
+    }
+}
+
+impl ConnLimit {
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        ConnLimit {
+            own: Arc::new(Semaphore::new(max)),
+            max,
+            shared: None,
+        }
+    }
+
+    /// Also draws from `pool` (of `size` places), shared with other listeners.
+    pub fn sharing(mut self, pool: &Arc<Semaphore>, size: usize) -> Self {
+        self.shared = Some((pool.clone(), size));
+        self
+    }
+
+    /// A pool for [`ConnLimit::sharing`].
+    pub fn pool(size: usize) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(size.max(1)))
+    }
+
+    pub fn try_acquire(&self) -> Result<ConnPermit, Refusal> {
+        let own = self
+            .own
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::ListenerFull(self.max))?;
+        let shared = match &self.shared {
+            Some((pool, size)) => Some(
+                pool.clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Refusal::ProcessFull(*size))?,
+            ),
+            None => None,
+        };
+        Ok(ConnPermit {
+            _own: own,
+            _shared: shared,
+        })
+    }
+
+    /// Connections open now.
+    pub fn in_use(&self) -> usize {
+        self.max - self.own.available_permits()
+    }
+}
+
 /// Accepts connections on `listener` until shutdown, each handled by `handle` in its own
-/// tracked task. A failed accept is logged and retried after a pause; it never ends the loop.
-pub async fn accept_loop<H, F>(listener: TcpListener, name: String, life: Lifecycle, handle: H)
-where
+/// tracked task while it holds a place of `limit`. A connection over the limit is passed to
+/// `refuse` (which may answer it) and closed. A failed accept is logged (throttled) and
+/// retried after a pause that doubles while accepts keep failing; it never ends the loop.
+pub async fn accept_loop<H, F, R>(
+    listener: TcpListener,
+    name: String,
+    life: Lifecycle,
+    limit: ConnLimit,
+    handle: H,
+    refuse: R,
+) where
     H: Fn(TcpStream, SocketAddr) -> F,
     F: Future<Output = ()> + Send + 'static,
+    R: Fn(TcpStream, SocketAddr, Refusal),
 {
+    let throttle = Throttle::default();
+    let mut pause = ACCEPT_ERROR_PAUSE;
     loop {
         let (stream, peer) = tokio::select! {
             _ = life.shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!("{name}: accept failed: {e}; retrying");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    if let Some(skipped) = throttle.allow("accept") {
+                        tracing::warn!("{name}: accept failed: {e}; retrying in {}{}", signet_certs::format_duration(pause), more(skipped));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(ACCEPT_ERROR_PAUSE_MAX);
                     continue;
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        life.tracker.spawn(handle(stream, peer));
+        pause = ACCEPT_ERROR_PAUSE;
+        match limit.try_acquire() {
+            Ok(permit) => {
+                let _ = stream.set_nodelay(true);
+                let task = handle(stream, peer);
+                life.tracker.spawn(async move {
+                    let _permit = permit;
+                    task.await
+                });
+            }
+            Err(why) => refuse(stream, peer, why),
+        }
     }
 }
 
-/// Serves HTTP/1.1 on one connection; on shutdown the connection finishes its current request
-/// and closes. Returns hyper's error, if the connection ended with one.
-pub async fn serve_http1<I, S>(io: I, service: S, shutdown: &CancellationToken) -> Result<(), hyper::Error>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<http::Request<Incoming>, Response = http::Response<crate::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
-    until_done_or_drained(conn, shutdown).await
+/// The limits every served HTTP connection runs under (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub max_age: Duration,
+    /// The largest request header block, in bytes (h1: the read buffer while parsing a head).
+    pub max_header_bytes: usize,
+    /// HTTP/2 PING interval; a PING unanswered for as long closes the connection.
+    pub h2_keepalive: Duration,
+    /// How long a connection asked to close (idle, age) may take to finish what is in flight.
+    pub grace: Duration,
 }
 
-/// Serves HTTP/1.1 or h2 (by what the client speaks: ALPN or the h2 preface) on one connection,
-/// with the same graceful shutdown as [`serve_http1`].
-pub async fn serve_http_auto<I, S, B>(
-    io: I,
-    service: S,
-    shutdown: &CancellationToken,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+/// hyper refuses an h1 read buffer below this.
+const MIN_H1_BUFFER: usize = 8192;
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(90),
+            max_age: Duration::from_secs(3600),
+            max_header_bytes: 64 * 1024,
+            h2_keepalive: Duration::from_secs(30),
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why Signet closed a connection it was serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// A request's headers, or a connection's first request, did not arrive in time.
+    HeaderTimeout,
+    /// No request in flight for the idle timeout.
+    Idle,
+    /// The connection reached its maximum age.
+    MaxAge,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl Closed {
+    pub const ALL: [Closed; 3] = [Closed::HeaderTimeout, Closed::Idle, Closed::MaxAge];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::Idle => "idle",
+            Closed::MaxAge => "max_age",
+            Closed::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Called with the status of every response the service produced, and with 431 when hyper
+/// refused a request head as too large.
+pub type OnResponse = Arc<dyn Fn(u16) + Send + Sync>;
+
+/// How one listener serves HTTP: its limits, the shutdown signal, and who counts responses.
+#[derive(Clone)]
+pub struct HttpServing {
+    pub limits: HttpLimits,
+    pub shutdown: CancellationToken,
+    pub on_response: Option<OnResponse>,
+}
+
+impl HttpServing {
+    pub fn new(limits: HttpLimits, shutdown: CancellationToken) -> Self {
+        HttpServing {
+            limits,
+            shutdown,
+            on_response: None,
+        }
+    }
+
+    pub fn counting(mut self, on_response: OnResponse) -> Self {
+        self.on_response = Some(on_response);
+        self
+    }
+}
+
+/// How a served connection ended.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// Set when Signet closed it (a limit, or shutdown).
+    pub closed: Option<Closed>,
+    /// The protocol error it ended with, if any (a peer reset, garbage).
+    pub error: Option<BoxError>,
+}
+
+/// Serves HTTP/1.1 on one connection under `serving`'s limits; on shutdown the connection
+/// finishes its current request and closes.
+pub async fn serve_http1<I, S, B>(io: I, service: S, serving: &HttpServing) -> Served
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let activity = Arc::new(Activity::new());
+    let io = Watched::new(io, activity.clone());
+    let service = Tracked::new(service, activity.clone(), serving.on_response.clone());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.max_buf_size(serving.limits.max_header_bytes.max(MIN_H1_BUFFER));
     let conn = builder.serve_connection(TokioIo::new(io), service);
-    until_done_or_drained(conn, shutdown).await
+    supervise(conn, &activity, serving).await
 }
 
-/// Runs a connection to its end; on shutdown, lets it finish its current request, then ends it.
-async fn until_done_or_drained<C: GracefulConnection>(conn: C, shutdown: &CancellationToken) -> Result<(), C::Error> {
+/// Serves HTTP/1.1 or h2 (by what the client speaks: ALPN or the h2 preface) on one connection,
+/// under the same limits as [`serve_http1`], with HTTP/2 keep-alive.
+pub async fn serve_http_auto<I, S, B>(io: I, service: S, serving: &HttpServing) -> Served
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let activity = Arc::new(Activity::new());
+    let io = Watched::new(io, activity.clone());
+    let service = Tracked::new(service, activity.clone(), serving.on_response.clone());
+    let limits = &serving.limits;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(limits.max_header_bytes.max(MIN_H1_BUFFER));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.h2_keepalive))
+        .keep_alive_timeout(limits.h2_keepalive)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    supervise(conn, &activity, serving).await
+}
+
+/// Runs a connection to its end, closing it when a limit of `serving` says so (see
+/// [`Activity::expired`]) or on shutdown (after its current request).
+async fn supervise<C>(conn: C, activity: &Activity, serving: &HttpServing) -> Served
+where
+    C: GracefulConnection,
+    C::Error: Into<BoxError>,
+{
+    let limits = &serving.limits;
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => result,
-        _ = shutdown.cancelled() => {
+    let closed = loop {
+        let wake = activity.next_check(limits);
+        tokio::select! {
+            result = conn.as_mut() => return served(None, result, serving),
+            _ = serving.shutdown.cancelled() => break Closed::Shutdown,
+            _ = activity.changed.notified() => continue,
+            _ = tokio::time::sleep_until(wake) => {
+                if let Some(closed) = activity.expired(limits) {
+                    break closed;
+                }
+            }
+        }
+    };
+    match closed {
+        // Shutdown waits for the request in flight (the lifecycle's drain bounds it).
+        Closed::Shutdown => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            let result = conn.await;
+            served(Some(closed), result, serving)
+        }
+        // A head that never completes is not waited for.
+        Closed::HeaderTimeout => Served {
+            closed: Some(closed),
+            error: None,
+        },
+        Closed::Idle | Closed::MaxAge => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(limits.grace, conn).await {
+                Ok(result) => served(Some(closed), result, serving),
+                Err(_) => Served {
+                    closed: Some(closed),
+                    error: None,
+                },
+            }
         }
     }
+}
+
+fn served<E: Into<BoxError>>(closed: Option<Closed>, result: Result<(), E>, serving: &HttpServing) -> Served {
+    let error = result.err().map(Into::into);
+    // hyper answers a too-large h1 head with 431 itself; count it like the service's answers.
+    if let (Some(on_response), Some(e)) = (&serving.on_response, &error)
+        && e.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_parse_too_large())
+    {
+        on_response(431);
+    }
+    Served { closed, error }
+}
+
+/// What a served connection is doing, as the limits need it. Times are milliseconds since the
+/// connection started; a head time of 0 means "no request head is being read".
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    in_flight: AtomicU32,
+    requests: AtomicU64,
+    /// When the connection last had no request in flight.
+    idle_since: AtomicU64,
+    /// When the first byte of a request not yet handed to the service arrived (+1; h1 only:
+    /// h2 connections carry control frames between requests).
+    head_since: AtomicU64,
+    seen_first_read: AtomicBool,
+    h2: AtomicBool,
+    /// Wakes the supervisor when a deadline may have moved earlier.
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            seen_first_read: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    fn on_read(&self, data: &[u8]) {
+        if !self.seen_first_read.swap(true, Relaxed) {
+            self.h2.store(data.starts_with(b"PRI * HTTP/2.0"), Relaxed);
+        }
+        if !self.h2.load(Relaxed) && self.in_flight.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 {
+            self.head_since.store(self.now_ms() + 1, Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
+        self.head_since.store(0, Relaxed);
+    }
+
+    fn end(&self) {
+        if self.in_flight.fetch_sub(1, Relaxed) == 1 {
+            self.idle_since.store(self.now_ms(), Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// When to look again: the earliest deadline that can pass in the current state.
+    fn next_check(&self, limits: &HttpLimits) -> Instant {
+        let mut next = self.start + limits.max_age;
+        if self.in_flight.load(Relaxed) == 0 {
+            next = next.min(self.at(self.idle_since.load(Relaxed)) + limits.idle);
+            if self.requests.load(Relaxed) == 0 {
+                next = next.min(self.start + limits.header_read);
+            }
+            let head = self.head_since.load(Relaxed);
+            if head > 0 {
+                next = next.min(self.at(head - 1) + limits.header_read);
+            }
+        } else {
+            // A long request: look again once an idle period has passed after it ends.
+            next = next.min(Instant::now() + limits.idle);
+        }
+        next
+    }
+
+    /// The limit this connection has run into, if any.
+    fn expired(&self, limits: &HttpLimits) -> Option<Closed> {
+        let now = Instant::now();
+        if now >= self.start + limits.max_age {
+            return Some(Closed::MaxAge);
+        }
+        if self.in_flight.load(Relaxed) > 0 {
+            return None;
+        }
+        let head = self.head_since.load(Relaxed);
+        let first_overdue = self.requests.load(Relaxed) == 0 && now >= self.start + limits.header_read;
+        if first_overdue || (head > 0 && now >= self.at(head - 1) + limits.header_read) {
+            return Some(Closed::HeaderTimeout);
+        }
+        (now >= self.at(self.idle_since.load(Relaxed)) + limits.idle).then_some(Closed::Idle)
+    }
+}
+
+/// The connection's I/O, noting when request bytes arrive.
+struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> Watched<I> {
+    fn new(io: I, activity: Arc<Activity>) -> Self {
+        Watched { io, activity }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result
+            && buf.filled().len() > before
+        {
+            self.activity.on_read(&buf.filled()[before..]);
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// The service, marking each request in flight from its call until its response body is done.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    on_response: Option<OnResponse>,
+}
+
+impl<S> Tracked<S> {
+    fn new(inner: S, activity: Arc<Activity>, on_response: Option<OnResponse>) -> Self {
+        Tracked {
+            inner,
+            activity,
+            on_response,
+        }
+    }
+}
+
+/// Ends a request's time in flight when dropped (with its response body, or on error).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+impl<S, B> Service<http::Request<Incoming>> for Tracked<S>
+where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    B: Body + Unpin,
+{
+    type Response = http::Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        self.activity.begin();
+        let guard = InFlight(self.activity.clone());
+        let on_response = self.on_response.clone();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            if let Some(count) = on_response {
+                count(response.status().as_u16());
+            }
+            Ok(response.map(|body| TrackedBody {
+                body,
+                _in_flight: guard,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its request in flight until it is done.
+pub struct TrackedBody<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Raises this process's open-file soft limit to its hard limit (as Envoy and ztunnel do) and
+/// returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// How often [`return_memory`] looks at the connection count.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+/// After a burst of connections has gone, gives the freed heap back to the system: glibc keeps
+/// freed memory in its arenas, so a sidecar that once held 20,000 connections would otherwise
+/// keep their memory for good. Looks every [`TRIM_INTERVAL`] at `open()` (connections open
+/// now) and trims when at least 256 fewer are open than at the last peak.
+pub async fn return_memory(open: impl Fn() -> usize, shutdown: CancellationToken) {
+    let mut peak = open();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TRIM_INTERVAL) => {}
+        }
+        let now = open();
+        if peak >= now + 256 {
+            trim_heap();
+            peak = now;
+        }
+        peak = peak.max(now);
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only returns free pages of the heap to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
+/// Descriptors kept out of the data plane's reach: the admin port, the certificate watcher and
+/// reloads, provisioning, logging.
+pub const RESERVED_FDS: u64 = 256;
+
+/// How many data-plane connections `fd_limit` descriptors allow: each may take two (the
+/// accepted one and the one it opens), after [`RESERVED_FDS`].
+pub fn data_plane_budget(fd_limit: u64) -> usize {
+    (fd_limit.saturating_sub(RESERVED_FDS) / 2).max(16) as usize
 }

@@ -9,25 +9,64 @@ use signet_certs::{AuthorityClient, crypto};
 use tokio::net::TcpListener;
 
 use crate::admin::Admin;
-use crate::config::{Config, Protocol, Setting, Timeouts};
+use crate::config::{Config, Limits, Protocol, Setting, Timeouts};
 use crate::credentials::{Credentials, WorkloadIdentity};
 use crate::identity::{IdentityCtx, IdentityError};
 use crate::inbound::Inbound;
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics};
 use crate::outbound::{HttpOutbound, TcpOutbound};
-use crate::serve::Lifecycle;
+use crate::serve::{ConnLimit, HttpLimits, HttpServing, Lifecycle};
 use crate::services::ServiceTable;
 use crate::tls::{ClientAlpn, InboundTls, TlsSettings, TlsStore};
 
 /// How often [`Sidecar::ready`] looks for the first certificate.
 const READY_POLL: Duration = Duration::from_millis(10);
 
+/// Connections the admin listener may hold (outside the data plane's share).
+const ADMIN_CONNECTIONS: usize = 64;
+
 /// What every listener and connection task shares.
 pub(crate) struct Shared {
     pub store: Arc<TlsStore>,
     pub metrics: Arc<Metrics>,
     pub timeouts: Timeouts,
+    pub limits: Limits,
     pub life: Lifecycle,
+    /// Places for data-plane connections, shared by every data listener: sized from the
+    /// file-descriptor limit, so the admin port and reloads always keep descriptors.
+    pool: Arc<tokio::sync::Semaphore>,
+    pool_size: usize,
+}
+
+impl Shared {
+    /// A data listener's connection limit: its own cap, within the shared pool.
+    pub fn conn_limit(&self) -> ConnLimit {
+        ConnLimit::new(self.limits.max_connections.unwrap_or(self.pool_size)).sharing(&self.pool, self.pool_size)
+    }
+
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_read: self.timeouts.header_read,
+            idle: self.timeouts.idle,
+            max_age: self.timeouts.max_connection_age,
+            max_header_bytes: self.limits.max_header_bytes,
+            grace: self.timeouts.drain,
+            ..HttpLimits::default()
+        }
+    }
+
+    /// How a data listener of `direction` serves HTTP: every response it gives is counted.
+    pub fn serving(&self, direction: Direction) -> HttpServing {
+        let metrics = self.metrics.clone();
+        HttpServing::new(self.http_limits(), self.life.shutdown.clone())
+            .counting(Arc::new(move |status| metrics.response(direction, status)))
+    }
+
+    /// Pooled connections to apps and peers are dropped well before the other side's idle
+    /// timeout would close them, so no request is sent on a connection being closed.
+    pub fn pool_idle(&self) -> Duration {
+        self.timeouts.idle / 2
+    }
 }
 
 /// Why a sidecar did not start; one line.
@@ -86,11 +125,16 @@ impl Sidecar {
         let store = Arc::new(TlsStore::new(tls_settings(&config, &services)));
         let metrics = Arc::new(Metrics::default());
         let life = Lifecycle::default();
+        let fd_limit = crate::serve::raise_fd_limit();
+        let pool_size = crate::serve::data_plane_budget(fd_limit);
         let shared = Arc::new(Shared {
             store: store.clone(),
             metrics: metrics.clone(),
             timeouts: config.timeouts,
+            limits: config.limits,
             life: life.clone(),
+            pool: ConnLimit::pool(pool_size),
+            pool_size,
         });
         let reload = Arc::new(tokio::sync::Notify::new());
         let config = Arc::new(config);
@@ -153,6 +197,11 @@ impl Sidecar {
         for (ib, listener) in inbound {
             life.spawn(ib.serve(listener));
         }
+        let pool = shared.pool.clone();
+        life.spawn(crate::serve::return_memory(
+            move || pool_size - pool.available_permits(),
+            life.shutdown.clone(),
+        ));
         if let Some((ob, listener)) = http_outbound {
             life.spawn(ob.serve(listener));
         }
@@ -165,7 +214,8 @@ impl Sidecar {
                 metrics: metrics.clone(),
                 listeners: addrs.clone(),
             });
-            life.spawn(admin.serve(listener, life.clone()));
+            let serving = HttpServing::new(shared.http_limits(), life.shutdown.clone());
+            life.spawn(admin.serve(listener, life.clone(), ConnLimit::new(ADMIN_CONNECTIONS), serving));
         }
 
         if let Some(identity) = &identity {
@@ -188,7 +238,21 @@ impl Sidecar {
         }
         if let Some(addr) = addrs.admin {
             tracing::info!("admin http://{addr}/ (ready, metrics, certs, listeners)");
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "the admin port {addr} is reachable beyond this host: it shows certificates, identities and metrics to anyone who can connect; bind it to 127.0.0.1 unless that is intended"
+                );
+            }
         }
+        tracing::info!(
+            "limits: {} connection(s) per data listener, {pool_size} in all (file-descriptor limit {fd_limit}); headers {} bytes, within {}; idle {}; tcp idle {}; connection age {}",
+            config.limits.max_connections.unwrap_or(pool_size).min(pool_size),
+            config.limits.max_header_bytes,
+            signet_certs::format_duration(config.timeouts.header_read),
+            signet_certs::format_duration(config.timeouts.idle),
+            signet_certs::format_duration(config.timeouts.tcp_idle),
+            signet_certs::format_duration(config.timeouts.max_connection_age),
+        );
 
         Ok(Sidecar {
             addrs,

@@ -9,7 +9,11 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use std::future::Future;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 const BUF: usize = 16 * 1024;
 /// Buffers kept per thread for reuse.
@@ -42,6 +46,8 @@ struct Half {
     eof: bool,
     done: bool,
     needs_flush: bool,
+    /// Bytes moved since the owner last looked.
+    moved: bool,
 }
 
 impl Half {
@@ -62,6 +68,7 @@ impl Half {
                 }
                 self.pos += n;
                 self.needs_flush = true;
+                self.moved = true;
                 if self.pos == self.end {
                     // Everything written: the buffer goes back to the pool.
                     if let Some(buf) = self.buf.take() {
@@ -108,20 +115,38 @@ impl Half {
 }
 
 /// Copies `a` → `b` and `b` → `a` until both directions reach end of stream; each end of
-/// stream is passed on as a shutdown of the other side's write half.
-pub async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
+/// stream is passed on as a shutdown of the other side's write half. When no byte moves either
+/// way for `idle`, the copy ends with a `TimedOut` error (both streams are then dropped).
+pub async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let (mut ab, mut ba) = (Half::default(), Half::default());
+    let mut last_moved = Instant::now();
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
     poll_fn(|cx| {
         let a_to_b = ab.poll(cx, a, b)?;
         let b_to_a = ba.poll(cx, b, a)?;
-        match (a_to_b, b_to_a) {
-            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
-            _ => Poll::Pending,
+        if let (Poll::Ready(()), Poll::Ready(())) = (a_to_b, b_to_a) {
+            return Poll::Ready(Ok(()));
         }
+        if std::mem::take(&mut ab.moved) | std::mem::take(&mut ba.moved) {
+            // Noted here, looked at when the timer fires: no timer reset per read.
+            last_moved = Instant::now();
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = last_moved + idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no byte either way for {}", signet_certs::format_duration(idle)),
+                )));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     })
     .await
 }
@@ -135,7 +160,7 @@ mod tests {
     async fn copies_both_ways_and_passes_on_end_of_stream() {
         let (mut client, mut a) = tokio::io::duplex(1024);
         let (mut b, mut server) = tokio::io::duplex(1024);
-        let pump = tokio::spawn(async move { splice(&mut a, &mut b).await });
+        let pump = tokio::spawn(async move { splice(&mut a, &mut b, Duration::from_secs(60)).await });
         let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let sent = big.clone();
         let writer = tokio::spawn(async move {
@@ -152,5 +177,28 @@ mod tests {
         server.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"reply");
         pump.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_splice_ends_after_the_idle_timeout_and_not_before() {
+        let (mut client, mut a) = tokio::io::duplex(1024);
+        let (mut b, mut server) = tokio::io::duplex(1024);
+        let start = Instant::now();
+        let pump = tokio::spawn(async move { splice(&mut a, &mut b, Duration::from_secs(10)).await });
+        // Bytes every 6 s keep it open past 10 s.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            client.write_all(b"x").await.unwrap();
+            let mut one = [0u8; 1];
+            server.read_exact(&mut one).await.unwrap();
+        }
+        assert!(!pump.is_finished(), "traffic keeps a tunnel open");
+        let e = pump.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let closed_at = start.elapsed();
+        assert!(
+            closed_at >= Duration::from_secs(28) && closed_at <= Duration::from_secs(29),
+            "closed 10 s after the last byte: {closed_at:?}"
+        );
     }
 }

@@ -31,6 +31,7 @@ pub struct ConfigFile {
     pub services: BTreeMap<String, ServiceFile>,
     pub admin: Option<String>,
     pub timeouts: Option<TimeoutsFile>,
+    pub limits: Option<LimitsFile>,
     pub xfcc: Option<XfccMode>,
     pub tls: Option<TlsFile>,
     /// How often watched files (certificates in files mode, the trust bundle) are checked.
@@ -129,6 +130,18 @@ pub struct TimeoutsFile {
     pub connect: Option<HumanDuration>,
     pub drain: Option<HumanDuration>,
     pub idle: Option<HumanDuration>,
+    pub header_read: Option<HumanDuration>,
+    pub tcp_idle: Option<HumanDuration>,
+    pub max_connection_age: Option<HumanDuration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Connections each data listener may hold.
+    pub max_connections: Option<usize>,
+    /// The largest request header block, in bytes.
+    pub max_header_bytes: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -214,6 +227,17 @@ impl ConfigFile {
                     connect: pick(lower.connect, upper.connect),
                     drain: pick(lower.drain, upper.drain),
                     idle: pick(lower.idle, upper.idle),
+                    header_read: pick(lower.header_read, upper.header_read),
+                    tcp_idle: pick(lower.tcp_idle, upper.tcp_idle),
+                    max_connection_age: pick(lower.max_connection_age, upper.max_connection_age),
+                }),
+            },
+            limits: match (self.limits, over.limits) {
+                (lower, None) => lower,
+                (None, upper) => upper,
+                (Some(lower), Some(upper)) => Some(LimitsFile {
+                    max_connections: pick(lower.max_connections, upper.max_connections),
+                    max_header_bytes: pick(lower.max_header_bytes, upper.max_header_bytes),
                 }),
             },
             xfcc: pick(self.xfcc, over.xfcc),

@@ -19,8 +19,8 @@ use std::time::Duration;
 use signet_certs::{CryptoPolicy, SignerName, SpiffeId, UnknownChoice, deserialize_from_str};
 
 pub use layer::{
-    AuthorityFile, ConfigFile, IdentityFile, InboundFile, OutboundFile, ServiceFile, TcpRouteFile, TimeoutsFile,
-    TlsFile,
+    AuthorityFile, ConfigFile, IdentityFile, InboundFile, LimitsFile, OutboundFile, ServiceFile, TcpRouteFile,
+    TimeoutsFile, TlsFile,
 };
 
 use crate::services::{ServiceError, ServiceTable};
@@ -132,6 +132,10 @@ pub enum Setting {
     Admin,
     WatchInterval,
     TrustDomainAlias(usize),
+    /// `timeouts.<name>` (camelCase).
+    Timeout(&'static str),
+    /// `limits.<name>` (camelCase).
+    Limit(&'static str),
 }
 
 impl Setting {
@@ -163,6 +167,8 @@ impl Setting {
             Setting::Admin => "admin".into(),
             Setting::WatchInterval => "watchInterval".into(),
             Setting::TrustDomainAlias(i) => format!("trustDomainAliases[{i}]"),
+            Setting::Timeout(name) => format!("timeouts.{name}"),
+            Setting::Limit(name) => format!("limits.{name}"),
         }
     }
 }
@@ -188,10 +194,15 @@ pub enum ConfigProblem {
     Yaml(signet_certs::YamlError),
     Value(signet_certs::Error),
     NotAnAddress(String),
+    NotHostPort(String),
     Service(ServiceError),
     RenewAtRange(f64),
     WatchIntervalTooShort,
-    Empty { expected: &'static str },
+    /// A number or duration outside what the setting allows (the text says the range).
+    OutOfRange(String),
+    Empty {
+        expected: &'static str,
+    },
     BothIdentitySources,
     ProvisioningOnly,
     FilesOnly,
@@ -226,11 +237,13 @@ impl ConfigProblem {
             P::Yaml(e) => format!("invalid config: {e}"),
             P::Value(e) => e.to_string(),
             P::NotAnAddress(text) => format!("{text:?} is not an IP:port address (e.g. 127.0.0.1:15006)"),
+            P::NotHostPort(text) => format!("{text:?} is not a host:port (e.g. 127.0.0.1:8000 or localhost:8000)"),
             P::Service(e) => e.to_string(),
             P::RenewAtRange(v) => format!("{v} must be between 0 and 1 (e.g. 0.5: renew at half-life)"),
             P::WatchIntervalTooShort => {
                 format!("must be at least {}", signet_certs::format_duration(MIN_WATCH_INTERVAL))
             }
+            P::OutOfRange(range) => format!("must be {range}"),
             P::Empty { expected } => format!("is empty; give {expected}"),
             P::BothIdentitySources => format!(
                 "give either an authority ({}) or certificate files ({}, or {} and {}), not both",
@@ -366,8 +379,17 @@ pub struct Timeouts {
     pub connect: Duration,
     /// How long shutdown waits for open connections.
     pub drain: Duration,
-    /// Pooled upstream connections idle longer than this are closed.
+    /// An HTTP connection with no request in flight for this long is closed; pooled upstream
+    /// connections are dropped after half of it, so a peer's close never races a reuse.
     pub idle: Duration,
+    /// A request's headers must arrive within this of its first byte, and a connection's first
+    /// request within this of the handshake.
+    pub header_read: Duration,
+    /// A TCP tunnel with no byte either way for this long is closed.
+    pub tcp_idle: Duration,
+    /// Connections older than this finish what is in flight and are closed (HTTP), or are
+    /// closed (TCP): a peer whose trust was withdrawn keeps no connection beyond it.
+    pub max_connection_age: Duration,
 }
 
 impl Default for Timeouts {
@@ -377,6 +399,33 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             drain: Duration::from_secs(5),
             idle: Duration::from_secs(90),
+            header_read: Duration::from_secs(10),
+            tcp_idle: Duration::from_secs(3600),
+            max_connection_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How much a peer may make a sidecar hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections each data listener may hold; `None`: as many as the file-descriptor limit
+    /// allows for all of them together (always enforced too).
+    pub max_connections: Option<usize>,
+    /// The largest request header block (h1 and h2, every listener), in bytes; 431 above it.
+    pub max_header_bytes: usize,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+    pub const HEADER_BYTES_RANGE: (usize, usize) = (8 * 1024, 1024 * 1024);
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: None,
+            max_header_bytes: Limits::DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }
@@ -407,6 +456,7 @@ pub struct Config {
     pub services: ServiceTable,
     pub admin: Option<SocketAddr>,
     pub timeouts: Timeouts,
+    pub limits: Limits,
     pub xfcc: XfccMode,
     pub tls: TlsConfig,
     /// Trust domains accepted besides the own one (where the bundle names none).

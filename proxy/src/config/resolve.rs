@@ -4,14 +4,17 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use signet_certs::{AUTHORITY_SERVER_NAME, DEFAULT_SIGNER_DOMAIN, SignerName, SpiffeId, files};
 
-use super::layer::{ConfigFile, IdentityFile, InboundFile, OutboundFile, ServiceFile, TimeoutsFile, TlsFile};
+use super::layer::{
+    ConfigFile, IdentityFile, InboundFile, LimitsFile, OutboundFile, ServiceFile, TimeoutsFile, TlsFile,
+};
 use super::{
     AuthorityEndpoint, Config, ConfigError, ConfigProblem as P, DEFAULT_RENEW_AT, DEFAULT_WATCH_INTERVAL,
-    IdentityFiles, IdentitySource, InboundConfig, MIN_WATCH_INTERVAL, Provisioning, Setting as S, TcpRoute, Timeouts,
-    TlsConfig,
+    IdentityFiles, IdentitySource, InboundConfig, Limits, MIN_WATCH_INTERVAL, Provisioning, Setting as S, TcpRoute,
+    Timeouts, TlsConfig,
 };
 use crate::services::{Service, ServiceTable};
 use crate::tls::AllowList;
@@ -59,7 +62,8 @@ impl ConfigFile {
             outbound_tcp,
             services,
             admin: self.admin.as_deref().map(|a| address(a, S::Admin)).transpose()?,
-            timeouts: timeouts(self.timeouts.unwrap_or_default()),
+            timeouts: timeouts(self.timeouts.unwrap_or_default())?,
+            limits: limits(self.limits.unwrap_or_default())?,
             xfcc: self.xfcc.unwrap_or_default(),
             tls: tls(self.tls.unwrap_or_default()),
             trust_domain_aliases: self.trust_domain_aliases,
@@ -160,6 +164,14 @@ fn inbound(entries: Vec<InboundFile>) -> Result<Vec<InboundConfig>, ConfigError>
                     },
                 ));
             }
+            // Requests to the app are addressed to it: it must be a URI authority.
+            let is_host_port = ib
+                .app
+                .parse::<http::uri::Authority>()
+                .is_ok_and(|a| a.port_u16().is_some() && a.as_str() == ib.app);
+            if !is_host_port {
+                return Err(err(S::InboundApp(i), P::NotHostPort(ib.app)));
+            }
             Ok(InboundConfig {
                 listen: address(&ib.listen, S::InboundListen(i))?,
                 app: ib.app,
@@ -185,14 +197,44 @@ fn outbound(file: OutboundFile, services: &ServiceTable) -> Result<(Option<Socke
     Ok((http, tcp))
 }
 
-fn timeouts(t: TimeoutsFile) -> Timeouts {
+/// Every timeout must be positive: a limit cannot be turned off, only raised.
+fn timeouts(t: TimeoutsFile) -> Result<Timeouts, ConfigError> {
     let default = Timeouts::default();
-    Timeouts {
-        handshake: t.handshake.map_or(default.handshake, |d| d.0),
-        connect: t.connect.map_or(default.connect, |d| d.0),
-        drain: t.drain.map_or(default.drain, |d| d.0),
-        idle: t.idle.map_or(default.idle, |d| d.0),
+    let get = |value: Option<signet_certs::HumanDuration>, fallback: Duration, name: &'static str| match value {
+        Some(d) if d.0.is_zero() => Err(err(
+            S::Timeout(name),
+            P::OutOfRange("above zero (every limit stays on; raise it instead)".into()),
+        )),
+        Some(d) => Ok(d.0),
+        None => Ok(fallback),
+    };
+    Ok(Timeouts {
+        handshake: get(t.handshake, default.handshake, "handshake")?,
+        connect: get(t.connect, default.connect, "connect")?,
+        drain: get(t.drain, default.drain, "drain")?,
+        idle: get(t.idle, default.idle, "idle")?,
+        header_read: get(t.header_read, default.header_read, "headerRead")?,
+        tcp_idle: get(t.tcp_idle, default.tcp_idle, "tcpIdle")?,
+        max_connection_age: get(t.max_connection_age, default.max_connection_age, "maxConnectionAge")?,
+    })
+}
+
+fn limits(l: LimitsFile) -> Result<Limits, ConfigError> {
+    if l.max_connections == Some(0) {
+        return Err(err(S::Limit("maxConnections"), P::OutOfRange("at least 1".into())));
     }
+    let (min, max) = Limits::HEADER_BYTES_RANGE;
+    let max_header_bytes = l.max_header_bytes.unwrap_or(Limits::DEFAULT_MAX_HEADER_BYTES);
+    if !(min..=max).contains(&max_header_bytes) {
+        return Err(err(
+            S::Limit("maxHeaderBytes"),
+            P::OutOfRange(format!("between {min} and {max} bytes")),
+        ));
+    }
+    Ok(Limits {
+        max_connections: l.max_connections,
+        max_header_bytes,
+    })
 }
 
 fn tls(t: TlsFile) -> TlsConfig {
