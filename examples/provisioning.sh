@@ -33,7 +33,7 @@ $SIGNET authority token --tokens tokens.yaml --namespace foo --service-account c
 
 step "2. the authority (Istio's CA API on $CA, TLS certificate from istio-system)"
 $SIGNET authority serve --signers-dir signers --bundle bundle.yaml --signing-policy policy.yaml --tokens tokens.yaml \
-  --listen 127.0.0.1:$CA --admin 127.0.0.1:$CA_ADMIN 2>ca.log & pids+=($!)
+  --listen 127.0.0.1:$CA --admin 127.0.0.1:$CA_ADMIN 2>ca.log & AUTHORITY=$!; pids+=($AUTHORITY)
 wait_ok "http://127.0.0.1:$CA_ADMIN/ready"
 
 step "3. httpbin and two sidecars that make a key + CSR and ask the service (no certificate files)"
@@ -69,9 +69,10 @@ $SIGNET signer new foo --dir new-signers >/dev/null
 $SIGNET bundle signers/istio-system signers/foo new-signers/foo signers/bar -o bundle.yaml 2>/dev/null
 for _ in $(seq 50); do [ "$(roots $ADMIN_IN)$(roots $ADMIN_OUT)" = 22 ] && break; sleep 0.1; done
 echo "  step 1: roots trusted for foo: $(roots $ADMIN_IN) / $(roots $ADMIN_OUT)"
-# 2) switch signer foo to the new CA (the service reloads it), then renew now with SIGHUP
+# 2) switch signer foo to the new CA; SIGHUP makes the service reload it now (it would within two
+#    watch intervals: a file is acted on once it holds still), then the sidecars renew now
 cp new-signers/foo/tls.key new-signers/foo/tls.crt new-signers/foo/ca.crt signers/foo/
-sleep 1.5; kill -HUP $SERVER $CLIENT
+kill -HUP $AUTHORITY; sleep 0.5; kill -HUP $SERVER $CLIENT
 NEW=$(python3 -c 'import hashlib,base64,sys; b="".join(l for l in open("new-signers/foo/ca.crt").read().splitlines() if "-----" not in l); print(hashlib.sha256(base64.b64decode(b)).hexdigest()[:16])')
 for _ in $(seq 100); do [ "$(anchor $ADMIN_IN)$(anchor $ADMIN_OUT)" = "$NEW$NEW" ] && break; sleep 0.1; done
 echo "  step 2: both sidecars now anchor to the new root $(anchor $ADMIN_IN) / $(anchor $ADMIN_OUT)"

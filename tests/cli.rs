@@ -406,3 +406,39 @@ fn the_example_configs_are_valid() {
         assert_eq!(config.signer.unwrap().as_str(), "clusterissuers.cert-manager.io/foo");
     }
 }
+
+/// An operator cannot mint a token whose namespace or service account splices another path
+/// into the SPIFFE ID (`ns/bar/sa/httpbin/sa/x`): both must be Kubernetes names.
+#[test]
+fn tokens_are_minted_only_for_kubernetes_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    let tokens = tokens.to_str().unwrap();
+    for (ns, sa) in [("bar/sa/httpbin", "x"), ("bar", "httpbin/sa/x"), ("Bar", "x")] {
+        let out = signet(&[
+            "authority",
+            "token",
+            "--tokens",
+            tokens,
+            "--namespace",
+            ns,
+            "--service-account",
+            sa,
+        ]);
+        assert_ne!(out.code, 0, "{ns}/{sa}: {}", out.stdout);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.contains("Kubernetes"), "{}", out.stderr);
+    }
+    assert!(!std::path::Path::new(tokens).exists(), "nothing was written");
+    let ok = signet(&[
+        "authority",
+        "token",
+        "--tokens",
+        tokens,
+        "--namespace",
+        "bar",
+        "--service-account",
+        "httpbin",
+    ]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+}

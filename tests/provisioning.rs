@@ -9,6 +9,7 @@ use std::time::Duration;
 use support::*;
 
 const POLICY: &str = "
+minWorkloadCertTtl: 2s
 approvableSigners: [istio-system, foo]
 namespaces:
   foo: {signer: foo}

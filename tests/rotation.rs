@@ -122,7 +122,7 @@ fn renewals_and_a_root_rotation_under_load_lose_no_request() {
     std::fs::write(mesh.path("tokens.yaml"), "tokens: []\n").unwrap();
     let authority = Authority::start(
         &mesh,
-        "approvableSigners: [istio-system, foo]\nnamespaces:\n  foo: {signer: foo}\n",
+        "minWorkloadCertTtl: 2s\napprovableSigners: [istio-system, foo]\nnamespaces:\n  foo: {signer: foo}\n",
         "127.0.0.1:0",
     );
 
@@ -264,4 +264,90 @@ fn renewals_and_a_root_rotation_under_load_lose_no_request() {
     // The authority saw the switch: foo's requests after step 2 were signed by the new CA.
     let reqs = authority.requests();
     assert!(reqs["items"].as_array().unwrap().len() as u64 >= 22);
+}
+
+/// The near-expiry case of issue 8 (hole 10): certificates of 2 s (the signing policy's floor),
+/// which the signer truncates to whole seconds, so some arrive with about a second to live.
+/// Under load through the pair (pooled HTTP and a new TCP tunnel, so a new handshake, every
+/// 20 ms, with session resumption on), renewals land in time and no request fails: no resumed
+/// session outlives its peer's certificate.
+#[test]
+fn two_second_certificates_are_renewed_in_time_under_load() {
+    let mesh = Mesh::new(&["istio-system", "foo"]);
+    let app = Httpbin::start(mesh.dir.path(), "httpbin");
+    std::fs::write(mesh.path("tokens.yaml"), "tokens: []\n").unwrap();
+    let authority = Authority::start(
+        &mesh,
+        "minWorkloadCertTtl: 2s\napprovableSigners: [istio-system, foo]\nnamespaces:\n  foo: {signer: foo}\n",
+        "127.0.0.1:0",
+    );
+    let mut server_args = mesh.provisioned(&authority, "foo", "httpbin", "2s");
+    server_args.extend(s(&[
+        "--inbound",
+        &format!("127.0.0.1:0={}", app.addr),
+        "--inbound",
+        &format!("127.0.0.1:0={}", app.addr),
+        "--protocol",
+        "http",
+    ]));
+    let server = Sidecar::start("server httpbin.foo", &server_args);
+    let mut client_args = mesh.provisioned(&authority, "foo", "curl", "2s");
+    client_args.extend(s(&[
+        "--outbound",
+        "127.0.0.1:0",
+        "--tcp",
+        "127.0.0.1:0=httpbin.foo:8001",
+        "--service",
+        &format!("httpbin.foo:8000={},{}", server.inbound[0], spiffe("foo", "httpbin")),
+        "--service",
+        &format!("httpbin.foo:8001={},{}", server.inbound[1], spiffe("foo", "httpbin")),
+    ]));
+    let client = Sidecar::start("client curl.foo", &client_args);
+    server.wait_ready(Duration::from_secs(10));
+    client.wait_ready(Duration::from_secs(10));
+
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let load = [
+        rt.spawn(http_load(
+            client.outbound.unwrap(),
+            Duration::from_millis(10),
+            stop.clone(),
+            tally.clone(),
+        )),
+        rt.spawn(tcp_load(
+            client.tcp[0],
+            Duration::from_millis(20),
+            stop.clone(),
+            tally.clone(),
+        )),
+    ];
+    let sides = [&server, &client];
+    eventually("12 renewals", Duration::from_secs(60), || renewals(&sides) >= 12);
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for task in load {
+            let _ = task.await;
+        }
+    });
+    let (sent, failed) = (tally.sent.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
+    eprintln!(
+        "2 s certificates under load: {sent} requests, {failed} failed, {} renewals, {} resumed outbound handshakes",
+        renewals(&sides),
+        client.metric("signet_tls_sessions_resumed_total{direction=\"outbound\"}")
+    );
+    assert_eq!(failed, 0, "failed requests: {:?}", tally.errors.lock().unwrap());
+    assert!(sent > 200, "the load ran: {sent} requests");
+    for side in sides {
+        assert!(
+            !side.proc.log().contains("expired while its renewal")
+                && !side.proc.log().contains("expired and was not renewed"),
+            "no certificate expired before its renewal:\n{}",
+            side.proc.log()
+        );
+    }
 }

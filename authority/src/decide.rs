@@ -290,6 +290,16 @@ impl Authority {
         } else {
             Duration::from_secs(validity_seconds as u64)
         };
+        if ttl < policy.min_ttl {
+            return Err(refuse(
+                Refusal::TtlTooShort,
+                format!(
+                    "requested lifetime {} is below the minimum {} (minWorkloadCertTtl): a certificate this short cannot be renewed before it expires",
+                    signet_certs::format_duration(ttl),
+                    signet_certs::format_duration(policy.min_ttl)
+                ),
+            ));
+        }
         if ttl > policy.max_ttl {
             return Err(refuse(
                 Refusal::TtlTooLong,
@@ -531,6 +541,8 @@ dnsSans:
                 Refusal::DnsSanNotAllowed,
             ),
             (("foo", "httpbin"), csr(me, &[]), 49 * 3600, None, Refusal::TtlTooLong),
+            // Too short to renew in time (the policy's minimum is 10 minutes by default).
+            (("foo", "httpbin"), csr(me, &[]), 1, None, Refusal::TtlTooShort),
             (
                 ("foo", "httpbin"),
                 csr(me, &[]),

@@ -13,6 +13,11 @@ use signet_certs::{DEFAULT_SIGNER_DOMAIN, HumanDuration, SignerName, SpiffeId};
 const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 /// Istio's `MAX_WORKLOAD_CERT_TTL`.
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(90 * 86_400);
+/// The shortest lifetime signed by default: the Kubernetes CSR API's minimum `expirationSeconds`.
+const DEFAULT_MIN_TTL: Duration = Duration::from_secs(600);
+/// No policy may go below this: validity is signed in whole seconds, so a shorter certificate
+/// can arrive with (almost) no life left, too little to renew it.
+pub const MIN_TTL_FLOOR: Duration = Duration::from_secs(2);
 
 /// Why a signing policy file is unusable; `origin` names the file.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,10 @@ pub enum SigningPolicyError {
     },
     #[error("{origin}: defaultWorkloadCertTtl is longer than maxWorkloadCertTtl")]
     DefaultAboveMax { origin: String },
+    #[error(
+        "{origin}: minWorkloadCertTtl must be at least 2s (validity is signed in whole seconds; a shorter certificate cannot be renewed in time) and at most defaultWorkloadCertTtl"
+    )]
+    MinOutOfRange { origin: String },
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -45,6 +54,7 @@ struct SigningPolicyFile {
     namespaces: BTreeMap<String, NamespaceFile>,
     max_workload_cert_ttl: Option<HumanDuration>,
     default_workload_cert_ttl: Option<HumanDuration>,
+    min_workload_cert_ttl: Option<HumanDuration>,
     #[serde(default)]
     dns_sans: BTreeMap<String, Vec<String>>,
 }
@@ -68,6 +78,8 @@ pub struct SigningPolicy {
     namespaces: BTreeMap<String, (SignerName, Vec<SignerName>)>,
     pub max_ttl: Duration,
     pub default_ttl: Duration,
+    /// Shorter requests are refused (`TTLTooShort`), not signed.
+    pub min_ttl: Duration,
     dns_sans: HashMap<SpiffeId, Vec<String>>,
 }
 
@@ -132,6 +144,14 @@ impl SigningPolicy {
                 origin: origin.to_string(),
             });
         }
+        let min_ttl = f
+            .min_workload_cert_ttl
+            .map_or(DEFAULT_MIN_TTL.min(default_ttl), |d| d.0);
+        if min_ttl < MIN_TTL_FLOOR || min_ttl > default_ttl {
+            return Err(SigningPolicyError::MinOutOfRange {
+                origin: origin.to_string(),
+            });
+        }
         let mut dns_sans = HashMap::new();
         for (id, names) in f.dns_sans {
             let id: SpiffeId = id.parse().map_err(value("dnsSans"))?;
@@ -145,6 +165,7 @@ impl SigningPolicy {
             namespaces,
             max_ttl,
             default_ttl,
+            min_ttl,
             dns_sans,
         })
     }

@@ -70,6 +70,8 @@ pub enum Refusal {
     ExtensionNotAllowed,
     CaRequested,
     TtlTooLong,
+    /// Shorter than the signing policy's minimum: too short to be renewed in time.
+    TtlTooShort,
     SignerNotAllowedForNamespace,
     SignerNotApprovable,
     SignerUnavailable,
@@ -77,7 +79,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::NoToken,
         Refusal::UnknownToken,
         Refusal::IdentityInvalid,
@@ -92,6 +94,7 @@ impl Refusal {
         Refusal::ExtensionNotAllowed,
         Refusal::CaRequested,
         Refusal::TtlTooLong,
+        Refusal::TtlTooShort,
         Refusal::SignerNotAllowedForNamespace,
         Refusal::SignerNotApprovable,
         Refusal::SignerUnavailable,
@@ -115,6 +118,7 @@ impl Refusal {
             Refusal::ExtensionNotAllowed => "ExtensionNotAllowed",
             Refusal::CaRequested => "CARequested",
             Refusal::TtlTooLong => "TTLTooLong",
+            Refusal::TtlTooShort => "TTLTooShort",
             Refusal::SignerNotAllowedForNamespace => "SignerNotAllowedForNamespace",
             Refusal::SignerNotApprovable => "SignerNotApprovable",
             Refusal::SignerUnavailable => "SignerUnavailable",

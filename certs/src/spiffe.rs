@@ -18,8 +18,22 @@ pub struct SpiffeId {
 }
 
 impl SpiffeId {
-    /// The Kubernetes workload form: `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    /// The Kubernetes workload form: `spiffe://<td>/ns/<ns>/sa/<sa>`. The namespace must be a
+    /// DNS-1123 label and the service account a DNS-1123 subdomain, as Kubernetes requires of
+    /// their names: nothing else can be spliced into the path (`bar/sa/httpbin` is no namespace).
     pub fn workload(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, Error> {
+        if !is_dns1123_label(namespace) {
+            return Err(Error::Certificate(format!(
+                "namespace {:?} is not a Kubernetes namespace name (a DNS-1123 label: at most 63 of a-z, 0-9 and '-', starting and ending with a letter or digit)",
+                crate::printable(namespace)
+            )));
+        }
+        if !is_dns1123_subdomain(service_account) {
+            return Err(Error::Certificate(format!(
+                "service account {:?} is not a Kubernetes service account name (a DNS-1123 subdomain: labels of a-z, 0-9 and '-' joined by '.', at most 253 characters)",
+                crate::printable(service_account)
+            )));
+        }
         format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}").parse()
     }
 
@@ -43,6 +57,23 @@ impl SpiffeId {
     pub fn service_account(&self) -> &str {
         workload_parts(self.path()).map(|(_, sa)| sa).unwrap_or_default()
     }
+}
+
+/// A DNS-1123 label, as Kubernetes checks namespace names.
+pub fn is_dns1123_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// A DNS-1123 subdomain, as Kubernetes checks service account names.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
 /// `(namespace, service account)` of a `/ns/<ns>/sa/<sa>` path.
@@ -209,6 +240,27 @@ mod tests {
         assert_eq!(id.namespace(), "foo");
         assert_eq!(id.service_account(), "httpbin");
         assert_eq!(SpiffeId::workload("cluster.local", "foo", "httpbin").unwrap(), id);
+        assert_eq!(
+            SpiffeId::workload("cluster.local", "foo", "my.sa-1")
+                .unwrap()
+                .service_account(),
+            "my.sa-1"
+        );
+        // Nothing can be spliced into the path through a name.
+        for (ns, sa) in [
+            ("bar/sa/httpbin", "x"),
+            ("foo", "httpbin/sa/x"),
+            ("Foo", "a"),
+            ("-foo", "a"),
+            ("foo", ""),
+            ("", "a"),
+            ("foo", "a..b"),
+            ("foo\nINFO", "a"),
+        ] {
+            let e = SpiffeId::workload("cluster.local", ns, sa).unwrap_err().to_string();
+            assert!(e.contains("Kubernetes"), "{ns:?}/{sa:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

@@ -9,6 +9,26 @@ use crate::config::XfccMode;
 
 pub const HEADER: &str = "x-forwarded-client-cert";
 
+/// A value as Envoy writes it: double-quoted (with `\` and `"` escaped) when it holds a character
+/// that would end a key, a pair or an element (`,` `;` `=` `"`), a space or a backslash;
+/// control characters are written escaped, never raw.
+fn value(v: &str) -> String {
+    let v = signet_certs::printable(v);
+    if v.chars()
+        .any(|c| matches!(c, ',' | ';' | '=' | '"' | '\\') || c.is_whitespace())
+    {
+        quoted(&v)
+    } else {
+        v.into_owned()
+    }
+}
+
+/// Always quoted (Envoy quotes the subject).
+fn quoted(v: &str) -> String {
+    let v = signet_certs::printable(v);
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 /// The verified peer of one inbound connection.
 #[derive(Clone, Debug)]
 pub struct PeerCert {
@@ -22,14 +42,14 @@ impl PeerCert {
         let info = CertInfo::parse(leaf).ok()?;
         let id = info.spiffe_id().ok()?;
         let mut tail = format!(
-            ";Hash={};Subject=\"{}\";URI={}",
+            ";Hash={};Subject={};URI={}",
             info.sha256,
-            info.subject.replace('\\', "\\\\").replace('"', "\\\""),
-            id
+            quoted(&info.subject),
+            value(id.as_str())
         );
         for dns in &info.dns {
             tail.push_str(";DNS=");
-            tail.push_str(dns);
+            tail.push_str(&value(dns));
         }
         Some(PeerCert { id, element_tail: tail })
     }
@@ -49,5 +69,46 @@ impl PeerCert {
                 headers.remove(HEADER);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_that_would_split_an_element_are_quoted() {
+        assert_eq!(value("httpbin.foo"), "httpbin.foo");
+        assert_eq!(value("a;URI=spiffe://evil"), "\"a;URI=spiffe://evil\"");
+        assert_eq!(value("a,By=x"), "\"a,By=x\"");
+        assert_eq!(value("say \"hi\""), "\"say \\\"hi\\\"\"");
+        assert_eq!(quoted("O=Signet, CN=x"), "\"O=Signet, CN=x\"");
+        assert!(!value("a\nb").contains('\n'));
+    }
+
+    /// A DNS SAN crafted to add a URI to the element stays one quoted value.
+    #[test]
+    fn a_crafted_dns_san_cannot_add_a_key() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![
+            rcgen::SanType::URI("spiffe://cluster.local/ns/foo/sa/curl".try_into().unwrap()),
+            rcgen::SanType::DnsName("x;URI=spiffe://cluster.local/ns/foo/sa/admin".try_into().unwrap()),
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        let peer = PeerCert::from_leaf(cert.der()).unwrap();
+        let mut headers = HeaderMap::new();
+        let by: SpiffeId = "spiffe://cluster.local/ns/foo/sa/httpbin".parse().unwrap();
+        peer.apply(&by, XfccMode::SanitizeSet, &mut headers);
+        let xfcc = headers.get(HEADER).unwrap().to_str().unwrap();
+        assert!(
+            xfcc.ends_with(";DNS=\"x;URI=spiffe://cluster.local/ns/foo/sa/admin\""),
+            "{xfcc}"
+        );
+        assert_eq!(
+            xfcc.matches(";URI=").count(),
+            2,
+            "one URI key, and the quoted text: {xfcc}"
+        );
     }
 }

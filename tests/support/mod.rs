@@ -18,8 +18,11 @@ pub fn spiffe(ns: &str, sa: &str) -> String {
     format!("spiffe://{TD}/ns/{ns}/sa/{sa}")
 }
 
+/// The binary under test: this build's, or `SIGNET_TEST_BIN` (to measure another build, such
+/// as one from before a fix, with the same tests).
 pub fn signet_cmd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet"));
+    let bin = std::env::var_os("SIGNET_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_signet").into());
+    let mut cmd = Command::new(bin);
     cmd.env_remove("ISTIO_META_CERT_SIGNER")
         .env_remove("CERT_SIGNER_DOMAIN")
         .env_remove("RUST_LOG");

@@ -48,7 +48,7 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: A
     // The cause of the last failure: logged in full once, then only counted.
     let mut last_error: Option<String> = None;
     loop {
-        let wait = match request(&ctx, &settings, client.as_ref()).await {
+        let wait = match request_reporting_expiry(&ctx, &settings, client.as_ref(), &source).await {
             Ok(id) => {
                 failures = 0;
                 last_error = None;
@@ -56,16 +56,16 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: A
                 if issued_once {
                     ctx.metrics.renewed();
                 }
-                let (delay, floored) = renewal_delay(
+                let (delay, late) = renewal_delay(
                     id.not_before,
                     id.not_after,
                     SystemTime::now(),
                     settings.renew_at,
                     jitter_unit(),
                 );
-                if floored {
+                if late {
                     tracing::warn!(
-                        "the renewal time for {} is already past (notBefore {}, notAfter {}); renewing in {} instead",
+                        "the renewal time for {} had passed when the certificate arrived (notBefore {}, notAfter {}: a backdated or very short certificate, or skewed clocks); renewing in {}",
                         id.id,
                         rfc3339(id.not_before),
                         rfc3339(id.not_after),
@@ -123,9 +123,12 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: A
                     } else {
                         if !expiry_reported && !ctx.credentials.identity().is_some_and(|i| valid_now(&i)) {
                             expiry_reported = true;
+                            let why = match last_error.as_deref().filter(|e| !e.trim().is_empty()) {
+                                Some(e) => format!("the last request failed: {e}"),
+                                None => "its renewal was not due yet: the certificate is shorter-lived than the signing policy allows for, or the clocks disagree".to_string(),
+                            };
                             tracing::error!(
-                                "the certificate expired and was not renewed ({}); readiness is false and every connection is refused until a new one arrives",
-                                last_error.as_deref().unwrap_or("no renewal was due yet")
+                                "the certificate expired and was not renewed ({why}); readiness is false and every connection is refused until a new one arrives"
                             );
                         }
                         false
@@ -188,6 +191,30 @@ fn reload_bundle(ctx: &IdentityCtx) -> bool {
             true
         }
     }
+}
+
+/// [`request`], saying so at once if the current certificate expires while it is under way (the
+/// sidecar then refuses connections; that must never happen without a line in the log).
+async fn request_reporting_expiry(
+    ctx: &IdentityCtx,
+    settings: &Provisioning,
+    client: &dyn AuthorityClient,
+    source: &str,
+) -> Result<Arc<WorkloadIdentity>, IdentityError> {
+    let expiry = ctx.credentials.identity().and_then(|i| instant_of(i.not_after));
+    let req = request(ctx, settings, client);
+    tokio::pin!(req);
+    if let Some(expiry) = expiry {
+        tokio::select! {
+            result = &mut req => return result,
+            _ = tokio::time::sleep_until(expiry) => {
+                tracing::error!(
+                    "the certificate expired while its renewal from {source} was still under way; readiness is false and every connection is refused until the new one arrives"
+                );
+            }
+        }
+    }
+    req.await
 }
 
 /// One request: key, CSR, signature, checks, publication.

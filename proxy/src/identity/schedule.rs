@@ -11,8 +11,9 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(150);
 const BACKOFF_JITTER: f64 = 0.2;
 /// Renewal times vary by this fraction of the lifetime either way.
 const RENEWAL_JITTER: f64 = 0.01;
-/// Renewal never comes sooner than this, whatever the certificate says.
-const MIN_RENEWAL_DELAY: Duration = Duration::from_secs(1);
+/// A late renewal waits at least this (a signer that backdates notBefore must not turn renewal
+/// into a tight loop) ...
+const MIN_RENEWAL_DELAY: Duration = Duration::from_millis(50);
 
 /// A uniformly distributed number in [-1, 1), from std's per-process random hash keys.
 pub(crate) fn jitter_unit() -> f64 {
@@ -36,9 +37,10 @@ pub(crate) fn backoff(failures: u32, jitter: f64) -> Duration {
 }
 
 /// How long from `now` until renewal: `renew_at` of the way from notBefore to notAfter, ±1 % of
-/// the lifetime, but never sooner than 1 s and 5 % of the remaining life from now (a signer that
-/// backdates notBefore, or skewed clocks, must not turn renewal into a tight loop). The flag
-/// says the floor applied.
+/// the lifetime. When that moment has passed already (a backdated notBefore, a slow signer,
+/// skewed clocks), renewal is *late*: it comes after 5 % of the remaining life (at least 50 ms),
+/// but always within the first half of what is left, so even a certificate with one second of
+/// life is renewed before it expires. The flag says renewal is late.
 pub(crate) fn renewal_delay(
     not_before: SystemTime,
     not_after: SystemTime,
@@ -49,15 +51,12 @@ pub(crate) fn renewal_delay(
     let life = not_after.duration_since(not_before).unwrap_or_default();
     let fraction = (renew_at + RENEWAL_JITTER * jitter).clamp(0.05, 0.95);
     let remaining = not_after.duration_since(now).unwrap_or_default();
-    let planned = (not_before + life.mul_f64(fraction))
-        .duration_since(now)
-        .unwrap_or_default()
-        .min(remaining);
-    let floor = remaining.mul_f64(0.05).max(MIN_RENEWAL_DELAY);
-    if planned < floor {
-        (floor, true)
-    } else {
-        (planned, false)
+    match (not_before + life.mul_f64(fraction)).duration_since(now) {
+        Ok(planned) if !planned.is_zero() => (planned.min(remaining), false),
+        _ => {
+            let late = remaining.mul_f64(0.05).max(MIN_RENEWAL_DELAY).min(remaining / 2);
+            (late, true)
+        }
     }
 }
 
@@ -89,7 +88,7 @@ mod tests {
     }
 
     #[test]
-    fn renewal_never_turns_into_a_tight_loop() {
+    fn late_renewal_is_soon_but_never_a_tight_loop_and_always_before_expiry() {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let end = start + Duration::from_secs(10_000);
         // Already past the planned time (a backdated notBefore): 5 % of what is left.
@@ -98,13 +97,27 @@ mod tests {
             renewal_delay(start, end, late, 0.5, 0.0),
             (Duration::from_secs(50), true)
         );
-        // Nearly expired: at least one second.
+        // Nearly expired: a little later, but well before the end.
         let last = end - Duration::from_secs(2);
         assert_eq!(
             renewal_delay(start, end, last, 0.5, 0.0),
-            (Duration::from_secs(1), true)
+            (Duration::from_millis(100), true)
         );
-        // A nonsensical window (notAfter before notBefore) still waits.
-        assert_eq!(renewal_delay(end, start, start, 0.5, 0.0).0, Duration::from_secs(1));
+    }
+
+    /// The signer truncates validity to whole seconds: a "2 s" certificate may have only
+    /// about one second left when it arrives. Its renewal must come in time, not after 1 s.
+    #[test]
+    fn a_certificate_with_a_second_to_live_is_renewed_within_it() {
+        let not_before = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let not_after = not_before + Duration::from_secs(2);
+        let now = not_before + Duration::from_millis(950);
+        let (delay, late) = renewal_delay(not_before, not_after, now, 0.5, 0.0);
+        assert!(!late, "half-life is still ahead");
+        assert_eq!(delay, Duration::from_millis(50));
+        let now = not_before + Duration::from_millis(1100);
+        let (delay, late) = renewal_delay(not_before, not_after, now, 0.5, 0.0);
+        assert!(late);
+        assert!(delay <= Duration::from_millis(450), "{delay:?}");
     }
 }

@@ -920,7 +920,9 @@ fn junk_chains_do_not_grow_the_verified_chain_cache() {
     let open = PeerClientVerifier::new(trust, AllowList::default(), &provider, true);
     let mut most = 0;
     for i in 0..700 {
-        let long = SpiffeId::workload("cluster.local", "foo", &format!("{i}-{}", "a".repeat(1900))).unwrap();
+        let long: SpiffeId = format!("spiffe://cluster.local/ns/foo/sa/{i}-{}", "a".repeat(1900))
+            .parse()
+            .unwrap();
         let (chain, _) = material(&ca.foo, &long, IssueOptions::default());
         assert!(open.verify_client_cert(&chain[0], &chain[1..], UnixTime::now()).is_ok());
         most = most.max(open.cache_footprint().1);
