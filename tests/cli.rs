@@ -442,3 +442,31 @@ fn tokens_are_minted_only_for_kubernetes_names() {
     ]);
     assert_eq!(ok.code, 0, "{}", ok.stderr);
 }
+
+/// An admin port bound beyond loopback is said out loud at start (it shows certificates and
+/// identities to whoever can connect); one on loopback is not.
+#[test]
+fn an_admin_port_beyond_loopback_is_reported() {
+    let mesh = Mesh::new(&["foo"]);
+    let certs = mesh.issue("foo", "httpbin-foo", &spiffe("foo", "httpbin"), &[]);
+    let start = |admin: &str| {
+        let ready = ready_path("admin");
+        let mut cmd = signet_cmd();
+        cmd.args(["proxy", "--cert-dir", &certs, "--signer", "foo", "--ca"])
+            .arg(format!("{}/ca.crt", mesh.signer_dir("foo")))
+            .args(["--inbound", "127.0.0.1:0=127.0.0.1:9", "--admin", admin, "--ready-file"])
+            .arg(&ready);
+        let mut proc = Proc::spawn("sidecar", cmd);
+        proc.wait_ready_file(&ready, Duration::from_secs(20));
+        proc
+    };
+    let open = start("0.0.0.0:0");
+    assert!(
+        open.logged_within("is reachable beyond this host", Duration::from_secs(2)),
+        "{}",
+        open.log()
+    );
+    let local = start("127.0.0.1:0");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!local.log().contains("reachable beyond"), "{}", local.log());
+}

@@ -70,17 +70,21 @@ fn section_name(kind: SectionKind) -> String {
         + " block"
 }
 
-/// Reads every `X509 CRL` block of a PEM file (certificate revocation lists); a file with none,
-/// or a list that does not parse, is an error.
+/// Reads every `X509 CRL` block of a PEM file (certificate revocation lists); see [`parse_crls`].
 pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let origin = path.display().to_string();
+    parse_crls(&bytes, &path.display().to_string())
+}
+
+/// Every `X509 CRL` block of PEM `bytes`; none, or a list that does not parse, is an error
+/// naming `origin`.
+pub fn parse_crls(bytes: &[u8], origin: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
     let bad = |problem: String| Error::Pem {
-        origin: origin.clone(),
+        origin: origin.to_string(),
         problem,
     };
     let mut crls = Vec::new();
-    for item in pem::PemObject::pem_slice_iter(&bytes) {
+    for item in pem::PemObject::pem_slice_iter(bytes) {
         let (kind, der): (SectionKind, Vec<u8>) =
             item.map_err(|e| bad(format!("not valid PEM ({e}); expected -----BEGIN X509 CRL----- blocks")))?;
         if kind == SectionKind::Crl {

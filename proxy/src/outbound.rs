@@ -254,36 +254,19 @@ impl HttpOutbound {
                 "signet: CONNECT is not supported; Signet adds mTLS itself, so send plain http:// requests through http_proxy",
             );
         }
-        let target = req.uri().authority().map(|a| a.to_string()).or_else(|| {
-            req.headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
-        let Some(target) = target else {
-            return body::text(
-                StatusCode::BAD_REQUEST,
-                "signet: the request names no host (no absolute URI, no Host header)",
-            );
-        };
-        let Some(service) = self.services.get(&target) else {
-            if let Some(skipped) = self.logs.allow("no_route") {
-                tracing::warn!("outbound {}: no route to {target}{}", self.listen, more(skipped));
+        let (service, upstream) = match route_target(&self.services, req.uri(), req.headers()) {
+            Ok(routed) => routed,
+            Err(e @ RouteError::NoRoute(_)) => {
+                if let Some(skipped) = self.logs.allow("no_route") {
+                    tracing::warn!("outbound {}: {e}{}", self.listen, more(skipped));
+                }
+                return body::text(StatusCode::BAD_GATEWAY, format!("signet: {e}"));
             }
-            return body::text(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "signet: no route to {target}: it is not in this sidecar's service table (services[{target}] in the config, --service {target}=ADDRESS,SPIFFE_ID on the command line)"
-                ),
-            );
+            Err(e) => return body::text(StatusCode::BAD_REQUEST, format!("signet: {e}")),
         };
         let (method, target) = (req.method().clone(), req.uri().path().to_string());
         let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        parts.uri = match Uri::try_from(format!("http://{}{path}", service.name)) {
-            Ok(uri) => uri,
-            Err(_) => return body::text(StatusCode::BAD_REQUEST, "signet: invalid request target"),
-        };
+        parts.uri = upstream;
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         // The app cannot vouch for anyone: identities are added by the receiving sidecar only.
@@ -319,6 +302,50 @@ impl HttpOutbound {
             }
         }
     }
+}
+
+/// Why an app's request has nowhere to go.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("the request names no host (no absolute URI, no Host header)")]
+    NoHost,
+    #[error(
+        "no route to {target}: it is not in this sidecar's service table (services[{target}] in the config, --service {target}=ADDRESS,SPIFFE_ID on the command line)",
+        target = signet_certs::printable(.0)
+    )]
+    NoRoute(String),
+    #[error("invalid request target")]
+    BadTarget,
+}
+
+/// Where an app's request goes: the service it names (by absolute URI, else by `Host`), and the
+/// URI to ask that service's sidecar for. A pure function of the request head (fuzzed).
+pub fn route_target(
+    services: &ServiceTable,
+    uri: &Uri,
+    headers: &http::HeaderMap,
+) -> Result<(Arc<Service>, Uri), RouteError> {
+    let target = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .ok_or(RouteError::NoHost)?,
+    };
+    let service = services
+        .get(target)
+        .ok_or_else(|| RouteError::NoRoute(target.to_string()))?;
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let upstream = Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(service.name.as_str())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| RouteError::BadTarget)?;
+    Ok((service, upstream))
 }
 
 /// Answers an app connection over the limit with a 503 it can read, without waiting for it:

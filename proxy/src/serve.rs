@@ -398,11 +398,17 @@ where
 
 fn served<E: Into<BoxError>>(closed: Option<Closed>, result: Result<(), E>, serving: &HttpServing) -> Served {
     let error = result.err().map(Into::into);
-    // hyper answers a too-large h1 head with 431 itself; count it like the service's answers.
-    if let (Some(on_response), Some(e)) = (&serving.on_response, &error)
-        && e.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_parse_too_large())
-    {
-        on_response(431);
+    // hyper answers a malformed h1 head with 400, a too-large one with 431, itself; count those
+    // like the service's answers.
+    if let (Some(on_response), Some(h)) = (
+        &serving.on_response,
+        error.as_ref().and_then(|e| e.downcast_ref::<hyper::Error>()),
+    ) {
+        if h.is_parse_too_large() {
+            on_response(431);
+        } else if h.is_parse() {
+            on_response(400);
+        }
     }
     Served { closed, error }
 }
