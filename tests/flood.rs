@@ -119,17 +119,6 @@ fn rand_byte() -> u8 {
     (x.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 56) as u8
 }
 
-fn rss_mib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
-}
-
 #[test]
 fn a_flood_against_one_inbound_leaves_a_well_behaved_client_served() {
     let mesh = Mesh::new(&["foo", "bar"]);

@@ -89,6 +89,24 @@ fn inbound(mesh: &Mesh, app: &Httpbin, protocol: &str, extra: &[&str]) -> (Sidec
     (Sidecar::start("sidecar httpbin.foo", &args), certs)
 }
 
+/// Flags for curl.foo's sidecar: an outbound HTTP proxy to httpbin.foo at `server`, and `extra`.
+fn outbound_args(mesh: &Mesh, certs: &str, server: &Sidecar, extra: &[&str]) -> Vec<String> {
+    let mut args = s(&[
+        "--cert-dir",
+        certs,
+        "--bundle",
+        &mesh.bundle(),
+        "--signer",
+        "foo",
+        "--outbound",
+        "127.0.0.1:0",
+        "--service",
+        &format!("httpbin.foo:8000={},{}", server.inbound[0], spiffe("foo", "httpbin")),
+    ]);
+    args.extend(s(extra));
+    args
+}
+
 fn closes(side: &Sidecar, direction: &str, reason: &str) -> u64 {
     side.metric(&format!(
         "signet_connections_closed_total{{direction=\"{direction}\",reason=\"{reason}\"}}"
@@ -200,21 +218,7 @@ fn one_header_limit_everywhere_answered_with_431_and_every_response_counted() {
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
     let (server, _) = inbound(&mesh, &app, "http", &[]);
     let client_certs = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
-    let client = Sidecar::start(
-        "sidecar curl.foo",
-        &s(&[
-            "--cert-dir",
-            &client_certs,
-            "--bundle",
-            &mesh.bundle(),
-            "--signer",
-            "foo",
-            "--outbound",
-            "127.0.0.1:0",
-            "--service",
-            &format!("httpbin.foo:8000={},{}", server.inbound[0], spiffe("foo", "httpbin")),
-        ]),
-    );
+    let client = Sidecar::start("sidecar curl.foo", &outbound_args(&mesh, &client_certs, &server, &[]));
     let proxy = client.outbound.unwrap();
     let big = "a".repeat(100 * 1024);
 
@@ -272,18 +276,6 @@ fn one_header_limit_everywhere_answered_with_431_and_every_response_counted() {
     );
 }
 
-/// Resident memory of `pid`, in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
-}
-
 /// Raises this test process's descriptor limit as far as it goes; returns it.
 fn raise_own_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
@@ -311,25 +303,20 @@ fn twenty_thousand_idle_clients_leave_ready_reloads_and_new_clients_working() {
     let cap = 5000.min((fds.saturating_sub(400) / 2) as usize);
     let client = Sidecar::start(
         "sidecar curl.foo",
-        &s(&[
-            "--cert-dir",
+        &outbound_args(
+            &mesh,
             &client_certs,
-            "--bundle",
-            &mesh.bundle(),
-            "--signer",
-            "foo",
-            "--outbound",
-            "127.0.0.1:0",
-            "--service",
-            &format!("httpbin.foo:8000={},{}", server.inbound[0], spiffe("foo", "httpbin")),
-            "--max-connections",
-            &cap.to_string(),
-            // The idle clients stay for the whole test.
-            "--header-read-timeout",
-            "10m",
-            "--watch-interval",
-            "200ms",
-        ]),
+            &server,
+            &[
+                "--max-connections",
+                &cap.to_string(),
+                // The idle clients stay for the whole test.
+                "--header-read-timeout",
+                "10m",
+                "--watch-interval",
+                "200ms",
+            ],
+        ),
     );
     let proxy = client.outbound.unwrap();
     let pid = client.proc.pid();

@@ -604,3 +604,15 @@ impl Mesh {
         curl(&args, &[])
     }
 }
+
+/// Resident memory of process `pid`, in MiB (0 if it is gone).
+pub fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
