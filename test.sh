@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Signet's whole test suite. Installs what the tests need first: the real httpbin (from
-# PyPI, served by gunicorn) in a virtualenv under target/venv. curl and openssl must be on PATH
-# (.ci/run installs them with apt-get on a fresh machine).
+# PyPI, served by gunicorn) in a virtualenv under target/venv. curl, openssl and kubectl must be on
+# PATH (.ci/run installs them with apt-get on a fresh machine).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,6 +15,7 @@ if [ ! -x "$venv/bin/gunicorn" ] || ! cmp -s "$req" "$venv/.requirements"; then
 fi
 command -v curl >/dev/null || { echo "test.sh: curl is required (apt-get install curl)" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "test.sh: openssl is required (apt-get install openssl)" >&2; exit 1; }
+command -v kubectl >/dev/null || { echo "test.sh: kubectl is required (apt-get install kubectl)" >&2; exit 1; }
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
