@@ -61,6 +61,58 @@ pub enum Command {
 pub enum SignerCommand {
     /// Create a self-signed ECDSA P-256 signer in DIR/NAME/{tls.crt,tls.key,ca.crt}.
     New(SignerNewArgs),
+    /// Sign approved Kubernetes CSRs (certificates.k8s.io/v1) for these signers, as cert-manager does.
+    Controller(SignerControllerArgs),
+}
+
+/// Where signers' keys are on disk (cert-manager's CA secret layout).
+#[derive(Args, Debug, Default)]
+pub struct SignerDirArgs {
+    /// A signer directory (repeatable); its name is the signer's short name. NAME=DIR names it explicitly.
+    #[arg(long = "signer-dir", value_name = "[NAME=]DIR")]
+    pub signer_dir: Vec<String>,
+    /// A directory whose subdirectories are signer directories (as `signet signer new --dir` makes them).
+    #[arg(long, value_name = "DIR")]
+    pub signers_dir: Option<PathBuf>,
+}
+
+/// Reaching the Kubernetes API.
+#[derive(Args, Debug)]
+pub struct KubeArgs {
+    /// Kubeconfig file [default: $KUBECONFIG, ~/.kube/config, else the pod's service account].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// A signer whose key is a Kubernetes Secret in cert-manager's CA layout (tls.crt, tls.key, ca.crt) (repeatable).
+    #[arg(long = "signer-secret", value_name = "NAME=NAMESPACE/SECRET")]
+    pub signer_secret: Vec<String>,
+    /// How often signer Secrets are read again (a rotated CA key is picked up).
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub secret_interval: HumanDuration,
+}
+
+#[derive(Args, Debug)]
+pub struct SignerControllerArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub dirs: SignerDirArgs,
+    /// The longest certificate issued; a request for longer (expirationSeconds, or the request-duration annotation) gets this.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub max_ttl: HumanDuration,
+    /// Publish each signer's roots as a ClusterTrustBundle (certificates.k8s.io/v1beta1) named <signer>:signet.
+    #[arg(long)]
+    pub publish_trust_bundles: bool,
+    /// Admin listener (/metrics, /ready); off unless given.
+    #[arg(long, value_name = "LISTEN")]
+    pub admin: Option<String>,
+    /// How often signer directories are checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub watch_interval: HumanDuration,
+    /// Once started, write the admin address to FILE as JSON ({"admin": ...}).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub domain: DomainArg,
 }
 
 #[derive(Args, Debug)]
@@ -144,28 +196,53 @@ pub enum BenchCommand {
 #[derive(Subcommand, Debug)]
 pub enum AuthorityCommand {
     /// Serve istio.v1.auth.IstioCertificateService (gRPC over TLS): check CSRs, sign with the namespace's signer.
-    Serve(AuthorityServeArgs),
+    Serve(Box<AuthorityServeArgs>),
     /// Mint a bearer token for a namespace's service account (the local stand-in for its Kubernetes token).
     Token(AuthorityTokenArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct AuthorityServeArgs {
-    /// A signer directory (repeatable); its name is the signer's short name. NAME=DIR names it explicitly.
-    #[arg(long = "signer-dir", value_name = "[NAME=]DIR")]
-    pub signer_dir: Vec<String>,
-    /// A directory whose subdirectories are signer directories (as `signet signer new --dir` makes them).
-    #[arg(long, value_name = "DIR")]
-    pub signers_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub dirs: SignerDirArgs,
     /// Trust bundle: the roots returned with each chain (several per signer during a rotation).
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
     /// Signing policy (YAML): per-namespace signers, default signer, approvable signers, lifetimes, DNS SANs.
     #[arg(long, value_name = "FILE")]
     pub signing_policy: Option<PathBuf>,
-    /// Tokens file (token → namespace + service account); see `signet authority token`.
-    #[arg(long, value_name = "FILE")]
-    pub tokens: PathBuf,
+    /// Tokens file (token → namespace + service account); see `signet authority token`. Not with --kubernetes.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub tokens: Option<PathBuf>,
+    /// Kubernetes mode, as istiod's RA: callers are authenticated by TokenReview and each CSR is signed
+    /// through the certificates.k8s.io/v1 API (by cert-manager or `signet signer controller`).
+    #[arg(long)]
+    pub kubernetes: bool,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// With --kubernetes: audience a caller's token must be valid for (repeatable) [default: istio-ca].
+    #[arg(
+        long = "token-audience",
+        value_name = "AUDIENCE",
+        env = "TOKEN_AUDIENCES",
+        value_delimiter = ','
+    )]
+    pub token_audience: Vec<String>,
+    /// With --kubernetes: how long a CSR may wait for its certificate before the request fails (retriably).
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub csr_timeout: HumanDuration,
+    /// With --kubernetes: also take signers' roots from ClusterTrustBundles (by spec.signerName).
+    #[arg(long)]
+    pub cluster_trust_bundles: bool,
+    /// With --kubernetes: do not approve CSRs; leave each to a person (kubectl certificate approve/deny)
+    /// or another approver, within --csr-timeout.
+    #[arg(long)]
+    pub manual_approval: bool,
     /// gRPC listener.
     #[arg(long, value_name = "LISTEN", default_value = "127.0.0.1:15012")]
     pub listen: String,
@@ -324,9 +401,18 @@ pub struct ProxyArgs {
     /// The workload's bearer token file (re-read on every request).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// The SPIFFE ID to request from the authority.
+    /// The SPIFFE ID to request from the authority [default, in a pod: spiffe://TRUST_DOMAIN/ns/POD_NAMESPACE/sa/SERVICE_ACCOUNT].
     #[arg(long, value_name = "SPIFFE_ID")]
     pub id: Option<SpiffeId>,
+    /// The pod's namespace (downward API metadata.namespace), for the default --id.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// The pod's service account (downward API spec.serviceAccountName), for the default --id.
+    #[arg(long, env = "SERVICE_ACCOUNT", value_name = "NAME")]
+    pub service_account: Option<String>,
+    /// The mesh's trust domain, for the default --id [default: cluster.local].
+    #[arg(long, env = "TRUST_DOMAIN", value_name = "TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
     /// DNS SAN to request (repeatable; the signing policy must allow it).
     #[arg(long = "dns", value_name = "NAME")]
     pub dns: Vec<String>,
@@ -349,6 +435,31 @@ pub struct ProxyArgs {
 
 impl ProxyArgs {
     /// The flags as one configuration layer: no logic beyond splitting `LEFT=RIGHT` values.
+    /// The identity a pod's sidecar requests when none is configured, as Istio's agent derives
+    /// it: `spiffe://<TRUST_DOMAIN>/ns/<POD_NAMESPACE>/sa/<SERVICE_ACCOUNT>`. Applied only when
+    /// the merged config provisions from an authority and names no identity.
+    pub fn pod_identity(&self, merged: &mut ConfigFile) -> Result<(), String> {
+        let Some(identity) = merged.identity.as_mut() else {
+            return Ok(());
+        };
+        if identity.authority.is_none() || identity.spiffe_id.is_some() {
+            return Ok(());
+        }
+        match (&self.pod_namespace, &self.service_account) {
+            (Some(ns), Some(sa)) => {
+                let td = self.trust_domain.as_deref().unwrap_or("cluster.local");
+                let id = SpiffeId::workload(td, ns, sa).map_err(|e| {
+                    format!("the pod identity (POD_NAMESPACE {ns:?}, SERVICE_ACCOUNT {sa:?}, TRUST_DOMAIN {td:?}): {e}")
+                })?;
+                identity.spiffe_id = Some(id);
+                Ok(())
+            }
+            (Some(_), None) => Err("POD_NAMESPACE is set but SERVICE_ACCOUNT is not; set both (downward API: metadata.namespace and spec.serviceAccountName), or give --id".into()),
+            (None, Some(_)) => Err("SERVICE_ACCOUNT is set but POD_NAMESPACE is not; set both (downward API: metadata.namespace and spec.serviceAccountName), or give --id".into()),
+            (None, None) => Ok(()),
+        }
+    }
+
     pub fn layer(&self) -> Result<ConfigFile, String> {
         let split = |flag: &str, v: &str| -> Result<(String, String), String> {
             v.split_once('=')

@@ -17,17 +17,18 @@ use signet_proxy::{Config, ConfigFile, Sidecar};
 
 use crate::cli::{
     AuthorityCommand, AuthorityServeArgs, AuthorityTokenArgs, BenchCommand, BundleArgs, CertCommand, CertIssueArgs,
-    CertShowArgs, Command, HttpbinArgs, ProxyArgs, SignerCommand, SignerNewArgs, setting_name,
+    CertShowArgs, Command, HttpbinArgs, ProxyArgs, SignerCommand, SignerDirArgs, SignerNewArgs, setting_name,
 };
 
 pub fn run(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Demo(args) => crate::demo::run(args),
         Command::Signer(SignerCommand::New(args)) => signer_new(args),
+        Command::Signer(SignerCommand::Controller(args)) => crate::kubernetes::signer_controller(args),
         Command::Cert(CertCommand::Issue(args)) => cert_issue(args),
         Command::Cert(CertCommand::Show(args)) => cert_show(args),
         Command::Bundle(args) => bundle(args),
-        Command::Authority(AuthorityCommand::Serve(args)) => authority_serve(args),
+        Command::Authority(AuthorityCommand::Serve(args)) => authority_serve(*args),
         Command::Authority(AuthorityCommand::Token(args)) => authority_token(args),
         Command::Proxy(args) => proxy(*args),
         Command::Httpbin(args) => httpbin(args),
@@ -216,7 +217,7 @@ pub(crate) fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime,
 }
 
 /// Writes `value` as JSON to `path` (atomically: readers see all of it or nothing).
-fn write_ready_file(path: Option<&Path>, value: &serde_json::Value) -> Result<(), String> {
+pub(crate) fn write_ready_file(path: Option<&Path>, value: &serde_json::Value) -> Result<(), String> {
     match path {
         Some(p) => write_public(p, format!("{value:#}\n").as_bytes()).map_err(|e| format!("--ready-file: {e}")),
         None => Ok(()),
@@ -229,9 +230,9 @@ fn proxy_config(args: &ProxyArgs) -> Result<Config, String> {
         Some(path) => ConfigFile::load(path).map_err(|e| e.describe(&setting_name))?,
         None => ConfigFile::default(),
     };
-    file.overlay(args.layer()?)
-        .resolve()
-        .map_err(|e| e.describe(&setting_name))
+    let mut merged = file.overlay(args.layer()?);
+    args.pod_identity(&mut merged)?;
+    merged.resolve().map_err(|e| e.describe(&setting_name))
 }
 
 fn proxy(args: ProxyArgs) -> Result<ExitCode, String> {
@@ -282,8 +283,12 @@ pub(crate) async fn serve_until_signal(on_hup: impl Fn()) {
     wait_for_signal().await;
 }
 
-fn signer_dirs(args: &AuthorityServeArgs) -> Result<Vec<(SignerName, PathBuf)>, String> {
-    let domain = &args.domain.signer_domain;
+/// The signer directories named by `--signers-dir` and `--signer-dir`; `required`: at least one.
+pub(crate) fn signer_dirs(
+    args: &SignerDirArgs,
+    domain: &str,
+    required: bool,
+) -> Result<Vec<(SignerName, PathBuf)>, String> {
     let mut out = Vec::new();
     if let Some(parent) = &args.signers_dir {
         let entries = std::fs::read_dir(parent).map_err(|e| {
@@ -316,7 +321,7 @@ fn signer_dirs(args: &AuthorityServeArgs) -> Result<Vec<(SignerName, PathBuf)>, 
         }
         out.push((signer_name_of(&dir, name, domain)?, dir));
     }
-    if out.is_empty() {
+    if out.is_empty() && required {
         return Err(
             "no signers: give --signers-dir DIR (each subdirectory a signer directory) or --signer-dir DIR".into(),
         );
@@ -324,7 +329,7 @@ fn signer_dirs(args: &AuthorityServeArgs) -> Result<Vec<(SignerName, PathBuf)>, 
     Ok(out)
 }
 
-fn parse_listen(flag: &str, v: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_listen(flag: &str, v: &str) -> Result<SocketAddr, String> {
     v.parse()
         .map_err(|_| format!("{flag} {v:?} is not an IP:port address (e.g. 127.0.0.1:15012)"))
 }
@@ -337,13 +342,27 @@ fn authority_serve(args: AuthorityServeArgs) -> Result<ExitCode, String> {
             format_duration(signet_proxy::config::MIN_WATCH_INTERVAL)
         ));
     }
-    let settings = ServerSettings {
+    let kube_flags = [
+        (!args.kube.signer_secret.is_empty(), "--signer-secret"),
+        (args.kube.kubeconfig.is_some(), "--kubeconfig"),
+        (!args.token_audience.is_empty(), "--token-audience"),
+        (args.cluster_trust_bundles, "--cluster-trust-bundles"),
+        (args.manual_approval, "--manual-approval"),
+    ];
+    if !args.kubernetes
+        && let Some((_, flag)) = kube_flags.iter().find(|(set, _)| *set)
+    {
+        return Err(format!("{flag} needs --kubernetes"));
+    }
+    let mut settings = ServerSettings {
         sources: Sources {
-            signers: signer_dirs(&args)?,
+            // In Kubernetes mode the serving signer may come from a Secret instead.
+            signers: signer_dirs(&args.dirs, &domain, !args.kubernetes)?,
             bundle: args.bundle.clone(),
             signing_policy: args.signing_policy.clone(),
             tokens: args.tokens.clone(),
             signer_domain: domain.clone(),
+            cluster: None,
         },
         listen: parse_listen("--listen", &args.listen)?,
         admin: args.admin.as_deref().map(|a| parse_listen("--admin", a)).transpose()?,
@@ -351,8 +370,19 @@ fn authority_serve(args: AuthorityServeArgs) -> Result<ExitCode, String> {
         serving_signer: SignerName::parse(&args.serving_signer, &domain)
             .map_err(|e| format!("--serving-signer: {e}"))?,
         watch_interval: args.watch_interval.0,
+        // In Kubernetes mode the CSR may wait up to --csr-timeout for its certificate.
+        request_timeout: if args.kubernetes {
+            signet_authority::server::REQUEST_TIMEOUT.max(args.csr_timeout.0 + std::time::Duration::from_secs(5))
+        } else {
+            signet_authority::server::REQUEST_TIMEOUT
+        },
     };
+    let stop = tokio_util::sync::CancellationToken::new();
     runtime(None)?.block_on(async move {
+        if args.kubernetes {
+            settings.sources.cluster = Some(crate::kubernetes::authority_cluster(&args, stop.clone()).await?);
+        }
+        let _stop_watches = stop.drop_guard();
         let server = AuthorityServer::start(settings).await.map_err(|e| e.to_string())?;
         let listeners = serde_json::json!({ "authority": server.addr, "admin": server.admin });
         write_ready_file(args.ready_file.as_deref(), &listeners)?;

@@ -130,14 +130,16 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
                 .collect(),
             bundle: Some(bundle_path.clone()),
             signing_policy: Some(policy_path.clone()),
-            tokens: tokens_path,
+            tokens: Some(tokens_path),
             signer_domain: signet_certs::DEFAULT_SIGNER_DOMAIN.into(),
+            cluster: None,
         },
         listen: ([127, 0, 0, 1], 0).into(),
         admin: Some(([127, 0, 0, 1], 0).into()),
         server_name: AUTHORITY_SERVER_NAME.into(),
         serving_signer: signers["istio-system"].name().clone(),
         watch_interval: signet_proxy::config::DEFAULT_WATCH_INTERVAL,
+        request_timeout: signet_authority::server::REQUEST_TIMEOUT,
     })
     .await
     .map_err(|e| e.to_string())?;

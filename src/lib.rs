@@ -8,3 +8,4 @@ pub mod cli;
 mod commands;
 pub mod demo;
 pub mod httpbin;
+mod kubernetes;

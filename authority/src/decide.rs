@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use rustls_pki_types::CertificateDer;
 use serde_json::{Value, json};
 use signet_certs::{
     IssueOptions, Refusal, RefusalKind, RequestInfo, Signer, SignerName, TrustBundle, certs_to_pem, rfc3339,
 };
 use signet_proxy::prometheus::{Exposition, Kind};
 
+use crate::cluster::{Cluster, ClusterOrder};
 use crate::signing_policy::SigningPolicy;
 use crate::tokens::{Requester, Tokens};
 
@@ -28,18 +30,21 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// The roots returned with a chain: the bundle's (several during a rotation), else the signer's.
-    pub fn roots_for(&self, signer: &Signer) -> Vec<rustls_pki_types::CertificateDer<'static>> {
-        let from_bundle = self
-            .bundle
-            .as_ref()
-            .map(|b| b.roots_for(signer.name()))
-            .unwrap_or_default();
-        if from_bundle.is_empty() {
-            signer.roots().to_vec()
-        } else {
-            from_bundle
+    /// The roots of `signer`: the bundle's (several during a rotation) and those the cluster
+    /// publishes (ClusterTrustBundles), else a local signer's own.
+    pub fn roots_for(&self, signer: &SignerName, cluster: Option<&dyn Cluster>) -> Vec<CertificateDer<'static>> {
+        let mut roots = self.bundle.as_ref().map(|b| b.roots_for(signer)).unwrap_or_default();
+        for root in cluster.map(|c| c.roots(signer)).unwrap_or_default() {
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
         }
+        if roots.is_empty()
+            && let Some(local) = self.signers.get(signer)
+        {
+            roots = local.roots().to_vec();
+        }
+        roots
     }
 }
 
@@ -85,6 +90,8 @@ const KEEP: usize = 1000;
 /// chosen signer sign, and records each request.
 pub struct Authority {
     inputs: ArcSwap<Inputs>,
+    /// Kubernetes mode: tokens are reviewed and CSRs signed by the cluster.
+    cluster: Option<Arc<dyn Cluster>>,
     log: Mutex<VecDeque<SigningRequest>>,
     seq: AtomicU64,
     /// Requests by outcome: `approved`, or the refusal's label.
@@ -92,9 +99,10 @@ pub struct Authority {
 }
 
 impl Authority {
-    pub fn new(inputs: Inputs) -> Self {
+    pub fn new(inputs: Inputs, cluster: Option<Arc<dyn Cluster>>) -> Self {
         Authority {
             inputs: ArcSwap::from_pointee(inputs),
+            cluster,
             log: Mutex::new(VecDeque::new()),
             seq: AtomicU64::new(0),
             outcomes: Mutex::new(HashMap::new()),
@@ -109,9 +117,31 @@ impl Authority {
         self.inputs.load_full()
     }
 
+    pub fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Who holds `token`: the tokens file, or in Kubernetes mode a TokenReview.
+    async fn authenticate(&self, inputs: &Inputs, token: Option<&str>) -> Result<Requester, Refused> {
+        let Some(token) = token else {
+            return Err(refuse(
+                Refusal::NoToken,
+                "no bearer token; send `authorization: Bearer <token>` (the workload's service-account token)",
+            ));
+        };
+        match &self.cluster {
+            Some(cluster) => cluster.review_token(token).await,
+            None => inputs
+                .tokens
+                .authenticate(token)
+                .cloned()
+                .ok_or_else(|| refuse(Refusal::UnknownToken, "the bearer token is not known to this authority")),
+        }
+    }
+
     /// Istio's `CreateCertificate`: returns the chain, leaf first, then one element holding the
     /// signer's current root(s).
-    pub fn create_certificate(
+    pub async fn create_certificate(
         &self,
         token: Option<&str>,
         csr: &str,
@@ -119,20 +149,9 @@ impl Authority {
         cert_signer: Option<&str>,
     ) -> Result<Vec<String>, Refused> {
         let inputs = self.inputs.load_full();
-        let requester = match token.map(|t| inputs.tokens.authenticate(t)) {
-            Some(Some(r)) => r.clone(),
-            Some(None) => {
-                return Err(self.unauthenticated(refuse(
-                    Refusal::UnknownToken,
-                    "the bearer token is not known to this authority",
-                )));
-            }
-            None => {
-                return Err(self.unauthenticated(refuse(
-                    Refusal::NoToken,
-                    "no bearer token; send `authorization: Bearer <token>` (the workload's service-account token)",
-                )));
-            }
+        let requester = match self.authenticate(&inputs, token).await {
+            Ok(r) => r,
+            Err(refused) => return Err(self.unauthenticated(refused)),
         };
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut record = SigningRequest {
@@ -157,7 +176,9 @@ impl Authority {
             conditions: Vec::new(),
             certificate: None,
         };
-        let result = self.decide(&inputs, &requester, csr, validity_seconds, cert_signer, &mut record);
+        let result = self
+            .decide(&inputs, &requester, csr, validity_seconds, cert_signer, &mut record)
+            .await;
         match &result {
             Ok(_) => {
                 record.conditions.push((
@@ -206,7 +227,12 @@ impl Authority {
 
     fn unauthenticated(&self, refused: Refused) -> Refused {
         tracing::warn!(
-            "rejected a request: Unauthenticated: {}: {}",
+            "rejected a request: {}: {}: {}",
+            if refused.reason.kind() == RefusalKind::Unauthenticated {
+                "Unauthenticated"
+            } else {
+                "authentication failed"
+            },
             refused.reason,
             refused.message
         );
@@ -223,7 +249,7 @@ impl Authority {
             .or_default() += 1;
     }
 
-    fn decide(
+    async fn decide(
         &self,
         inputs: &Inputs,
         requester: &Requester,
@@ -332,29 +358,49 @@ impl Authority {
                 format!("this authority may not approve requests for {signer_name} (approvableSigners)"),
             ));
         }
-        let signer = inputs.signers.get(&signer_name).ok_or_else(|| {
-            refuse(
-                Refusal::SignerUnavailable,
-                format!("signer {signer_name} is not loaded in this authority (no signer directory for it)"),
-            )
-        })?;
-        let issued = signer
-            .sign(
-                csr,
-                &IssueOptions {
+        let roots = inputs.roots_for(&signer_name, self.cluster.as_deref());
+        let issued = match &self.cluster {
+            Some(cluster) => {
+                if roots.is_empty() {
+                    return Err(refuse(
+                        Refusal::SignerUnavailable,
+                        format!(
+                            "no roots are known for signer {signer_name}: add them to the trust bundle (caCertificates) or publish a ClusterTrustBundle for it, so the issued chain can be verified"
+                        ),
+                    ));
+                }
+                let order = ClusterOrder {
+                    csr_pem: csr,
+                    signer: &signer_name,
                     ttl,
-                    backdate: Duration::ZERO,
-                },
-            )
-            .map_err(|e| refuse(Refusal::SigningFailed, e.to_string()))?;
+                    requester,
+                    roots: &roots,
+                };
+                cluster.sign(order).await?
+            }
+            None => {
+                let signer = inputs.signers.get(&signer_name).ok_or_else(|| {
+                    refuse(
+                        Refusal::SignerUnavailable,
+                        format!("signer {signer_name} is not loaded in this authority (no signer directory for it)"),
+                    )
+                })?;
+                signer
+                    .sign(
+                        csr,
+                        &IssueOptions {
+                            ttl,
+                            backdate: Duration::ZERO,
+                        },
+                    )
+                    .map_err(|e| refuse(Refusal::SigningFailed, e.to_string()))?
+                    .chain
+            }
+        };
         record.expiration_seconds = ttl.as_secs();
-        let mut chain: Vec<String> = issued
-            .chain
-            .iter()
-            .map(|c| certs_to_pem(std::slice::from_ref(c)))
-            .collect();
+        let mut chain: Vec<String> = issued.iter().map(|c| certs_to_pem(std::slice::from_ref(c))).collect();
         record.certificate = chain.first().cloned();
-        chain.push(certs_to_pem(&inputs.roots_for(signer)));
+        chain.push(certs_to_pem(&roots));
         Ok(chain)
     }
 
@@ -386,6 +432,30 @@ impl Authority {
         json!({ "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequestList", "items": items })
     }
 
+    /// The earliest root expiry of each signer this authority answers for, Unix seconds.
+    fn root_expiries(&self) -> BTreeMap<SignerName, u64> {
+        let inputs = self.inputs.load();
+        let mut names: Vec<SignerName> = inputs.signers.keys().cloned().collect();
+        if let Some(b) = &inputs.bundle {
+            names.extend(b.signers().into_iter().cloned());
+        }
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let first = inputs
+                    .roots_for(&name, self.cluster.as_deref())
+                    .iter()
+                    .filter_map(|r| signet_certs::CertInfo::parse(r).ok())
+                    .filter_map(|i| i.not_after.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs())
+                    .min()?;
+                Some((name, first))
+            })
+            .collect()
+    }
+
     /// Prometheus text: requests by outcome.
     pub fn metrics(&self) -> String {
         let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
@@ -397,8 +467,67 @@ impl Authority {
             Kind::Counter,
             "Certificate requests by outcome (approved, or the refusal reason).",
         );
-        for k in keys {
-            e.sample("signet_authority_requests_total", &[("outcome", k)], outcomes[k]);
+        for k in &keys {
+            e.sample("signet_authority_requests_total", &[("outcome", k)], outcomes[*k]);
+        }
+        // The same counts under istiod's names, so its dashboards and alerts work unchanged.
+        let is_auth = |k: &str| {
+            k.parse::<Refusal>()
+                .is_ok_and(|r| r.kind() == RefusalKind::Unauthenticated)
+        };
+        let total: u64 = outcomes.values().sum();
+        let auth_failures: u64 = keys.iter().filter(|k| is_auth(k)).map(|k| outcomes[*k]).sum();
+        let issued = outcomes.get("approved").copied().unwrap_or(0);
+        e.family(
+            "citadel_server_csr_count",
+            Kind::Counter,
+            "CSRs received (istiod's name).",
+        );
+        e.sample("citadel_server_csr_count", &[], total);
+        e.family(
+            "citadel_server_authentication_failure_count",
+            Kind::Counter,
+            "Requests whose caller was not authenticated (istiod's name).",
+        );
+        e.sample("citadel_server_authentication_failure_count", &[], auth_failures);
+        e.family(
+            "citadel_server_csr_sign_err_count",
+            Kind::Counter,
+            "Authenticated CSRs that got no certificate, by error_type (the refusal reason; istiod's name).",
+        );
+        for k in keys.iter().filter(|k| {
+            let k: &str = k;
+            k != "approved" && !is_auth(k)
+        }) {
+            e.sample("citadel_server_csr_sign_err_count", &[("error_type", k)], outcomes[*k]);
+        }
+        e.family(
+            "citadel_server_success_cert_issuance_count",
+            Kind::Counter,
+            "Certificates issued (istiod's name).",
+        );
+        e.sample("citadel_server_success_cert_issuance_count", &[], issued);
+        drop(outcomes);
+        let expiries = self.root_expiries();
+        if let Some(first) = expiries.values().min() {
+            e.family(
+                "citadel_server_root_cert_expiry_timestamp",
+                Kind::Gauge,
+                "When the first of the roots this authority hands out expires, Unix seconds (istiod's name).",
+            );
+            e.sample("citadel_server_root_cert_expiry_timestamp", &[], *first);
+            e.family(
+                "signet_authority_root_expiry_timestamp_seconds",
+                Kind::Gauge,
+                "When each signer's first root expires, Unix seconds.",
+            );
+            for (signer, at) in &expiries {
+                e.sample(
+                    "signet_authority_root_expiry_timestamp_seconds",
+                    &[("signer", signer.as_str())],
+                    *at,
+                );
+            }
         }
         e.finish()
     }
@@ -455,13 +584,23 @@ dnsSans:
             });
             tokens.insert(who, token);
         }
-        let authority = Authority::new(Inputs {
-            policy: SigningPolicy::from_yaml(POLICY, "policy").unwrap(),
-            signers,
-            bundle: None,
-            tokens: Tokens::from_entries(&entries, "tokens").unwrap(),
-        });
+        let authority = Authority::new(
+            Inputs {
+                policy: SigningPolicy::from_yaml(POLICY, "policy").unwrap(),
+                signers,
+                bundle: None,
+                tokens: Tokens::from_entries(&entries, "tokens").unwrap(),
+            },
+            None,
+        );
         Setup { authority, tokens }
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     fn csr(id: &str, dns: &[&str]) -> String {
@@ -478,9 +617,11 @@ dnsSans:
             ttl: i64,
             signer: Option<&str>,
         ) -> Result<Vec<String>, Refusal> {
-            self.authority
-                .create_certificate(Some(&self.tokens[&who]), csr, ttl, signer)
-                .map_err(|r| r.reason)
+            block(
+                self.authority
+                    .create_certificate(Some(&self.tokens[&who]), csr, ttl, signer),
+            )
+            .map_err(|r| r.reason)
         }
     }
 
@@ -585,11 +726,12 @@ dnsSans:
             )
             .is_ok()
         );
-        let refused = t
-            .authority
-            .create_certificate(Some("not-a-known-token-at-all"), &csr(me, &[]), 0, None);
+        let refused = block(
+            t.authority
+                .create_certificate(Some("not-a-known-token-at-all"), &csr(me, &[]), 0, None),
+        );
         assert_eq!(refused.unwrap_err().reason, Refusal::UnknownToken);
-        let refused = t.authority.create_certificate(None, &csr(me, &[]), 0, None);
+        let refused = block(t.authority.create_certificate(None, &csr(me, &[]), 0, None));
         assert_eq!(refused.unwrap_err().reason, Refusal::NoToken);
     }
 
@@ -607,10 +749,13 @@ dnsSans:
             .unwrap()
             .pem()
             .unwrap();
-        let refused = t
-            .authority
-            .create_certificate(Some(&t.tokens[&("foo", "httpbin")]), &csr, 0, Some("foo\nINFO forged"))
-            .unwrap_err();
+        let refused = block(t.authority.create_certificate(
+            Some(&t.tokens[&("foo", "httpbin")]),
+            &csr,
+            0,
+            Some("foo\nINFO forged"),
+        ))
+        .unwrap_err();
         assert!(!refused.message.contains('\n'), "{}", refused.message);
         let items = t.authority.requests_json()["items"].as_array().unwrap().clone();
         for item in items {

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod client;
+pub mod cluster;
 pub mod decide;
 pub mod server;
 pub mod signing_policy;
@@ -22,6 +23,7 @@ pub mod pb {
 }
 
 pub use client::GrpcClient;
+pub use cluster::{BoxFuture, Cluster, ClusterHandle, ClusterOrder};
 pub use decide::{Authority, Inputs, Refused};
 pub use server::{AuthorityServer, ServerError, ServerSettings, Sources, SourcesError};
 pub use signing_policy::{SigningPolicy, SigningPolicyError};

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tonic::{Request, Status};
 
+use crate::cluster::ClusterHandle;
 use crate::decide::{Authority, Inputs, Refused};
 use crate::pb::istio_certificate_service_server::{IstioCertificateService, IstioCertificateServiceServer};
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
@@ -68,8 +69,11 @@ pub struct Sources {
     pub signers: Vec<(SignerName, PathBuf)>,
     pub bundle: Option<PathBuf>,
     pub signing_policy: Option<PathBuf>,
-    pub tokens: PathBuf,
+    /// The tokens file; `None` in Kubernetes mode (TokenReview authenticates).
+    pub tokens: Option<PathBuf>,
     pub signer_domain: String,
+    /// Kubernetes mode: the cluster reviews tokens, signs CSRs, and may hold signers (Secrets).
+    pub cluster: Option<ClusterHandle>,
 }
 
 /// Why the authority's inputs could not be loaded; the current ones stay in place.
@@ -96,6 +100,9 @@ impl Sources {
             None => SigningPolicy::default(),
         };
         let mut signers = BTreeMap::new();
+        if let Some(cluster) = &self.cluster {
+            signers.extend(cluster.0.signers());
+        }
         for (name, dir) in &self.signers {
             let signer = Signer::load_dir(dir, name.clone()).map_err(|source| SourcesError::Signer {
                 name: name.clone(),
@@ -113,7 +120,10 @@ impl Sources {
             policy,
             signers,
             bundle,
-            tokens: Tokens::load(&self.tokens)?,
+            tokens: match &self.tokens {
+                Some(path) => Tokens::load(path)?,
+                None => Tokens::default(),
+            },
         })
     }
 
@@ -125,7 +135,7 @@ impl Sources {
             .collect();
         out.extend(self.bundle.iter().cloned());
         out.extend(self.signing_policy.iter().cloned());
-        out.push(self.tokens.clone());
+        out.extend(self.tokens.iter().cloned());
         out
     }
 }
@@ -141,6 +151,9 @@ pub struct ServerSettings {
     pub serving_signer: SignerName,
     /// How often the input files are checked for changes.
     pub watch_interval: Duration,
+    /// How long one certificate request may take, signing included ([`REQUEST_TIMEOUT`]; in
+    /// Kubernetes mode longer than the CSR wait).
+    pub request_timeout: Duration,
 }
 
 /// Why the authority did not start, or a reload was refused.
@@ -250,7 +263,10 @@ impl AuthorityServer {
         };
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let inner = Arc::new(Inner {
-            authority: Arc::new(Authority::new(inputs)),
+            authority: Arc::new(Authority::new(
+                inputs,
+                settings.sources.cluster.as_ref().map(|c| c.0.clone()),
+            )),
             settings: settings.clone(),
             serving: ArcSwap::new(serving),
             serving_until: ArcSwap::from_pointee(until),
@@ -263,7 +279,7 @@ impl AuthorityServer {
             inner: IstioCertificateServiceServer::new(Grpc {
                 authority: inner.authority.clone(),
             }),
-            limit: REQUEST_TIMEOUT,
+            limit: settings.request_timeout,
         });
         let handshakes = inner.clone();
         let serving = Arc::new(HttpServing::new(http_limits(), life.shutdown.clone()));
@@ -349,6 +365,8 @@ impl AuthorityServer {
 /// Reloads on file changes, and renews the authority's certificate at half its life.
 async fn watch_loop(inner: Arc<Inner>, life: Lifecycle) {
     let mut watch = FileWatch::new(inner.settings.sources.files());
+    let cluster = inner.settings.sources.cluster.clone();
+    let mut generation = cluster.as_ref().map(|c| c.0.generation());
     let interval = inner
         .settings
         .watch_interval
@@ -363,7 +381,14 @@ async fn watch_loop(inner: Arc<Inner>, life: Lifecycle) {
             let until = **inner.serving_until.load();
             until.duration_since(SystemTime::now()).unwrap_or_default() < SERVING_CERT_RENEW_BEFORE
         };
-        if watch.changed()
+        let cluster_changed = match &cluster {
+            Some(c) => {
+                let now = Some(c.0.generation());
+                std::mem::replace(&mut generation, now) != now
+            }
+            None => false,
+        };
+        if (watch.changed() | cluster_changed)
             && let Err(e) = inner.reload()
         {
             tracing::error!("reload failed, keeping the previous signers, bundle, signing policy and tokens: {e}");
@@ -405,9 +430,25 @@ async fn admin_loop(listener: TcpListener, inner: Arc<Inner>, life: Lifecycle) {
                             );
                             r
                         }
+                        "/csrs" => {
+                            let list = match inner.authority.cluster() {
+                                Some(c) => c.in_flight(),
+                                None => serde_json::json!({
+                                    "apiVersion": "certificates.k8s.io/v1",
+                                    "kind": "CertificateSigningRequestList",
+                                    "items": [],
+                                }),
+                            };
+                            let mut r = http::Response::new(body::full(format!("{list:#}\n")));
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            r
+                        }
                         "/metrics" => body::text(StatusCode::OK, inner.authority.metrics()),
                         "/ready" | "/live" => body::text(StatusCode::OK, "ready"),
-                        _ => body::text(StatusCode::NOT_FOUND, "try /requests /metrics /ready"),
+                        _ => body::text(StatusCode::NOT_FOUND, "try /requests /csrs /metrics /ready"),
                     };
                     Ok::<_, Infallible>(resp)
                 }
@@ -506,6 +547,7 @@ impl IstioCertificateService for Grpc {
             });
         self.authority
             .create_certificate(token.as_deref(), &req.csr, req.validity_duration, signer.as_deref())
+            .await
             .map(|cert_chain| tonic::Response::new(IstioCertificateResponse { cert_chain }))
             .map_err(status)
     }

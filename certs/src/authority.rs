@@ -76,10 +76,22 @@ pub enum Refusal {
     SignerNotApprovable,
     SignerUnavailable,
     SigningFailed,
+    /// TokenReview authenticated the token, but not as a service account.
+    NotServiceAccount,
+    /// The signer (or a person) denied the Kubernetes CSR; the message carries its reason.
+    CsrDenied,
+    /// The signer marked the Kubernetes CSR Failed.
+    CsrFailed,
+    /// No certificate was issued for the Kubernetes CSR in time.
+    CsrTimeout,
+    /// The issued chain does not anchor to the signer's roots, or is not for the requested key.
+    ChainUntrusted,
+    /// The Kubernetes API could not be used (unreachable, refused the authority's request).
+    ClusterUnavailable,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 19] = [
+    pub const ALL: [Refusal; 25] = [
         Refusal::NoToken,
         Refusal::UnknownToken,
         Refusal::IdentityInvalid,
@@ -99,6 +111,12 @@ impl Refusal {
         Refusal::SignerNotApprovable,
         Refusal::SignerUnavailable,
         Refusal::SigningFailed,
+        Refusal::NotServiceAccount,
+        Refusal::CsrDenied,
+        Refusal::CsrFailed,
+        Refusal::CsrTimeout,
+        Refusal::ChainUntrusted,
+        Refusal::ClusterUnavailable,
     ];
 
     /// The stable label, in the CamelCase of Kubernetes condition reasons.
@@ -123,16 +141,27 @@ impl Refusal {
             Refusal::SignerNotApprovable => "SignerNotApprovable",
             Refusal::SignerUnavailable => "SignerUnavailable",
             Refusal::SigningFailed => "SigningFailed",
+            Refusal::NotServiceAccount => "NotServiceAccount",
+            Refusal::CsrDenied => "CSRDenied",
+            Refusal::CsrFailed => "CSRFailed",
+            Refusal::CsrTimeout => "CSRTimeout",
+            Refusal::ChainUntrusted => "ChainUntrusted",
+            Refusal::ClusterUnavailable => "ClusterUnavailable",
         }
     }
 
     pub fn kind(self) -> RefusalKind {
         match self {
-            Refusal::NoToken | Refusal::UnknownToken => RefusalKind::Unauthenticated,
+            Refusal::NoToken | Refusal::UnknownToken | Refusal::NotServiceAccount => RefusalKind::Unauthenticated,
             Refusal::IdentityInvalid | Refusal::CsrInvalid | Refusal::NoSpiffeId | Refusal::SignerNameInvalid => {
                 RefusalKind::Invalid
             }
-            Refusal::SignerUnavailable | Refusal::SigningFailed => RefusalKind::Failed,
+            Refusal::SignerUnavailable
+            | Refusal::SigningFailed
+            | Refusal::CsrFailed
+            | Refusal::CsrTimeout
+            | Refusal::ChainUntrusted
+            | Refusal::ClusterUnavailable => RefusalKind::Failed,
             _ => RefusalKind::Denied,
         }
     }

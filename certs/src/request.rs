@@ -82,6 +82,8 @@ pub struct RequestInfo {
     pub requests_ca: bool,
     /// Extensions other than subjectAltName, keyUsage, extendedKeyUsage and basicConstraints.
     pub other_extensions: Vec<String>,
+    /// The requested key's SubjectPublicKeyInfo, DER (an issued leaf must carry the same).
+    pub spki: Vec<u8>,
 }
 
 impl RequestInfo {
@@ -99,6 +101,7 @@ impl RequestInfo {
             .map_err(|_| Error::Request("the request's signature does not verify".into()))?;
         let mut info = RequestInfo {
             subject: csr.certification_request_info.subject.to_string(),
+            spki: csr.certification_request_info.subject_pki.raw.to_vec(),
             ..Default::default()
         };
         for ext in csr.requested_extensions().into_iter().flatten() {

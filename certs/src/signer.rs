@@ -17,7 +17,7 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use crate::{
-    CertInfo, Error, RequestInfo, SignerName, SpiffeId, WorkloadKey, certs_to_pem, files, read_certs, write_private,
+    CertInfo, Error, RequestInfo, SignerName, SpiffeId, WorkloadKey, certs_to_pem, files, parse_certs, write_private,
     write_public,
 };
 
@@ -97,6 +97,15 @@ impl IssuedWorkload {
     }
 }
 
+/// The contents of a cert-manager CA secret: `tls.crt`, `tls.key` and, optionally, `ca.crt`.
+pub struct SignerParts<'a> {
+    /// Where they came from (a directory, `secret/<namespace>/<name>`), for errors.
+    pub origin: String,
+    pub cert: &'a [u8],
+    pub key: &'a [u8],
+    pub ca: Option<&'a [u8]>,
+}
+
 impl Signer {
     /// Creates a signer with a fresh self-signed ECDSA P-256 CA (what a cert-manager
     /// `selfSigned` ClusterIssuer plus an `isCA` Certificate gives you).
@@ -133,27 +142,46 @@ impl Signer {
     /// Loads a signer from a cert-manager secret directory: `tls.crt` (the CA certificate, then
     /// its chain), `tls.key`, and `ca.crt` (the root; optional when `tls.crt` ends in one).
     pub fn load_dir(dir: &Path, name: SignerName) -> Result<Self, Error> {
-        let cert_path = dir.join(files::CERT);
-        let key_path = dir.join(files::KEY);
+        let read = |file: &str| {
+            let path = dir.join(file);
+            std::fs::read(&path).map_err(|e| Error::io(&path, e))
+        };
         let ca_path = dir.join(files::CA);
-        let certs = read_certs(&cert_path)?;
-        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| Error::io(&key_path, e))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| Error::Pem {
-            origin: key_path.display().to_string(),
+        let ca = if ca_path.exists() { Some(read(files::CA)?) } else { None };
+        let parts = SignerParts {
+            origin: dir.display().to_string(),
+            cert: &read(files::CERT)?,
+            key: &read(files::KEY)?,
+            ca: ca.as_deref(),
+        };
+        Self::from_parts(parts, name)
+    }
+
+    /// Builds a signer from the three parts of a cert-manager CA secret (a directory's files, or
+    /// a Kubernetes Secret's `data` keys); errors name `origin/<part>`.
+    pub fn from_parts(parts: SignerParts<'_>, name: SignerName) -> Result<Self, Error> {
+        let origin = |file: &str| format!("{}/{file}", parts.origin);
+        let certs = parse_certs(parts.cert, &origin(files::CERT))?;
+        let key_pem = std::str::from_utf8(parts.key).map_err(|_| Error::Pem {
+            origin: origin(files::KEY),
+            problem: "not PEM text".into(),
+        })?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| Error::Pem {
+            origin: origin(files::KEY),
             problem: format!("not a usable private key ({e})"),
         })?;
         let own = CertInfo::parse(&certs[0])?;
         if !own.is_ca {
             return Err(Error::Certificate(format!(
-                "{}: the first certificate is not a CA (basicConstraints CA:FALSE); a signer directory holds the CA's own certificate",
-                cert_path.display()
+                "{}: the first certificate is not a CA (basicConstraints CA:FALSE); a signer holds the CA's own certificate",
+                origin(files::CERT)
             )));
         }
         if own.spki != key.subject_public_key_info() {
             return Err(Error::Certificate(format!(
                 "{}: the private key does not belong to the certificate in {}",
-                key_path.display(),
-                cert_path.display()
+                origin(files::KEY),
+                origin(files::CERT)
             )));
         }
         let mut roots = Vec::new();
@@ -165,18 +193,18 @@ impl Signer {
                 presented.push(cert.clone());
             }
         }
-        if ca_path.exists() {
-            roots = read_certs(&ca_path)?;
+        if let Some(ca) = parts.ca {
+            roots = parse_certs(ca, &origin(files::CA))?;
         } else if roots.is_empty() {
             return Err(Error::Certificate(format!(
                 "{}: missing, and {} holds no self-signed root; add the signer's root as ca.crt",
-                ca_path.display(),
-                cert_path.display()
+                origin(files::CA),
+                origin(files::CERT)
             )));
         }
         let issuer = Issuer::from_ca_cert_der(&certs[0], key).map_err(Error::crypto(format!(
             "{}: reading the CA certificate",
-            cert_path.display()
+            origin(files::CERT)
         )))?;
         Ok(Signer {
             name,

@@ -302,6 +302,34 @@ impl FakeKube {
         self.changed.notify_waiters();
     }
 
+    /// The ClusterTrustBundles that exist now.
+    pub fn cluster_trust_bundles(&self) -> Vec<Value> {
+        self.state.lock().unwrap().ctbs.values().cloned().collect()
+    }
+
+    /// What a signer does when it gives up on a request: adds a `Failed` condition (as it would
+    /// through `/status`).
+    pub fn fail_csr(&self, name: &str, reason: &str, message: &str) {
+        let mut st = self.state.lock().unwrap();
+        let rv = next_rv(&mut st);
+        let Some(csr) = st.csrs.get_mut(name) else {
+            panic!("no CSR {name}")
+        };
+        let now = now_rfc3339();
+        let conditions = csr["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let mut conditions = conditions;
+        conditions.push(
+            json!({"type": "Failed", "status": "True", "reason": reason, "message": message,
+                               "lastUpdateTime": now, "lastTransitionTime": now}),
+        );
+        csr["status"]["conditions"] = json!(conditions);
+        csr["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let object = csr.clone();
+        record(&mut st, rv, "CertificateSigningRequest", "MODIFIED", None, object);
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
     /// Puts a ClusterTrustBundle in place for `signer` with `pem` roots.
     pub fn put_cluster_trust_bundle(&self, name: &str, signer: &str, pem: &str) {
         let mut st = self.state.lock().unwrap();
@@ -324,6 +352,107 @@ impl FakeKube {
         drop(st);
         self.changed.notify_waiters();
     }
+}
+
+/// Creates (`name` None: POST) or replaces (PUT, with the current resourceVersion) a
+/// ClusterTrustBundle, with the API server's rules: a bundle with a signer name is named
+/// `<signerName with / as :>:<suffix>`, and its trustBundle holds at least one certificate.
+async fn put_ctb(
+    req: Request<Incoming>,
+    name: Option<&str>,
+    st: &Arc<Mutex<State>>,
+    changed: &Notify,
+) -> Response<Body> {
+    let Some(mut ctb) = body_json(req).await else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not a ClusterTrustBundle".into(),
+            json!({}),
+        );
+    };
+    let object_name = ctb["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let invalid = |cause: String| {
+        status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("ClusterTrustBundle.certificates.k8s.io \"{object_name}\" is invalid: {cause}"),
+            json!({"name": object_name, "group": "certificates.k8s.io", "kind": "ClusterTrustBundle"}),
+        )
+    };
+    if name.is_some_and(|n| n != object_name) {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the name of the object does not match the name on the URL".into(),
+            json!({}),
+        );
+    }
+    if let Some(signer) = ctb["spec"]["signerName"].as_str().filter(|s| !s.is_empty()) {
+        let prefix = format!("{}:", signer.replace('/', ":"));
+        if !object_name.starts_with(&prefix) {
+            return invalid(format!(
+                "metadata.name: Invalid value: \"{object_name}\": ClusterTrustBundle for signerName {signer} must be named with prefix {prefix}"
+            ));
+        }
+    }
+    let pem = ctb["spec"]["trustBundle"].as_str().unwrap_or_default();
+    if signet_certs::parse_certs(pem.as_bytes(), "trustBundle").map_or(true, |c| c.is_empty()) {
+        return invalid(
+            "spec.trustBundle: Invalid value: \"<value omitted>\": at least one trust anchor must be provided".into(),
+        );
+    }
+    let mut s = st.lock().unwrap();
+    let existing = s.ctbs.get(&object_name).cloned();
+    match (name, &existing) {
+        (None, Some(_)) => {
+            return status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("clustertrustbundles.certificates.k8s.io \"{object_name}\" already exists"),
+                json!({"name": object_name, "group": "certificates.k8s.io", "kind": "clustertrustbundles"}),
+            );
+        }
+        (Some(n), None) => return not_found("clustertrustbundles.certificates.k8s.io", n),
+        (Some(_), Some(old)) if ctb["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"] => {
+            return status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on clustertrustbundles.certificates.k8s.io \"{object_name}\": the object has been modified; please apply your changes to the latest version and try again"
+                ),
+                json!({"name": object_name, "group": "certificates.k8s.io", "kind": "clustertrustbundles"}),
+            );
+        }
+        _ => {}
+    }
+    let rv = next_rv(&mut s);
+    ctb["kind"] = json!("ClusterTrustBundle");
+    ctb["apiVersion"] = json!("certificates.k8s.io/v1beta1");
+    ctb["metadata"]["resourceVersion"] = json!(rv.to_string());
+    match &existing {
+        Some(old) => {
+            ctb["metadata"]["uid"] = old["metadata"]["uid"].clone();
+            ctb["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+        }
+        None => {
+            ctb["metadata"]["uid"] = json!(uid());
+            ctb["metadata"]["creationTimestamp"] = json!(now_rfc3339());
+        }
+    }
+    s.ctbs.insert(object_name, ctb.clone());
+    let kind_type = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+    record(&mut s, rv, "ClusterTrustBundle", kind_type, None, ctb.clone());
+    drop(s);
+    changed.notify_waiters();
+    full(
+        if existing.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        ctb,
+    )
 }
 
 fn next_rv(st: &mut State) -> u64 {
@@ -785,6 +914,23 @@ async fn handle(
                            "metadata": {"resourceVersion": s.rv.to_string()},
                            "items": s.ctbs.values().cloned().collect::<Vec<_>>()}),
                 )
+            }
+        }
+        (Method::POST, CTB_PATH) => put_ctb(req, None, &st, &changed).await,
+        (method, p) if p.starts_with(CTB_PATH) => {
+            let name = p[CTB_PATH.len()..].trim_start_matches('/').to_string();
+            match method {
+                Method::GET => match st.lock().unwrap().ctbs.get(&name) {
+                    Some(o) => full(StatusCode::OK, o.clone()),
+                    None => not_found("clustertrustbundles.certificates.k8s.io", &name),
+                },
+                Method::PUT => put_ctb(req, Some(&name), &st, &changed).await,
+                _ => status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    format!("{method} is not supported on clustertrustbundles"),
+                    json!({}),
+                ),
             }
         }
         (method, p) if p.starts_with(CSR_PATH) => {

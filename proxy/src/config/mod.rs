@@ -269,7 +269,7 @@ impl ConfigProblem {
                 name(&S::AuthorityAddress)
             ),
             P::NoSpiffeId => {
-                "provisioning needs the identity to request, e.g. spiffe://cluster.local/ns/foo/sa/httpbin".into()
+                "provisioning needs the identity to request, e.g. spiffe://cluster.local/ns/foo/sa/httpbin (in a pod: set POD_NAMESPACE and SERVICE_ACCOUNT instead, from the downward API)".into()
             }
             P::NoAuthorityCa => {
                 "provisioning needs the root(s) of the authority's certificate, e.g. signers/istio-system/ca.crt".into()

@@ -19,8 +19,11 @@ use super::{IdentityCtx, IdentityError, load_bundle, signer_for, trust_for};
 use crate::config::{MIN_WATCH_INTERVAL, Provisioning};
 use crate::credentials::WorkloadIdentity;
 
-/// One request to the authority may not take longer than this (connect, TLS, signing).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// One request to the authority may not take longer than this (connect, TLS, signing). Longer
+/// than an authority in Kubernetes mode waits for a CSR's certificate (60 s, as istiod), so its
+/// answer (a certificate, or why not) arrives instead of a timeout here; a dead authority is
+/// still found at once by the connect timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
 fn valid_now(identity: &WorkloadIdentity) -> bool {
     identity.is_valid_at(SystemTime::now())

@@ -1,0 +1,81 @@
+//! Connecting to the API server, and Kubernetes errors as one line a person can act on.
+
+use std::path::Path;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Why the cluster could not be reached or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{path}: not a usable kubeconfig: {detail}")]
+    Kubeconfig { path: String, detail: String },
+    #[error(
+        "no Kubernetes configuration: not in a pod (KUBERNETES_SERVICE_HOST unset) and no kubeconfig ($KUBECONFIG or ~/.kube/config): {detail}; give --kubeconfig"
+    )]
+    Infer { detail: String },
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(String),
+}
+
+/// A client from `kubeconfig`, or as kubectl finds one: `$KUBECONFIG`, `~/.kube/config`, then
+/// the pod's service account (in-cluster). Also returns the API server's URL, for logs.
+pub async fn connect(kubeconfig: Option<&Path>) -> Result<(kube::Client, String), ConnectError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let bad = |detail: String| ConnectError::Kubeconfig {
+                path: path.display().to_string(),
+                detail,
+            };
+            let file = Kubeconfig::read_from(path).map_err(|e| bad(chain(&e)))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| bad(chain(&e)))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| ConnectError::Infer { detail: chain(&e) })?,
+    };
+    let server = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(chain(&e)))?;
+    Ok((client, server))
+}
+
+/// An error and its causes on one line ("a: b: c"), without repeating a cause a message
+/// already quotes.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// A Kubernetes client error as one line: the API's own status (code, reason, message) when
+/// it answered, else what went wrong on the way.
+pub fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            let reason = if status.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", status.reason)
+            };
+            format!("the API server answered {}{reason}: {}", status.code, status.message)
+        }
+        other => chain(other),
+    }
+}
+
+/// The HTTP status code of an API answer, if the error is one.
+pub fn code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
