@@ -691,11 +691,18 @@ fn init_logging(flag: Option<&str>, default_level: &str) -> Result<(), String> {
         text.parse::<Targets>()
             .map_err(|e| format!("{source} {text:?}: {e}; use a level (error, warn, info, debug, trace) and/or TARGET=LEVEL pairs, e.g. info,signet_proxy=debug"))
     };
-    let filter = match (flag, std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty())) {
-        (Some(f), _) => parse("--log-level", f)?,
-        (None, Some(env)) => parse("RUST_LOG", &env)?,
-        (None, None) => parse("the default log level", default_level)?,
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let (source, text) = match (flag, &env) {
+        (Some(f), _) => ("--log-level", f),
+        (None, Some(env)) => ("RUST_LOG", env.as_str()),
+        (None, None) => ("the default log level", default_level),
     };
+    let mut filter = parse(source, text)?;
+    // kube-rs logs each failed request itself, in its own words; Signet reports the failure in
+    // one line of its own. Its logs show only when asked for by name (kube_client=debug).
+    if !text.contains("kube") {
+        filter = filter.with_target("kube_client", tracing_subscriber::filter::LevelFilter::OFF);
+    }
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)

@@ -354,6 +354,11 @@ fn authority_serve(args: AuthorityServeArgs) -> Result<ExitCode, String> {
     {
         return Err(format!("{flag} needs --kubernetes"));
     }
+    if args.kubernetes && args.bundle.is_none() && !args.cluster_trust_bundles {
+        return Err(
+            "--kubernetes needs the signers' roots to verify the chains the cluster returns: give --bundle (the mesh config with caCertificates) and/or --cluster-trust-bundles".into(),
+        );
+    }
     let mut settings = ServerSettings {
         sources: Sources {
             // In Kubernetes mode the serving signer may come from a Secret instead.

@@ -617,7 +617,7 @@ fn indent(pem: &str) -> String {
 fn the_signer_controller_signs_only_approved_requests_of_its_signers_within_its_cap() {
     let c = Cluster::new();
     let controller = c.controller(&["--max-ttl", "24h", "--publish-trust-bundles"]);
-    let manifest = |name: &str, signer: &str, metadata: &str, spec: &str| {
+    let manifest = |name: &str, signer: &str, metadata: &str, spec: &str| -> PathBuf {
         let key = WorkloadKey::generate().unwrap();
         let csr = key.request(&spiffe("foo", "web").parse().unwrap(), &[]).unwrap();
         let request = base64_encode(csr.pem.as_bytes());
@@ -625,7 +625,12 @@ fn the_signer_controller_signs_only_approved_requests_of_its_signers_within_its_
         std::fs::write(
             &path,
             format!(
-                "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: {name}\n{metadata}spec:\n  request: {request}\n  signerName: {signer}\n{spec}  usages: [digital signature, key encipherment, server auth, client auth]\n"
+                "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: {name}\n{metadata}spec:\n  request: {request}\n  signerName: {signer}\n{}",
+                if spec.contains("usages") {
+                    spec.to_string()
+                } else {
+                    format!("{spec}  usages: [digital signature, key encipherment, server auth, client auth]\n")
+                }
             ),
         )
         .unwrap();
@@ -657,9 +662,16 @@ fn the_signer_controller_signs_only_approved_requests_of_its_signers_within_its_
         "",
     ));
     apply(manifest("other", "example.com/not-ours", "", ""));
+    // A request for a CA-signing usage: refused, and marked Failed with why.
+    apply(manifest(
+        "ca-usage",
+        "clusterissuers.cert-manager.io/foo",
+        "",
+        "  usages: [digital signature, cert sign]\n",
+    ));
     std::thread::sleep(Duration::from_secs(1));
     assert!(certificate("long").is_none(), "not approved: not signed");
-    for name in ["long", "annotated", "other"] {
+    for name in ["long", "annotated", "other", "ca-usage"] {
         let (code, out) = c.kubectl(&["certificate", "approve", name]);
         assert_eq!(code, 0, "{out}");
     }
@@ -681,6 +693,35 @@ fn the_signer_controller_signs_only_approved_requests_of_its_signers_within_its_
     assert!(certificate("other").is_none(), "another signer's request is left alone");
     let (_, table) = c.kubectl(&["get", "csr"]);
     assert!(table.contains("Approved,Issued"), "{table}");
+    let start = Instant::now();
+    while !c.kubectl(&["get", "csr", "ca-usage"]).1.contains("Approved,Failed") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not marked Failed: {}\n{}",
+            c.kubectl(&["get", "csr"]).1,
+            controller.proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let failed = c
+        .api
+        .csrs()
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == "ca-usage")
+        .unwrap();
+    let condition = failed["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap()
+        .clone();
+    assert_eq!(condition["reason"], "SignerValidationFailure");
+    assert!(
+        condition["message"].as_str().unwrap().contains("cert sign"),
+        "{condition}"
+    );
+    assert!(failed["status"]["certificate"].is_null(), "{failed}");
 
     // Its signers' roots are published as ClusterTrustBundles.
     eventually("three ClusterTrustBundles", Duration::from_secs(10), || {

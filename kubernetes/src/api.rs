@@ -15,6 +15,8 @@ pub enum ConnectError {
     Infer { detail: String },
     #[error("cannot build the Kubernetes client: {0}")]
     Client(String),
+    #[error("cannot use the Kubernetes API at {server}: {detail}")]
+    Unreachable { server: String, detail: String },
 }
 
 /// A client from `kubeconfig`, or as kubectl finds one: `$KUBECONFIG`, `~/.kube/config`, then
@@ -37,6 +39,15 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<(kube::Client, String)
     };
     let server = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(chain(&e)))?;
+    // One request now, so a wrong address, CA or token stops the start with its reason rather
+    // than failing every workload's request later.
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| ConnectError::Unreachable {
+            server: server.clone(),
+            detail: describe(&e),
+        })?;
     Ok((client, server))
 }
 
@@ -68,7 +79,30 @@ pub fn describe(e: &kube::Error) -> String {
             };
             format!("the API server answered {}{reason}: {}", status.code, status.message)
         }
-        other => chain(other),
+        // The transport's own words, innermost cause first ("Connection refused (os error
+        // 111)", "invalid peer certificate: UnknownIssuer"), not kube's wrappers.
+        other => match std::error::Error::source(other) {
+            None => other.to_string(),
+            Some(mut innermost) => {
+                while let Some(next) = innermost.source() {
+                    innermost = next;
+                }
+                format!("the API server could not be reached: {innermost}")
+            }
+        },
+    }
+}
+
+/// The API server's answer to a request for one object, with what to check for the usual codes.
+pub fn describe_access(e: &kube::Error, what: &str) -> String {
+    match code(e) {
+        Some(404) => format!("{what} does not exist"),
+        Some(401) => format!(
+            "{} (is the token in the kubeconfig or the pod's service account valid?)",
+            describe(e)
+        ),
+        Some(403) => format!("{} (RBAC: may this service account read {what}?)", describe(e)),
+        _ => describe(e),
     }
 }
 

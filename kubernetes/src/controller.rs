@@ -461,3 +461,48 @@ async fn admin_loop(listener: tokio::net::TcpListener, controller: Arc<Controlle
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
+
+    use super::*;
+
+    fn csr(expiration: Option<i32>, annotation: Option<&str>) -> CertificateSigningRequest {
+        CertificateSigningRequest {
+            metadata: ObjectMeta {
+                annotations: annotation.map(|a| BTreeMap::from([(REQUEST_DURATION.to_string(), a.to_string())])),
+                ..Default::default()
+            },
+            spec: CertificateSigningRequestSpec {
+                expiration_seconds: expiration,
+                ..Default::default()
+            },
+            status: None,
+        }
+    }
+
+    #[test]
+    fn the_lifetime_comes_from_expiration_seconds_then_the_annotation() {
+        assert_eq!(requested_ttl(&csr(None, None)), Ok(None));
+        assert_eq!(
+            requested_ttl(&csr(Some(3600), Some("48h"))),
+            Ok(Some(Duration::from_secs(3600)))
+        );
+        // Go's time.Duration text, as cert-manager writes it.
+        assert_eq!(
+            requested_ttl(&csr(None, Some("2h0m0s"))),
+            Ok(Some(Duration::from_secs(7200)))
+        );
+        let e = requested_ttl(&csr(None, Some("soon"))).unwrap_err();
+        assert!(e.contains(REQUEST_DURATION), "{e}");
+    }
+
+    #[test]
+    fn trust_bundle_names_carry_the_signer_name_as_the_api_requires() {
+        let name = SignerName::parse("foo", "clusterissuers.cert-manager.io").unwrap();
+        assert_eq!(trust_bundle_name(&name), "clusterissuers.cert-manager.io:foo:signet");
+    }
+}

@@ -14,7 +14,7 @@ use kube::Api;
 use signet_certs::{Signer, SignerName, SignerParts, files};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::describe;
+use crate::api::describe_access;
 
 /// Where one signer's key lives: `NAME=NAMESPACE/SECRET` on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,12 +133,7 @@ async fn load(client: &kube::Client, r: &SecretRef) -> Result<(Signer, String), 
     let secret = Api::<Secret>::namespaced(client.clone(), &r.namespace)
         .get(&r.name)
         .await
-        .map_err(|e| {
-            bad(format!(
-                "{} (does it exist, and may this service account get it?)",
-                describe(&e)
-            ))
-        })?;
+        .map_err(|e| bad(describe_access(&e, "the secret")))?;
     let data = secret.data.unwrap_or_default();
     let part = |key: &str| data.get(key).map(|b| b.0.as_slice());
     let (Some(cert), Some(key)) = (part(files::CERT), part(files::KEY)) else {
@@ -163,4 +158,26 @@ async fn load(client: &kube::Client, r: &SecretRef) -> Result<(Signer, String), 
     };
     let signer = Signer::from_parts(parts, r.signer.clone()).map_err(|e| bad(e.to_string()))?;
     Ok((signer, signet_certs::sha256_hex(&digest)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_refs_parse_with_the_signer_domain() {
+        let r = SecretRef::parse("foo=cert-manager/foo-ca-selfsigned", "clusterissuers.cert-manager.io").unwrap();
+        assert_eq!(r.signer.as_str(), "clusterissuers.cert-manager.io/foo");
+        assert_eq!(
+            (r.namespace.as_str(), r.name.as_str()),
+            ("cert-manager", "foo-ca-selfsigned")
+        );
+        assert_eq!(r.to_string(), "secret cert-manager/foo-ca-selfsigned");
+        let full = SecretRef::parse("example.com/bar=ns/s", "clusterissuers.cert-manager.io").unwrap();
+        assert_eq!(full.signer.as_str(), "example.com/bar");
+        for bad in ["foo", "foo=secret", "foo=/s", "foo=ns/", "=ns/s"] {
+            let e = SecretRef::parse(bad, "clusterissuers.cert-manager.io").unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
 }

@@ -1458,15 +1458,37 @@ async fn update_csr(
         }
         Sub::Approval | Sub::Status => {
             let approval = |c: &Value| c["type"] == "Approved" || c["type"] == "Denied";
-            if sub == Sub::Status {
-                // Approval conditions are owned by /approval: kept as they were.
-                conds.retain(|c| !approval(c));
-                conds.extend(old_conds.iter().filter(|c| approval(c)).cloned());
-            } else {
-                conds.retain(approval);
-                conds.extend(old_conds.iter().filter(|c| !approval(c)).cloned());
-            }
             let mut causes: Vec<(String, String)> = Vec::new();
+            // As the API server's status strategies: the conditions the other subresource owns
+            // (Approved/Denied for /approval, the rest for /status) keep their old values, in
+            // the places the client put them; adding one through the wrong subresource is
+            // refused (removing one is refused below).
+            let owned_elsewhere = |c: &Value| if sub == Sub::Status { approval(c) } else { !approval(c) };
+            for kind in ["Approved", "Denied", "Failed"] {
+                let probe = json!({"type": kind});
+                if !owned_elsewhere(&probe) {
+                    continue;
+                }
+                let old_at: Vec<usize> = (0..old_conds.len()).filter(|i| old_conds[*i]["type"] == kind).collect();
+                let new_at: Vec<usize> = (0..conds.len()).filter(|i| conds[*i]["type"] == kind).collect();
+                if new_at.len() == old_at.len() {
+                    for (n, o) in new_at.iter().zip(&old_at) {
+                        conds[*n] = old_conds[*o].clone();
+                    }
+                } else if new_at.len() > old_at.len() {
+                    causes.push((
+                        "status.conditions".into(),
+                        format!(
+                            "Forbidden: updates may not add a condition of type \"{kind}\"{}",
+                            if sub == Sub::Status {
+                                " (use the approval subresource)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
+            }
             for c in &old_conds {
                 let kind = c["type"].as_str().unwrap_or_default();
                 if !conds.iter().any(|n| n["type"] == kind) {
