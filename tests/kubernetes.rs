@@ -151,7 +151,16 @@ impl Cluster {
         }
     }
 
+    /// The signer controller with the three signers' keys from their Secrets.
     fn controller(&self, extra: &[&str]) -> Controller {
+        let keys: Vec<String> = SECRETS
+            .iter()
+            .flat_map(|(signer, secret)| ["--signer-secret".to_string(), format!("{signer}=cert-manager/{secret}")])
+            .collect();
+        self.controller_with(&keys, extra)
+    }
+
+    fn controller_with(&self, keys: &[String], extra: &[&str]) -> Controller {
         let ready = ready_path("controller");
         let mut cmd = signet_cmd();
         cmd.args([
@@ -164,10 +173,7 @@ impl Cluster {
             "--secret-interval",
             "500ms",
         ]);
-        for (signer, secret) in SECRETS {
-            cmd.args(["--signer-secret", &format!("{signer}=cert-manager/{secret}")]);
-        }
-        cmd.args(extra).arg("--ready-file").arg(&ready);
+        cmd.args(keys).args(extra).arg("--ready-file").arg(&ready);
         let mut proc = Proc::spawn("signer controller", cmd);
         let listeners = proc.wait_ready_file(&ready, Duration::from_secs(20));
         let admin = listeners["admin"].as_str().unwrap().parse().unwrap();
@@ -814,4 +820,19 @@ fn base64_encode(bytes: &[u8]) -> String {
 fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+}
+
+#[test]
+fn the_signer_controller_takes_keys_from_signer_directories_too() {
+    let c = Cluster::new();
+    let signers = c.mesh.path("signers").display().to_string();
+    let _controller = c.controller_with(&s(&["--signers-dir", &signers]), &[]);
+    let authority = c.authority(&[]);
+    let token = c.workload_token("bar", "httpbin", &["istio-ca"]);
+    let issued = block(c.client(&authority, &token).sign(&order(None, "bar", "httpbin"))).unwrap();
+    let bar_root = std::fs::read(format!("{}/ca.crt", c.mesh.signer_dir("bar"))).unwrap();
+    assert_eq!(issued.roots, signet_certs::parse_certs(&bar_root, "bar").unwrap());
+    let leaf = CertInfo::parse(&issued.chain[0]).unwrap();
+    assert_eq!(leaf.uris, vec![spiffe("bar", "httpbin")]);
+    c.wait_no_csrs();
 }

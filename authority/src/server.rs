@@ -552,3 +552,38 @@ impl IstioCertificateService for Grpc {
             .map_err(status)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// istiod's mapping, which istio-agents rely on to decide what to retry: a denial (by
+    /// policy, or by the cluster's signer) is PermissionDenied, never retried as such; a
+    /// failed, timed-out or untrusted signing is Internal, retried with backoff.
+    #[test]
+    fn refusals_map_to_istiods_status_codes() {
+        let code = |reason| {
+            status(Refused {
+                reason,
+                message: "m".into(),
+            })
+        };
+        for (reason, expected) in [
+            (Refusal::NoToken, tonic::Code::Unauthenticated),
+            (Refusal::UnknownToken, tonic::Code::Unauthenticated),
+            (Refusal::NotServiceAccount, tonic::Code::Unauthenticated),
+            (Refusal::CsrInvalid, tonic::Code::InvalidArgument),
+            (Refusal::SignerNotAllowedForNamespace, tonic::Code::PermissionDenied),
+            (Refusal::CsrDenied, tonic::Code::PermissionDenied),
+            (Refusal::CsrFailed, tonic::Code::Internal),
+            (Refusal::CsrTimeout, tonic::Code::Internal),
+            (Refusal::ChainUntrusted, tonic::Code::Internal),
+            (Refusal::ClusterUnavailable, tonic::Code::Internal),
+        ] {
+            let s = code(reason);
+            assert_eq!(s.code(), expected, "{reason}");
+            assert_eq!(refusal_of(&s), Some(reason));
+            assert!(s.message().starts_with(reason.label()), "{}", s.message());
+        }
+    }
+}
