@@ -298,31 +298,8 @@ const CERTIFICATE_SPEC: &[&str] = &[
     "uris",
     "usages",
 ];
-const KEY_USAGES: &[&str] = &[
-    "signing",
-    "digital signature",
-    "content commitment",
-    "key encipherment",
-    "key agreement",
-    "data encipherment",
-    "cert sign",
-    "crl sign",
-    "encipher only",
-    "decipher only",
-    "any",
-    "server auth",
-    "client auth",
-    "code signing",
-    "email protection",
-    "s/mime",
-    "ipsec end system",
-    "ipsec tunnel",
-    "ipsec user",
-    "timestamping",
-    "ocsp signing",
-    "microsoft sgc",
-    "netscape sgc",
-];
+/// The key usages the CSR API (and cert-manager) accept.
+use kube::USAGES as KEY_USAGES;
 
 fn keys(v: &Value) -> Vec<&str> {
     v.as_object()

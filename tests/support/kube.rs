@@ -39,6 +39,17 @@ use tokio::sync::Notify;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
+/// The verbs of a resource that supports them all (discovery lists them).
+const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 const CSR_PATH: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
 const CTB_PATH: &str = "/apis/certificates.k8s.io/v1beta1/clustertrustbundles";
 const TOKEN_REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
@@ -831,16 +842,7 @@ async fn handle(
                         "certificatesigningrequest",
                         false,
                         "CertificateSigningRequest",
-                        &[
-                            "create",
-                            "delete",
-                            "deletecollection",
-                            "get",
-                            "list",
-                            "patch",
-                            "update",
-                            "watch",
-                        ],
+                        ALL_VERBS,
                         &["csr"],
                     ),
                     (
@@ -871,16 +873,7 @@ async fn handle(
                     "clustertrustbundle",
                     false,
                     "ClusterTrustBundle",
-                    &[
-                        "create",
-                        "delete",
-                        "deletecollection",
-                        "get",
-                        "list",
-                        "patch",
-                        "update",
-                        "watch",
-                    ],
+                    ALL_VERBS,
                     &[],
                 )],
             ),
@@ -1253,7 +1246,8 @@ fn list_csrs(req: &Request<Incoming>, q: &HashMap<String, String>, st: &Arc<Mute
     )
 }
 
-const USAGES: &[&str] = &[
+/// The key usages `certificates.k8s.io/v1` accepts (`spec.usages`).
+pub const USAGES: &[&str] = &[
     "signing",
     "digital signature",
     "content commitment",
