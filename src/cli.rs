@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use signet_certs::{HumanDuration, IdPattern, MinVersion, SpiffeId};
 use signet_proxy::config::{
-    AuthorityFile, IdentityFile, InboundFile, LimitsFile, OutboundFile, ServiceFile, TcpRouteFile, TimeoutsFile,
-    TlsFile,
+    AuthorityFile, CaptureFile, IdentityFile, InboundFile, LimitsFile, OutboundFile, ServiceFile, TcpRouteFile,
+    TimeoutsFile, TlsFile,
 };
 use signet_proxy::{ConfigFile, Protocol, Setting, XfccMode};
 
@@ -50,6 +50,8 @@ pub enum Command {
     Authority(AuthorityCommand),
     /// Run a sidecar: inbound mTLS in front of an app, outbound mTLS for its calls.
     Proxy(Box<ProxyArgs>),
+    /// Install or remove the rules that redirect a network namespace's TCP to the sidecar (istio-iptables).
+    Iptables(crate::iptables::IptablesArgs),
     /// Serve a small built-in httpbin (/html, /get, /headers, /ip, /status/CODE), the demo's app.
     Httpbin(HttpbinArgs),
     /// Benchmarks: `signet bench handshake` loads a TLS server with full or resumed mTLS handshakes.
@@ -341,6 +343,21 @@ pub struct ProxyArgs {
     /// Service table entry (repeatable): where the peer sidecar listens and the identity it must present.
     #[arg(long = "service", value_name = "HOST:PORT=ADDRESS[,SPIFFE_ID]")]
     pub service: Vec<String>,
+    /// Listener for the app's outbound connections redirected by `signet iptables` (Istio: 0.0.0.0:15001).
+    #[arg(long, value_name = "LISTEN")]
+    pub capture_outbound: Option<String>,
+    /// Listener for inbound connections redirected by `signet iptables` (Istio: 0.0.0.0:15006); each goes to the app on 127.0.0.1 at the port it was sent to.
+    #[arg(long, value_name = "LISTEN")]
+    pub capture_inbound: Option<String>,
+    /// Captured connections to destinations not in the service table: passthrough or block [default: passthrough].
+    #[arg(long, value_name = "MODE")]
+    pub unknown_destinations: Option<signet_proxy::config::UnknownDestinations>,
+    /// How long the captured outbound waits for the app's first bytes before taking it for a server-first protocol [default: 100ms].
+    #[arg(long, value_name = "DURATION")]
+    pub sniff_timeout: Option<HumanDuration>,
+    /// A virtual ip:port the app may dial for a service of the table (repeatable), e.g. httpbin.foo:8000=10.96.0.10:8000.
+    #[arg(long = "service-address", value_name = "HOST:PORT=IP:PORT")]
+    pub service_address: Vec<String>,
     /// Admin listener (/ready, /metrics, /certs, /listeners); off unless given.
     #[arg(long, value_name = "LISTEN")]
     pub admin: Option<String>,
@@ -494,8 +511,35 @@ impl ProxyArgs {
                 ),
                 None => (rest, None),
             };
-            services.insert(name, ServiceFile { address, identity });
+            services.insert(
+                name,
+                ServiceFile {
+                    address,
+                    identity,
+                    addresses: Vec::new(),
+                },
+            );
         }
+        for v in &self.service_address {
+            let (name, address) = split("--service-address", v)?;
+            let entry = services
+                .iter_mut()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+                .map(|(_, s)| s)
+                .ok_or_else(|| format!("--service-address {v:?}: {name} is not a --service; give --service {name}=ADDRESS[,SPIFFE_ID] too"))?;
+            entry.addresses.push(address);
+        }
+        let capture = CaptureFile {
+            outbound: self.capture_outbound.clone(),
+            inbound: self.capture_inbound.clone(),
+            inbound_allow: Vec::new(),
+            unknown_destinations: self.unknown_destinations,
+            sniff_timeout: self.sniff_timeout,
+        };
+        let names_capture = capture.outbound.is_some()
+            || capture.inbound.is_some()
+            || capture.unknown_destinations.is_some()
+            || capture.sniff_timeout.is_some();
         let authority = AuthorityFile {
             address: self.authority.clone(),
             ca: self.authority_ca.clone(),
@@ -556,6 +600,7 @@ impl ProxyArgs {
                 http: self.outbound.clone(),
                 tcp,
             }),
+            capture: names_capture.then_some(capture),
             services,
             admin: self.admin.clone(),
             timeouts: (timeouts.handshake.is_some()
@@ -600,6 +645,9 @@ fn flag_of(setting: &Setting) -> Option<&'static str> {
         Setting::Inbound(_) | Setting::InboundListen(_) | Setting::InboundApp(_) => "--inbound",
         Setting::OutboundHttp => "--outbound",
         Setting::OutboundTcp(_) => "--tcp",
+        Setting::CaptureOutbound => "--capture-outbound",
+        Setting::CaptureInbound => "--capture-inbound",
+        Setting::SniffTimeout => "--sniff-timeout",
         Setting::Service(_) => "--service",
         Setting::Admin => "--admin",
         Setting::WatchInterval => "--watch-interval",
@@ -627,6 +675,10 @@ pub fn setting_name(setting: &Setting) -> String {
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
+    /// Each workload in its own network namespace with transparent capture (iptables), and the task's
+    /// `curl http://httpbin.foo:8000/html` run as written in the curl pod. Needs root.
+    #[arg(long)]
+    pub pods: bool,
     /// After the scenario, keep everything running and print curl commands to try (Ctrl-C stops).
     #[arg(long)]
     pub keep_running: bool,

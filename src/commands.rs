@@ -32,6 +32,7 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Authority(AuthorityCommand::Token(args)) => authority_token(args),
         Command::Proxy(args) => proxy(*args),
         Command::Httpbin(args) => httpbin(args),
+        Command::Iptables(args) => crate::iptables::run(args),
         Command::Bench(BenchCommand::Handshake(args)) => crate::bench::run(*args),
         Command::Bench(BenchCommand::Server(args)) => crate::bench::serve(args),
     }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -29,26 +29,26 @@ const TRUST_DOMAIN: &str = "cluster.local";
 /// Each sidecar must hold its first certificate within this.
 const FIRST_CERTIFICATE_TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Workload {
-    label: &'static str,
-    namespace: &'static str,
-    service_account: &'static str,
-    dns: Option<&'static str>,
+pub(crate) struct Workload {
+    pub label: &'static str,
+    pub namespace: &'static str,
+    pub service_account: &'static str,
+    pub dns: Option<&'static str>,
 }
 
-const HTTPBIN_FOO: Workload = Workload {
+pub(crate) const HTTPBIN_FOO: Workload = Workload {
     label: "httpbin.foo",
     namespace: "foo",
     service_account: "httpbin",
     dns: Some("httpbin.foo"),
 };
-const HTTPBIN_BAR: Workload = Workload {
+pub(crate) const HTTPBIN_BAR: Workload = Workload {
     label: "httpbin.bar",
     namespace: "bar",
     service_account: "httpbin",
     dns: Some("httpbin.bar"),
 };
-const CURL_FOO: Workload = Workload {
+pub(crate) const CURL_FOO: Workload = Workload {
     label: "curl (foo)",
     namespace: "foo",
     service_account: "curl",
@@ -56,6 +56,9 @@ const CURL_FOO: Workload = Workload {
 };
 
 pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
+    if args.pods {
+        return crate::demo_pods::run(args);
+    }
     let (_tmp, dir) = match &args.dir {
         Some(d) => (None, d.clone()),
         None => {
@@ -74,10 +77,18 @@ fn id_of(w: &Workload) -> Result<SpiffeId, String> {
     SpiffeId::workload(TRUST_DOMAIN, w.namespace, w.service_account).map_err(|e| e.to_string())
 }
 
-async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
-    println!("Signet demo: Istio's \"Custom CA integration using Kubernetes CSR\" task, on 127.0.0.1 (no Kubernetes)");
-    println!("working directory: {}\n", dir.display());
+/// What both demos start from: signers, the trust bundle, the signing policy and a token per
+/// workload, written into the working directory.
+pub(crate) struct Prepared {
+    pub signers: BTreeMap<&'static str, Signer>,
+    pub bundle_path: PathBuf,
+    pub policy_path: PathBuf,
+    pub tokens_path: PathBuf,
+    pub token_files: BTreeMap<&'static str, PathBuf>,
+}
 
+/// Steps 1 and 2 of either demo, and the authority's files.
+pub(crate) fn prepare(dir: &Path) -> Result<Prepared, String> {
     // 1. Signers, as three self-signed cert-manager ClusterIssuers would be.
     println!("[1/6] signers (one CA per tenant, like cert-manager ClusterIssuers)");
     let mut signers = BTreeMap::new();
@@ -122,6 +133,25 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
         token_files.insert(w.label, file);
     }
     tokens.write(&tokens_path).map_err(|e| e.to_string())?;
+    Ok(Prepared {
+        signers,
+        bundle_path,
+        policy_path,
+        tokens_path,
+        token_files,
+    })
+}
+
+async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
+    println!("Signet demo: Istio's \"Custom CA integration using Kubernetes CSR\" task, on 127.0.0.1 (no Kubernetes)");
+    println!("working directory: {}\n", dir.display());
+    let Prepared {
+        signers,
+        bundle_path,
+        policy_path,
+        tokens_path,
+        token_files,
+    } = prepare(dir)?;
     let authority = AuthorityServer::start(ServerSettings {
         sources: Sources {
             signers: signers
@@ -176,6 +206,7 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
         services.insert(
             format!("{}:8000", w.label),
             ServiceFile {
+                addresses: Vec::new(),
                 address: side.addrs.inbound[0].to_string(),
                 identity: Some(id_of(w)?),
             },
@@ -341,7 +372,7 @@ async fn get_via_proxy(proxy: SocketAddr, authority: &str, path: &str) -> Result
 }
 
 /// The page on one line, cut after its first words, as the task shows it.
-fn flatten_html(html: &str) -> String {
+pub(crate) fn flatten_html(html: &str) -> String {
     let flat = html.split_whitespace().collect::<Vec<_>>().join(" ");
     let marker = "Availing himself of the mild";
     match flat.find(marker) {

@@ -7,5 +7,8 @@ pub mod bench;
 pub mod cli;
 mod commands;
 pub mod demo;
+mod demo_pods;
 pub mod httpbin;
+mod iptables;
 mod kubernetes;
+pub mod pods;

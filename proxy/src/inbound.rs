@@ -1,6 +1,8 @@
 //! Inbound: terminate mTLS in front of the local app. The peer must present a chain from our
 //! own signer (and pass the allow-list) or the handshake fails; then bytes are copied (`tcp`)
-//! or HTTP is proxied to the app with `x-forwarded-client-cert` (`http`).
+//! or HTTP is proxied to the app with `x-forwarded-client-cert` (`http`), or either by what the
+//! peer negotiated (`auto`). The captured inbound (`capture.inbound`) is one of these, whose
+//! app is 127.0.0.1 at the port each connection was originally sent to.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::body::{self, Body, strip_hop_by_hop};
-use crate::config::{InboundConfig, Protocol, XfccMode};
+use crate::config::{AppTarget, InboundConfig, Protocol, XfccMode};
 use crate::metrics::{Direction, Listener};
 use crate::serve::{Closed, HttpServing, accept_loop, serve_http_auto};
 use crate::sidecar::Shared;
@@ -32,9 +34,7 @@ use crate::xfcc::{self, PeerCert};
 pub(crate) struct Inbound {
     index: usize,
     listen: SocketAddr,
-    app: String,
-    /// The app's address as a URI authority (checked when the config was resolved).
-    app_authority: Option<Authority>,
+    app: AppTarget,
     protocol: Protocol,
     xfcc: XfccMode,
     shared: Arc<Shared>,
@@ -62,7 +62,6 @@ impl Inbound {
             index,
             listen,
             app: config.app.clone(),
-            app_authority: config.app.parse().ok(),
             protocol: config.protocol,
             xfcc,
             serving: shared.serving(Direction::Inbound),
@@ -93,9 +92,42 @@ impl Inbound {
         .await
     }
 
+    /// Where this connection goes: the configured app, or (captured) 127.0.0.1 at the port the
+    /// peer dialled. A connection made to the capture listener itself is refused: forwarding
+    /// it would come straight back.
+    fn app_for(&self, stream: &TcpStream) -> Result<String, String> {
+        match &self.app {
+            AppTarget::Fixed(app) => Ok(app.clone()),
+            AppTarget::OriginalPort => {
+                let dst = crate::capture::original_dst(stream).map_err(|e| {
+                    format!("cannot read its original destination ({e}); is this listener behind `signet iptables`?")
+                })?;
+                if stream.local_addr().is_ok_and(|local| local == dst) {
+                    return Err(format!(
+                        "it was sent to {dst}, this listener itself, not redirected here"
+                    ));
+                }
+                Ok(format!("127.0.0.1:{}", dst.port()))
+            }
+        }
+    }
+
     async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let metrics = self.shared.metrics.clone();
         let _active = metrics.connection(Direction::Inbound);
+        let app = match self.app_for(&stream) {
+            Ok(app) => app,
+            Err(why) => {
+                if let Some(skipped) = self.logs.allow("capture") {
+                    tracing::warn!(
+                        "inbound {}: closed {peer}'s connection: {why}{}",
+                        self.listen,
+                        more(skipped)
+                    );
+                }
+                return;
+            }
+        };
         let Some(state) = self.shared.store.current() else {
             self.reject(
                 peer,
@@ -143,9 +175,15 @@ impl Inbound {
         }
         metrics.handshake_ok(Direction::Inbound, resumed);
         tracing::debug!("inbound {}: accepted {peer}", self.listen);
-        match self.protocol {
-            Protocol::Tcp => self.splice(tls, peer).await,
-            Protocol::Http => {
+        let http = match self.protocol {
+            Protocol::Tcp => false,
+            Protocol::Http => true,
+            // The peer sidecar offers an HTTP ALPN only for its app's HTTP.
+            Protocol::Auto => tls.get_ref().1.alpn_protocol().is_some(),
+        };
+        match http {
+            false => self.splice(tls, peer, &app).await,
+            true => {
                 // XFCC needs the peer's identity, hash and subject: read once per connection.
                 let peer_cert = tls
                     .get_ref()
@@ -155,7 +193,11 @@ impl Inbound {
                     .and_then(PeerCert::from_leaf);
                 let by = state.identity.id.clone();
                 drop(state);
-                self.serve_http(tls, peer_cert, by).await
+                // Checked when the config was resolved (fixed apps) or made from a port.
+                let Ok(authority) = app.parse::<Authority>() else {
+                    return self.app_unreachable(peer, &app, "not a host:port");
+                };
+                self.serve_http(tls, peer_cert, by, authority).await
             }
         }
     }
@@ -178,12 +220,12 @@ impl Inbound {
         }
     }
 
-    async fn splice(&self, mut tls: TlsStream<TcpStream>, peer: SocketAddr) {
-        let connect = tokio::time::timeout(self.shared.timeouts.connect, TcpStream::connect(self.app.as_str()));
+    async fn splice(&self, mut tls: TlsStream<TcpStream>, peer: SocketAddr, app_address: &str) {
+        let connect = tokio::time::timeout(self.shared.timeouts.connect, TcpStream::connect(app_address));
         let mut app = match connect.await {
             Ok(Ok(app)) => app,
-            Ok(Err(e)) => return self.app_unreachable(peer, &e.to_string()),
-            Err(_) => return self.app_unreachable(peer, "connect timed out"),
+            Ok(Err(e)) => return self.app_unreachable(peer, app_address, &e.to_string()),
+            Err(_) => return self.app_unreachable(peer, app_address, "connect timed out"),
         };
         let _ = app.set_nodelay(true);
         let timeouts = &self.shared.timeouts;
@@ -202,25 +244,30 @@ impl Inbound {
         }
     }
 
-    fn app_unreachable(&self, peer: impl std::fmt::Display, why: &str) {
+    fn app_unreachable(&self, peer: impl std::fmt::Display, app: &str, why: &str) {
         self.shared.metrics.app_connect_failed();
         if let Some(skipped) = self.logs.allow("app") {
             tracing::warn!(
-                "inbound {}: cannot reach the app at {} for {peer}: {why}; is it running?{}",
+                "inbound {}: cannot reach the app at {app} for {peer}: {why}; is it running?{}",
                 self.listen,
-                self.app,
                 more(skipped)
             );
         }
     }
 
-    async fn serve_http(self: Arc<Self>, tls: TlsStream<TcpStream>, peer: Option<PeerCert>, by: SpiffeId) {
+    async fn serve_http(
+        self: Arc<Self>,
+        tls: TlsStream<TcpStream>,
+        peer: Option<PeerCert>,
+        by: SpiffeId,
+        app: Authority,
+    ) {
         let peer = peer.map(Arc::new);
         let by = Arc::new(by);
         let this = self.clone();
         let svc = service_fn(move |req| {
-            let (this, peer, by) = (this.clone(), peer.clone(), by.clone());
-            async move { Ok::<_, Infallible>(this.forward(req, peer.as_deref(), &by).await) }
+            let (this, peer, by, app) = (this.clone(), peer.clone(), by.clone(), app.clone());
+            async move { Ok::<_, Infallible>(this.forward(req, peer.as_deref(), &by, app).await) }
         });
         let served = serve_http_auto(tls, svc, &self.serving).await;
         if let Some(closed) = served.closed {
@@ -231,7 +278,13 @@ impl Inbound {
         }
     }
 
-    async fn forward(&self, req: Request<Incoming>, peer: Option<&PeerCert>, by: &SpiffeId) -> Response<Body> {
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<&PeerCert>,
+        by: &SpiffeId,
+        app: Authority,
+    ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         let host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
@@ -244,14 +297,12 @@ impl Inbound {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| "/".parse().expect("a path"));
-        let uri = self.app_authority.clone().and_then(|authority| {
-            Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(authority)
-                .path_and_query(path)
-                .build()
-                .ok()
-        });
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(app.clone())
+            .path_and_query(path)
+            .build()
+            .ok();
         parts.uri = match uri {
             Some(uri) => uri,
             None => return body::text(StatusCode::BAD_REQUEST, "signet: invalid request target"),
@@ -277,7 +328,7 @@ impl Inbound {
                 let cause = std::error::Error::source(&e)
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| e.to_string());
-                self.app_unreachable(peer.map(|p| p.id.as_str()).unwrap_or("a request"), &cause);
+                self.app_unreachable(peer.map(|p| p.id.as_str()).unwrap_or("a request"), app.as_str(), &cause);
                 body::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod capture;
 pub mod config;
 pub mod credentials;
 pub mod identity;

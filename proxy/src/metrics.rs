@@ -44,11 +44,47 @@ pub struct Metrics {
     /// By status class 1xx..5xx.
     responses: [[AtomicU64; 5]; 2],
     app_connect_failures: AtomicU64,
+    /// Captured outbound connections by [`Captured`] route.
+    captured: [AtomicU64; Captured::ALL.len()],
     /// CSR requests to the authority: [ok, failed].
     csr_requests: [AtomicU64; 2],
     renewals: AtomicU64,
     /// Reloads of files or the bundle: [ok, failed].
     reloads: [AtomicU64; 2],
+}
+
+/// Where the captured outbound sent a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Captured {
+    /// To a service of the table, as HTTP through the mesh.
+    Http = 0,
+    /// To a service of the table, as a TCP tunnel through the mesh.
+    Tcp = 1,
+    /// Not in the table: connected as the app asked, without mTLS.
+    Passthrough = 2,
+    /// Not in the table, and `unknownDestinations: block`.
+    Blocked = 3,
+    /// Not redirected, or aimed at the capture listener itself: closed (no loops).
+    Refused = 4,
+}
+
+impl Captured {
+    const ALL: [Captured; 5] = [
+        Captured::Http,
+        Captured::Tcp,
+        Captured::Passthrough,
+        Captured::Blocked,
+        Captured::Refused,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Captured::Http => "http",
+            Captured::Tcp => "tcp",
+            Captured::Passthrough => "passthrough",
+            Captured::Blocked => "blocked",
+            Captured::Refused => "refused",
+        }
+    }
 }
 
 /// Decrements the active-connection gauge when dropped (it lives as long as the connection).
@@ -117,6 +153,10 @@ impl Metrics {
 
     pub fn app_connect_failed(&self) {
         self.app_connect_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn captured(&self, route: Captured) {
+        self.captured[route as usize].fetch_add(1, Relaxed);
     }
 
     pub fn csr_request(&self, ok: bool) {
@@ -236,6 +276,18 @@ impl Metrics {
             &[],
             self.app_connect_failures.load(Relaxed),
         );
+        e.family(
+            "signet_captured_connections_total",
+            Kind::Counter,
+            "Connections the captured outbound received, by where they went (http, tcp: through the mesh; passthrough; blocked; refused).",
+        );
+        for c in Captured::ALL {
+            e.sample(
+                "signet_captured_connections_total",
+                &[("route", c.label())],
+                self.captured[c as usize].load(Relaxed),
+            );
+        }
         e.family(
             "signet_identity_csr_requests_total",
             Kind::Counter,

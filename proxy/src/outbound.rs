@@ -24,9 +24,11 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::body::{self, Body, strip_hop_by_hop};
+use crate::capture::{Sniffed, original_dst, sniff};
+use crate::config::{CaptureConfig, UnknownDestinations};
 use crate::credentials::Credentials;
-use crate::metrics::{ActiveGuard, Direction, Listener};
-use crate::serve::{Closed, HttpServing, Refusal, accept_loop, serve_http1};
+use crate::metrics::{ActiveGuard, Captured, Direction, Listener};
+use crate::serve::{Closed, HttpServing, Refusal, accept_loop, serve_http_auto, serve_http1};
 use crate::services::{Service, ServiceTable};
 use crate::sidecar::Shared;
 use crate::throttle::{Throttle, more};
@@ -236,7 +238,7 @@ impl HttpOutbound {
                 let svc_this = this.clone();
                 let svc = service_fn(move |req| {
                     let this = svc_this.clone();
-                    async move { Ok::<_, Infallible>(this.route(req).await) }
+                    async move { Ok::<_, Infallible>(this.route(req, None).await) }
                 });
                 let served = serve_http1(stream, svc, &this.serving).await;
                 if let Some(closed) = served.closed {
@@ -247,14 +249,35 @@ impl HttpOutbound {
         accept_loop(listener, name, life, limit, handle, refuse).await
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Serves a captured connection the app opened to `service` (HTTP/1.1, or h2 with prior
+    /// knowledge): requests go where their `Host` says when that is a service of the table,
+    /// else to `service`.
+    pub(crate) async fn serve_captured(self: Arc<Self>, stream: TcpStream, service: Arc<Service>) {
+        let this = self.clone();
+        let svc = service_fn(move |req| {
+            let (this, service) = (this.clone(), service.clone());
+            async move { Ok::<_, Infallible>(this.route(req, Some(&service)).await) }
+        });
+        let served = serve_http_auto(stream, svc, &self.serving).await;
+        if let Some(closed) = served.closed {
+            self.shared.metrics.closed(Direction::Outbound, closed);
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>, dialled: Option<&Arc<Service>>) -> Response<Body> {
         if req.method() == Method::CONNECT {
             return body::text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "signet: CONNECT is not supported; Signet adds mTLS itself, so send plain http:// requests through http_proxy",
             );
         }
-        let (service, upstream) = match route_target(&self.services, req.uri(), req.headers()) {
+        let routed = match (route_target(&self.services, req.uri(), req.headers()), dialled) {
+            (Err(RouteError::NoRoute(_) | RouteError::NoHost), Some(service)) => {
+                upstream_uri(service, req.uri()).map(|u| (service.clone(), u))
+            }
+            (routed, _) => routed,
+        };
+        let (service, upstream) = match routed {
             Ok(routed) => routed,
             Err(e @ RouteError::NoRoute(_)) => {
                 if let Some(skipped) = self.logs.allow("no_route") {
@@ -335,17 +358,22 @@ pub fn route_target(
     let service = services
         .get(target)
         .ok_or_else(|| RouteError::NoRoute(target.to_string()))?;
+    let upstream = upstream_uri(&service, uri)?;
+    Ok((service, upstream))
+}
+
+/// The URI to ask `service`'s sidecar for: the request's path and query on the service.
+fn upstream_uri(service: &Service, uri: &Uri) -> Result<Uri, RouteError> {
     let path = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let upstream = Uri::builder()
+    Uri::builder()
         .scheme(http::uri::Scheme::HTTP)
         .authority(service.name.as_str())
         .path_and_query(path)
         .build()
-        .map_err(|_| RouteError::BadTarget)?;
-    Ok((service, upstream))
+        .map_err(|_| RouteError::BadTarget)
 }
 
 /// Answers an app connection over the limit with a 503 it can read, without waiting for it:
@@ -502,40 +530,196 @@ impl TcpOutbound {
         accept_loop(listener, name, life, limit, handle, refuse).await
     }
 
-    async fn tunnel(&self, mut client: TcpStream, peer: SocketAddr) {
-        let (mut tls, _active) = match connect_peer(&self.shared, &self.service, ClientAlpn::None).await {
-            Ok(conn) => conn,
-            // The app's connection is closed without a byte: nothing reaches a peer we refused.
-            Err(e) => {
-                if let Some(skipped) = self.logs.allow("upstream") {
-                    tracing::warn!(
-                        "outbound tcp {}: closing {peer}'s connection to {}: {}{}",
-                        self.listen,
-                        self.service.name,
-                        e.envoy_body().trim_start_matches(ENVOY_PREFIX),
-                        more(skipped)
-                    );
-                }
-                return;
+    async fn tunnel(&self, client: TcpStream, peer: SocketAddr) {
+        let name = format!("outbound tcp {}", self.listen);
+        tunnel(&self.shared, &self.service, client, peer, &name, &self.logs).await
+    }
+}
+
+/// Carries the app's connection to `service` inside mTLS. If the peer cannot be reached or
+/// refuses, the app's connection is closed without a byte: nothing reaches a peer we refused.
+async fn tunnel(
+    shared: &Shared,
+    service: &Service,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    logs: &Throttle,
+) {
+    let (mut tls, _active) = match connect_peer(shared, service, ClientAlpn::None).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            if let Some(skipped) = logs.allow("upstream") {
+                tracing::warn!(
+                    "{name}: closing {peer}'s connection to {}: {}{}",
+                    service.name,
+                    e.envoy_body().trim_start_matches(ENVOY_PREFIX),
+                    more(skipped)
+                );
+            }
+            return;
+        }
+    };
+    splice_until_done(shared, &mut client, &mut tls, peer, name).await
+}
+
+/// Copies both ways under the TCP idle timeout and the maximum connection age.
+async fn splice_until_done<A, B>(shared: &Shared, a: &mut A, b: &mut B, peer: SocketAddr, name: &str)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let timeouts = &shared.timeouts;
+    let tunnel = crate::splice::splice(a, b, timeouts.tcp_idle);
+    match tokio::time::timeout(timeouts.max_connection_age, tunnel).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+            shared.metrics.closed(Direction::Outbound, Closed::Idle);
+            tracing::debug!("{name}: closed {peer}'s tunnel: {e}");
+        }
+        Ok(Err(e)) => tracing::debug!("{name}: tunnel for {peer} ended: {e}"),
+        Err(_) => {
+            shared.metrics.closed(Direction::Outbound, Closed::MaxAge);
+            tracing::debug!("{name}: closed {peer}'s tunnel at its maximum age");
+        }
+    }
+}
+
+// === the captured outbound ===
+
+/// Connections the kernel redirected from the app (`capture.outbound`, Istio's 15001): by the
+/// address the app dialled, a service of the table (HTTP through the mesh when the first bytes
+/// are HTTP, else a TCP tunnel), or an unknown destination (passed through or blocked).
+pub(crate) struct CaptureOutbound {
+    listen: SocketAddr,
+    http: Arc<HttpOutbound>,
+    services: Arc<ServiceTable>,
+    shared: Arc<Shared>,
+    capture: CaptureConfig,
+    logs: Throttle,
+}
+
+impl CaptureOutbound {
+    pub(crate) fn new(
+        listen: SocketAddr,
+        shared: Arc<Shared>,
+        services: Arc<ServiceTable>,
+        capture: CaptureConfig,
+    ) -> Self {
+        CaptureOutbound {
+            listen,
+            http: Arc::new(HttpOutbound::new(listen, shared.clone(), services.clone())),
+            services,
+            shared,
+            capture,
+            logs: Throttle::default(),
+        }
+    }
+
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let (name, life) = (format!("captured outbound {}", self.listen), self.shared.life.clone());
+        let limit = self.shared.conn_limit();
+        let this = self.clone();
+        let refuse = move |_stream, peer, why| {
+            this.shared.metrics.refused(Listener::Outbound);
+            if let Some(skipped) = this.logs.allow("limit") {
+                tracing::warn!(
+                    "captured outbound {}: refused {peer}: {why}{}",
+                    this.listen,
+                    more(skipped)
+                );
             }
         };
-        let timeouts = &self.shared.timeouts;
-        let tunnel = crate::splice::splice(&mut client, &mut tls, timeouts.tcp_idle);
-        match tokio::time::timeout(timeouts.max_connection_age, tunnel).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                self.shared.metrics.closed(Direction::Outbound, Closed::Idle);
-                tracing::debug!("outbound tcp {}: closed {peer}'s tunnel: {e}", self.listen);
+        let handle = move |stream, peer| {
+            let this = self.clone();
+            async move { this.handle(stream, peer).await }
+        };
+        accept_loop(listener, name, life, limit, handle, refuse).await
+    }
+
+    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let metrics = &self.shared.metrics;
+        let dst = match original_dst(&stream) {
+            // Not redirected: someone connected to this listener itself. Passing it through
+            // would connect straight back here. Never a loop.
+            Ok(dst) if stream.local_addr().is_ok_and(|local| local == dst) => {
+                return self.refuse(
+                    peer,
+                    format!("it was sent to {dst}, this listener itself, not redirected here"),
+                );
             }
-            Ok(Err(e)) => tracing::debug!("outbound tcp {}: tunnel for {peer} ended: {e}", self.listen),
-            Err(_) => {
-                self.shared.metrics.closed(Direction::Outbound, Closed::MaxAge);
-                tracing::debug!(
-                    "outbound tcp {}: closed {peer}'s tunnel at its maximum age",
+            Ok(dst) => dst,
+            Err(e) => {
+                return self.refuse(
+                    peer,
+                    format!("cannot read its original destination ({e}); is this listener behind `signet iptables`?"),
+                );
+            }
+        };
+        let Some(service) = self.services.by_address(dst) else {
+            return match self.capture.unknown {
+                UnknownDestinations::Block => {
+                    metrics.captured(Captured::Blocked);
+                    if let Some(skipped) = self.logs.allow("blocked") {
+                        tracing::warn!(
+                            "captured outbound {}: blocked {peer} → {dst}: not a service of the table (capture.unknownDestinations: block){}",
+                            self.listen,
+                            more(skipped)
+                        );
+                    }
+                }
+                UnknownDestinations::Passthrough => {
+                    metrics.captured(Captured::Passthrough);
+                    self.passthrough(stream, peer, dst).await
+                }
+            };
+        };
+        match sniff(&stream, self.capture.sniff_timeout).await {
+            Sniffed::Http => {
+                metrics.captured(Captured::Http);
+                self.http.clone().serve_captured(stream, service).await
+            }
+            Sniffed::Opaque => {
+                metrics.captured(Captured::Tcp);
+                let name = format!("captured outbound {}", self.listen);
+                tunnel(&self.shared, &service, stream, peer, &name, &self.logs).await
+            }
+        }
+    }
+
+    fn refuse(&self, peer: SocketAddr, why: String) {
+        self.shared.metrics.captured(Captured::Refused);
+        if let Some(skipped) = self.logs.allow("refused") {
+            tracing::warn!(
+                "captured outbound {}: closed {peer}'s connection: {why}{}",
+                self.listen,
+                more(skipped)
+            );
+        }
+    }
+
+    /// Connects to `dst` as the app asked. The sidecar's own connections are not captured (the
+    /// rules exempt its user), so this reaches `dst`, not this listener.
+    async fn passthrough(&self, mut client: TcpStream, peer: SocketAddr, dst: SocketAddr) {
+        let connect = tokio::time::timeout(self.shared.timeouts.connect, TcpStream::connect(dst)).await;
+        let mut upstream = match connect {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return tracing::debug!(
+                    "captured outbound {}: passthrough to {dst} for {peer}: {e}",
                     self.listen
                 );
             }
-        }
+            Err(_) => {
+                return tracing::debug!(
+                    "captured outbound {}: passthrough to {dst} for {peer} timed out",
+                    self.listen
+                );
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let name = format!("captured outbound {} (passthrough to {dst})", self.listen);
+        splice_until_done(&self.shared, &mut client, &mut upstream, peer, &name).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! SPIFFE ID it must present.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
@@ -16,6 +17,8 @@ pub enum ServiceError {
     NoPort(String),
     #[error("{0:?} is not a valid DNS name or IP address")]
     BadHost(String),
+    #[error("address {0:?} is not an ip:port (e.g. 10.96.0.10:8000)")]
+    BadVirtualAddress(String),
 }
 
 #[derive(Clone, Debug)]
@@ -28,6 +31,9 @@ pub struct Service {
     pub identity: Option<SpiffeId>,
     /// Sent as SNI; the service's host.
     pub server_name: ServerName<'static>,
+    /// The `ip:port`s an app may dial for this service (captured outbound): its virtual
+    /// addresses, and `address` itself when it is one.
+    pub addresses: Vec<SocketAddr>,
 }
 
 impl Service {
@@ -43,23 +49,47 @@ impl Service {
         let host = host_of(&name);
         let server_name =
             ServerName::try_from(host.to_string()).map_err(|_| ServiceError::BadHost(host.to_string()))?;
+        let addresses = address.parse().into_iter().collect();
         Ok(Service {
             name,
             address,
             identity,
             server_name,
+            addresses,
         })
+    }
+
+    /// Adds a virtual `ip:port` the app may dial for this service.
+    pub fn with_address(mut self, address: &str) -> Result<Self, ServiceError> {
+        let addr = address
+            .trim()
+            .parse()
+            .map_err(|_| ServiceError::BadVirtualAddress(address.to_string()))?;
+        if !self.addresses.contains(&addr) {
+            self.addresses.push(addr);
+        }
+        Ok(self)
     }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct ServiceTable {
     by_name: HashMap<String, Arc<Service>>,
+    by_address: HashMap<SocketAddr, Arc<Service>>,
 }
 
 impl ServiceTable {
     pub fn insert(&mut self, service: Service) {
-        self.by_name.insert(service.name.clone(), Arc::new(service));
+        let service = Arc::new(service);
+        for a in &service.addresses {
+            self.by_address.insert(*a, service.clone());
+        }
+        self.by_name.insert(service.name.clone(), service);
+    }
+
+    /// The service an app reaches by dialling `addr` (captured outbound).
+    pub fn by_address(&self, addr: SocketAddr) -> Option<Arc<Service>> {
+        self.by_address.get(&addr).cloned()
     }
 
     /// Looks up a `host[:port]` target as an app sends it (`Host:` or absolute URI); port 80 if absent.

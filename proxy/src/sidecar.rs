@@ -14,7 +14,7 @@ use crate::credentials::{Credentials, WorkloadIdentity};
 use crate::identity::{IdentityCtx, IdentityError};
 use crate::inbound::Inbound;
 use crate::metrics::{Direction, Metrics};
-use crate::outbound::{HttpOutbound, TcpOutbound};
+use crate::outbound::{CaptureOutbound, HttpOutbound, TcpOutbound};
 use crate::serve::{ConnLimit, HttpLimits, HttpServing, Lifecycle};
 use crate::services::ServiceTable;
 use crate::tls::{ClientAlpn, InboundTls, TlsSettings, TlsStore};
@@ -99,6 +99,8 @@ pub struct BoundAddrs {
     pub inbound: Vec<SocketAddr>,
     pub outbound_http: Option<SocketAddr>,
     pub outbound_tcp: Vec<SocketAddr>,
+    /// The captured outbound (the captured inbound is the last of `inbound`).
+    pub capture_outbound: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
 }
 
@@ -185,6 +187,16 @@ impl Sidecar {
             addrs.outbound_tcp.push(local);
             tcp_outbound.push((Arc::new(TcpOutbound::new(local, service, shared.clone())), listener));
         }
+        let capture_outbound = match config.capture.as_ref().and_then(|c| c.outbound.map(|a| (a, c))) {
+            Some((addr, capture)) => {
+                let listener = bind(addr, "captured outbound").await?;
+                let local = listener.local_addr().unwrap_or(addr);
+                addrs.capture_outbound = Some(local);
+                let ob = CaptureOutbound::new(local, shared.clone(), services.clone(), capture.clone());
+                Some((Arc::new(ob), listener))
+            }
+            None => None,
+        };
         let admin = match config.admin {
             Some(addr) => {
                 let listener = bind(addr, "admin").await?;
@@ -206,6 +218,9 @@ impl Sidecar {
             life.spawn(ob.serve(listener));
         }
         for (ob, listener) in tcp_outbound {
+            life.spawn(ob.serve(listener));
+        }
+        if let Some((ob, listener)) = capture_outbound {
             life.spawn(ob.serve(listener));
         }
         if let Some(listener) = admin {
@@ -235,6 +250,13 @@ impl Sidecar {
         }
         for (addr, route) in addrs.outbound_tcp.iter().zip(&config.outbound_tcp) {
             tracing::info!("outbound tcp {addr} → {}", route.service);
+        }
+        if let (Some(addr), Some(capture)) = (addrs.capture_outbound, &config.capture) {
+            tracing::info!(
+                "captured outbound {addr}: {} service(s) by address, other destinations: {}",
+                services.iter().count(),
+                capture.unknown
+            );
         }
         if let Some(addr) = addrs.admin {
             tracing::info!("admin http://{addr}/ (ready, metrics, certs, listeners)");
@@ -305,16 +327,23 @@ fn tls_settings(config: &Config, services: &ServiceTable) -> TlsSettings {
         .iter()
         .map(|ib| InboundTls {
             alpn: match ib.protocol {
-                Protocol::Http => crypto::alpn(crypto::ALPN_HTTP),
+                // `auto` offers HTTP too; a peer that asks for no ALPN gets bytes.
+                Protocol::Http | Protocol::Auto => crypto::alpn(crypto::ALPN_HTTP),
                 Protocol::Tcp => Vec::new(),
             },
             allow: ib.allow.clone(),
         })
         .collect();
     let mut outbound = Vec::new();
-    if config.outbound_http.is_some() {
+    let captures = config.capture.as_ref().is_some_and(|c| c.outbound.is_some());
+    if config.outbound_http.is_some() || captures {
         for s in services.iter() {
             outbound.push((s.identity.clone(), ClientAlpn::Http));
+        }
+    }
+    if captures {
+        for s in services.iter() {
+            outbound.push((s.identity.clone(), ClientAlpn::None));
         }
     }
     for route in &config.outbound_tcp {

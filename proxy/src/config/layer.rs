@@ -26,6 +26,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub inbound: Vec<InboundFile>,
     pub outbound: Option<OutboundFile>,
+    /// Transparent capture: listeners for connections iptables redirected (`signet iptables`).
+    pub capture: Option<CaptureFile>,
     /// `host:port` → where that service's sidecar listens and who it must be.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceFile>,
@@ -109,6 +111,27 @@ pub struct OutboundFile {
     pub tcp: Vec<TcpRouteFile>,
 }
 
+/// Transparent capture, as Istio's sidecars have it: outbound connections redirected to
+/// `outbound` (15001), inbound ones to `inbound` (15006).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaptureFile {
+    /// Listener for the app's redirected outbound connections (Istio: 15001).
+    pub outbound: Option<String>,
+    /// Listener for redirected inbound connections; each goes to the app on the port it was
+    /// sent to (Istio: 15006).
+    pub inbound: Option<String>,
+    /// Who may connect through the captured inbound (as `inbound[].allow`).
+    #[serde(default)]
+    pub inbound_allow: Vec<IdPattern>,
+    /// Outbound destinations that are not in the service table: `passthrough` (Istio's
+    /// ALLOW_ANY, the default) or `block` (REGISTRY_ONLY).
+    pub unknown_destinations: Option<super::UnknownDestinations>,
+    /// How long to wait for the app's first bytes before taking a connection for a server-first
+    /// protocol (opaque TCP).
+    pub sniff_timeout: Option<HumanDuration>,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpRouteFile {
@@ -121,6 +144,10 @@ pub struct TcpRouteFile {
 pub struct ServiceFile {
     pub address: String,
     pub identity: Option<SpiffeId>,
+    /// Virtual `ip:port`s the app may dial for this service (a Kubernetes ClusterIP, say); with
+    /// capture, a connection to one of them (or to `address`) is this service.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -215,6 +242,21 @@ impl ConfigFile {
                 (Some(lower), Some(upper)) => Some(OutboundFile {
                     http: pick(lower.http, upper.http),
                     tcp: if upper.tcp.is_empty() { lower.tcp } else { upper.tcp },
+                }),
+            },
+            capture: match (self.capture, over.capture) {
+                (lower, None) => lower,
+                (None, upper) => upper,
+                (Some(lower), Some(upper)) => Some(CaptureFile {
+                    outbound: pick(lower.outbound, upper.outbound),
+                    inbound: pick(lower.inbound, upper.inbound),
+                    inbound_allow: if upper.inbound_allow.is_empty() {
+                        lower.inbound_allow
+                    } else {
+                        upper.inbound_allow
+                    },
+                    unknown_destinations: pick(lower.unknown_destinations, upper.unknown_destinations),
+                    sniff_timeout: pick(lower.sniff_timeout, upper.sniff_timeout),
                 }),
             },
             services,

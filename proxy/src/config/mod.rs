@@ -19,8 +19,8 @@ use std::time::Duration;
 use signet_certs::{CryptoPolicy, SignerName, SpiffeId, UnknownChoice, deserialize_from_str};
 
 pub use layer::{
-    AuthorityFile, ConfigFile, IdentityFile, InboundFile, LimitsFile, OutboundFile, ServiceFile, TcpRouteFile,
-    TimeoutsFile, TlsFile,
+    AuthorityFile, CaptureFile, ConfigFile, IdentityFile, InboundFile, LimitsFile, OutboundFile, ServiceFile,
+    TcpRouteFile, TimeoutsFile, TlsFile,
 };
 
 use crate::services::{ServiceError, ServiceTable};
@@ -42,6 +42,9 @@ pub enum Protocol {
     /// HTTP/1.1 or h2 (by ALPN) is terminated, `x-forwarded-client-cert` added, and requests
     /// forwarded to the app over a pooled connection.
     Http,
+    /// Per connection, by what the peer sidecar negotiated: HTTP when it offered an HTTP ALPN
+    /// (its app spoke HTTP), bytes otherwise. What the captured inbound uses.
+    Auto,
 }
 
 impl FromStr for Protocol {
@@ -50,10 +53,11 @@ impl FromStr for Protocol {
         match s.trim() {
             "tcp" => Ok(Protocol::Tcp),
             "http" => Ok(Protocol::Http),
+            "auto" => Ok(Protocol::Auto),
             other => Err(UnknownChoice {
                 what: "protocol",
                 input: other.to_string(),
-                choices: "tcp or http",
+                choices: "tcp, http or auto",
             }),
         }
     }
@@ -64,11 +68,51 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Tcp => "tcp",
             Protocol::Http => "http",
+            Protocol::Auto => "auto",
         })
     }
 }
 
 deserialize_from_str!(Protocol);
+
+/// What the captured outbound does with a destination that is not in the service table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnknownDestinations {
+    /// Connect to it as the app asked, without mTLS (Istio's `ALLOW_ANY`).
+    #[default]
+    Passthrough,
+    /// Close the connection (Istio's `REGISTRY_ONLY`).
+    Block,
+}
+
+impl FromStr for UnknownDestinations {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
+        match s.trim() {
+            "passthrough" => Ok(UnknownDestinations::Passthrough),
+            "block" => Ok(UnknownDestinations::Block),
+            other => Err(UnknownChoice {
+                what: "unknown destinations",
+                input: other.to_string(),
+                choices: "passthrough (the default) or block",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for UnknownDestinations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnknownDestinations::Passthrough => "passthrough",
+            UnknownDestinations::Block => "block",
+        })
+    }
+}
+
+deserialize_from_str!(UnknownDestinations);
+
+/// How long the captured outbound waits for the app's first bytes by default.
+pub const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// How the inbound side sets `x-forwarded-client-cert` (Envoy's names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,6 +172,9 @@ pub enum Setting {
     InboundApp(usize),
     OutboundHttp,
     OutboundTcp(usize),
+    CaptureOutbound,
+    CaptureInbound,
+    SniffTimeout,
     Service(String),
     Admin,
     WatchInterval,
@@ -163,6 +210,9 @@ impl Setting {
             Setting::InboundApp(i) => format!("inbound[{i}].app"),
             Setting::OutboundHttp => "outbound.http".into(),
             Setting::OutboundTcp(i) => format!("outbound.tcp[{i}]"),
+            Setting::CaptureOutbound => "capture.outbound".into(),
+            Setting::CaptureInbound => "capture.inbound".into(),
+            Setting::SniffTimeout => "capture.sniffTimeout".into(),
             Setting::Service(name) => format!("services[{name}]"),
             Setting::Admin => "admin".into(),
             Setting::WatchInterval => "watchInterval".into(),
@@ -358,10 +408,36 @@ pub struct AuthorityEndpoint {
 #[derive(Clone, Debug)]
 pub struct InboundConfig {
     pub listen: SocketAddr,
-    /// The local app, `host:port`.
-    pub app: String,
+    pub app: AppTarget,
     pub protocol: Protocol,
     pub allow: AllowList,
+}
+
+/// Where an inbound listener's connections go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppTarget {
+    /// The local app at `host:port`.
+    Fixed(String),
+    /// The captured inbound: 127.0.0.1 at the port the peer connected to.
+    OriginalPort,
+}
+
+impl fmt::Display for AppTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppTarget::Fixed(a) => f.write_str(a),
+            AppTarget::OriginalPort => f.write_str("127.0.0.1:<the port each connection was sent to>"),
+        }
+    }
+}
+
+/// Transparent capture, resolved.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// The listener for redirected outbound connections.
+    pub outbound: Option<SocketAddr>,
+    pub unknown: UnknownDestinations,
+    pub sniff_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -453,6 +529,8 @@ pub struct Config {
     pub inbound: Vec<InboundConfig>,
     pub outbound_http: Option<SocketAddr>,
     pub outbound_tcp: Vec<TcpRoute>,
+    /// The captured inbound is among `inbound` (with [`AppTarget::OriginalPort`]).
+    pub capture: Option<CaptureConfig>,
     pub services: ServiceTable,
     pub admin: Option<SocketAddr>,
     pub timeouts: Timeouts,

@@ -9,12 +9,12 @@ use std::time::Duration;
 use signet_certs::{AUTHORITY_SERVER_NAME, DEFAULT_SIGNER_DOMAIN, SignerName, SpiffeId, files};
 
 use super::layer::{
-    ConfigFile, IdentityFile, InboundFile, LimitsFile, OutboundFile, ServiceFile, TimeoutsFile, TlsFile,
+    CaptureFile, ConfigFile, IdentityFile, InboundFile, LimitsFile, OutboundFile, ServiceFile, TimeoutsFile, TlsFile,
 };
 use super::{
-    AuthorityEndpoint, Config, ConfigError, ConfigProblem as P, DEFAULT_RENEW_AT, DEFAULT_WATCH_INTERVAL,
-    IdentityFiles, IdentitySource, InboundConfig, Limits, MIN_WATCH_INTERVAL, Provisioning, Setting as S, TcpRoute,
-    Timeouts, TlsConfig,
+    AppTarget, AuthorityEndpoint, CaptureConfig, Config, ConfigError, ConfigProblem as P, DEFAULT_RENEW_AT,
+    DEFAULT_SNIFF_TIMEOUT, DEFAULT_WATCH_INTERVAL, IdentityFiles, IdentitySource, InboundConfig, Limits,
+    MIN_WATCH_INTERVAL, Protocol, Provisioning, Setting as S, TcpRoute, Timeouts, TlsConfig,
 };
 use crate::services::{Service, ServiceTable};
 use crate::tls::AllowList;
@@ -37,9 +37,11 @@ impl ConfigFile {
             return Err(err(S::Signer, P::NoSigner));
         }
         let services = services(self.services)?;
-        let inbound = inbound(self.inbound)?;
+        let mut inbound = inbound(self.inbound)?;
         let (outbound_http, outbound_tcp) = outbound(self.outbound.unwrap_or_default(), &services)?;
-        if inbound.is_empty() && outbound_http.is_none() && outbound_tcp.is_empty() {
+        let capture = self.capture.map(|c| capture(c, &mut inbound)).transpose()?;
+        let captures_outbound = capture.as_ref().is_some_and(|c| c.outbound.is_some());
+        if inbound.is_empty() && outbound_http.is_none() && outbound_tcp.is_empty() && !captures_outbound {
             return Err(err(S::Inbound(0), P::NoListeners));
         }
         for (i, td) in self.trust_domain_aliases.iter().enumerate() {
@@ -60,6 +62,7 @@ impl ConfigFile {
             inbound,
             outbound_http,
             outbound_tcp,
+            capture,
             services,
             admin: self.admin.as_deref().map(|a| address(a, S::Admin)).transpose()?,
             timeouts: timeouts(self.timeouts.unwrap_or_default())?,
@@ -145,7 +148,11 @@ fn identity(id: IdentityFile, has_bundle: bool) -> Result<IdentitySource, Config
 fn services(entries: BTreeMap<String, ServiceFile>) -> Result<ServiceTable, ConfigError> {
     let mut services = ServiceTable::default();
     for (name, s) in entries {
-        let service = Service::new(&name, s.address, s.identity).map_err(|e| err(S::Service(name), P::Service(e)))?;
+        let bad = |e| err(S::Service(name.clone()), P::Service(e));
+        let mut service = Service::new(&name, s.address, s.identity).map_err(bad)?;
+        for a in &s.addresses {
+            service = service.with_address(a).map_err(bad)?;
+        }
         services.insert(service);
     }
     Ok(services)
@@ -174,12 +181,47 @@ fn inbound(entries: Vec<InboundFile>) -> Result<Vec<InboundConfig>, ConfigError>
             }
             Ok(InboundConfig {
                 listen: address(&ib.listen, S::InboundListen(i))?,
-                app: ib.app,
+                app: AppTarget::Fixed(ib.app),
                 protocol: ib.protocol,
                 allow: AllowList::new(ib.allow),
             })
         })
         .collect()
+}
+
+/// The capture listeners; the inbound one joins `inbound`, going to the app on each
+/// connection's original port, HTTP or bytes by what the peer sidecar negotiated.
+fn capture(file: CaptureFile, inbound: &mut Vec<InboundConfig>) -> Result<CaptureConfig, ConfigError> {
+    let outbound = file
+        .outbound
+        .as_deref()
+        .map(|a| address(a, S::CaptureOutbound))
+        .transpose()?;
+    if let Some(listen) = file
+        .inbound
+        .as_deref()
+        .map(|a| address(a, S::CaptureInbound))
+        .transpose()?
+    {
+        inbound.push(InboundConfig {
+            listen,
+            app: AppTarget::OriginalPort,
+            protocol: Protocol::Auto,
+            allow: AllowList::new(file.inbound_allow),
+        });
+    }
+    let sniff_timeout = file.sniff_timeout.map_or(DEFAULT_SNIFF_TIMEOUT, |d| d.0);
+    if sniff_timeout.is_zero() || sniff_timeout > Duration::from_secs(10) {
+        return Err(err(
+            S::SniffTimeout,
+            P::OutOfRange("above zero and at most 10s (a server-first client waits this long)".into()),
+        ));
+    }
+    Ok(CaptureConfig {
+        outbound,
+        unknown: file.unknown_destinations.unwrap_or_default(),
+        sniff_timeout,
+    })
 }
 
 fn outbound(file: OutboundFile, services: &ServiceTable) -> Result<(Option<SocketAddr>, Vec<TcpRoute>), ConfigError> {

@@ -142,7 +142,7 @@ watchInterval: 250ms
             .parse::<Protocol>()
             .unwrap_err()
             .to_string()
-            .contains("tcp or http")
+            .contains("tcp, http or auto")
     );
 }
 
