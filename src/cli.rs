@@ -343,6 +343,9 @@ pub struct ProxyArgs {
     /// Service table entry (repeatable): where the peer sidecar listens and the identity it must present.
     #[arg(long = "service", value_name = "HOST:PORT=ADDRESS[,SPIFFE_ID]")]
     pub service: Vec<String>,
+    /// Inbound listeners (--inbound, --capture-inbound) take mTLS only (strict) or plaintext too (permissive, for migrations) [default: strict].
+    #[arg(long, value_name = "MODE")]
+    pub inbound_mode: Option<signet_proxy::config::InboundMode>,
     /// Listener for the app's outbound connections redirected by `signet iptables` (Istio: 0.0.0.0:15001).
     #[arg(long, value_name = "LISTEN")]
     pub capture_outbound: Option<String>,
@@ -494,6 +497,7 @@ impl ProxyArgs {
                 app,
                 protocol: self.protocol.unwrap_or_default(),
                 allow: self.allow.clone(),
+                mode: self.inbound_mode.unwrap_or_default(),
             });
         }
         let mut tcp = Vec::new();
@@ -533,9 +537,13 @@ impl ProxyArgs {
             outbound: self.capture_outbound.clone(),
             inbound: self.capture_inbound.clone(),
             inbound_allow: Vec::new(),
+            inbound_mode: self.inbound_mode,
             unknown_destinations: self.unknown_destinations,
             sniff_timeout: self.sniff_timeout,
         };
+        if self.inbound_mode.is_some() && self.inbound.is_empty() && self.capture_inbound.is_none() {
+            return Err("--inbound-mode applies to inbound listeners; give --inbound LISTEN=APP or --capture-inbound LISTEN too".into());
+        }
         let names_capture = capture.outbound.is_some()
             || capture.inbound.is_some()
             || capture.unknown_destinations.is_some()

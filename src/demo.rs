@@ -344,6 +344,7 @@ async fn start_inbound(identity: IdentityFile, bundle: &Path, app: SocketAddr) -
             app: app.to_string(),
             protocol: Protocol::Http,
             allow: Vec::new(),
+            mode: Default::default(),
         }],
         admin: Some("127.0.0.1:0".into()),
         ..Default::default()

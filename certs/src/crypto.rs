@@ -109,9 +109,10 @@ const KX_GROUPS_PQ: &[&dyn SupportedKxGroup] = &[
 static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 static TLS13_AND_12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// ALPN offered and accepted on HTTP connections between sidecars (h2 multiplexes requests
-/// over one pooled connection) and for clients such as curl.
-pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// ALPN an HTTP inbound accepts, in its order of preference: a client that offers both (curl,
+/// a browser) gets HTTP/1.1, which every app speaks; h2 goes to a client that offers h2 alone,
+/// as a peer sidecar does when its app spoke HTTP/2 (gRPC), so the app gets h2 too.
+pub const ALPN_HTTP: &[&[u8]] = &[b"http/1.1", b"h2"];
 
 /// ALPN of the authority's gRPC API.
 pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];

@@ -25,8 +25,12 @@ pub fn text(status: StatusCode, text: impl Into<String>) -> Response<Body> {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross a proxy; nor do headers that the
-/// `Connection` header lists.
+/// `Connection` header lists. `TE: trailers` is kept, as Envoy keeps it: gRPC servers require it,
+/// and it is the one value HTTP/2 allows.
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let listed: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -50,4 +54,28 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     ] {
         headers.remove(name);
     }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The protocol an HTTP/1.1 message asks to switch to (`Connection: upgrade` and `Upgrade:
+/// websocket`, say), which a proxy must pass on for the switch to happen end to end.
+pub fn upgrade_of(version: http::Version, headers: &http::HeaderMap) -> Option<HeaderValue> {
+    if version != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Puts an upgrade's two headers back after [`strip_hop_by_hop`].
+pub fn keep_upgrade(headers: &mut http::HeaderMap, protocol: &HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol.clone());
 }

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::credentials::Credentials;
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -20,10 +21,9 @@ use hyper_util::rt::TokioExecutor;
 use signet_certs::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
-use crate::body::{self, Body, strip_hop_by_hop};
-use crate::config::{AppTarget, InboundConfig, Protocol, XfccMode};
+use crate::body::{self, Body, keep_upgrade, strip_hop_by_hop, upgrade_of};
+use crate::config::{AppTarget, InboundConfig, InboundMode, Protocol, XfccMode};
 use crate::metrics::{Direction, Listener};
 use crate::serve::{Closed, HttpServing, accept_loop, serve_http_auto};
 use crate::sidecar::Shared;
@@ -36,9 +36,13 @@ pub(crate) struct Inbound {
     listen: SocketAddr,
     app: AppTarget,
     protocol: Protocol,
+    mode: InboundMode,
     xfcc: XfccMode,
     shared: Arc<Shared>,
-    app_client: Client<HttpConnector, Incoming>,
+    /// To the app: HTTP/1.x, and h2 with prior knowledge for requests that came as HTTP/2 (the
+    /// peer's app spoke it: gRPC).
+    app_h1: Client<HttpConnector, Incoming>,
+    app_h2: Client<HttpConnector, Incoming>,
     serving: HttpServing,
     /// One warning per kind of rejection per interval; the metrics count every one.
     logs: Throttle,
@@ -55,18 +59,23 @@ impl Inbound {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(shared.timeouts.connect));
-        let app_client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(shared.pool_idle())
-            .build(connector);
+        let app_client = |h2: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(shared.pool_idle())
+                .http2_only(h2)
+                .build(connector.clone())
+        };
         Inbound {
             index,
             listen,
             app: config.app.clone(),
+            mode: config.mode,
             protocol: config.protocol,
             xfcc,
             serving: shared.serving(Direction::Inbound),
+            app_h1: app_client(false),
+            app_h2: app_client(true),
             shared,
-            app_client,
             logs: Throttle::default(),
         }
     }
@@ -128,6 +137,9 @@ impl Inbound {
                 return;
             }
         };
+        if self.mode == InboundMode::Permissive && !starts_with_tls(&stream, self.shared.timeouts.header_read).await {
+            return self.plaintext(stream, peer, &app).await;
+        }
         let Some(state) = self.shared.store.current() else {
             self.reject(
                 peer,
@@ -174,6 +186,7 @@ impl Inbound {
             }
         }
         metrics.handshake_ok(Direction::Inbound, resumed);
+        metrics.inbound_accepted(true);
         tracing::debug!("inbound {}: accepted {peer}", self.listen);
         let http = match self.protocol {
             Protocol::Tcp => false,
@@ -220,7 +233,39 @@ impl Inbound {
         }
     }
 
-    async fn splice(&self, mut tls: TlsStream<TcpStream>, peer: SocketAddr, app_address: &str) {
+    /// A permissive listener's plaintext connection: to the app without an identity (an XFCC
+    /// header the client sent is removed), HTTP or bytes as the listener's protocol says (`auto`:
+    /// by the first bytes).
+    async fn plaintext(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, app: &str) {
+        self.shared.metrics.inbound_accepted(false);
+        tracing::debug!("inbound {}: plaintext from {peer} (permissive)", self.listen);
+        let http = match self.protocol {
+            Protocol::Tcp => false,
+            Protocol::Http => true,
+            Protocol::Auto => {
+                crate::capture::sniff(&stream, self.shared.timeouts.header_read).await == crate::capture::Sniffed::Http
+            }
+        };
+        if !http {
+            return self.splice(stream, peer, app).await;
+        }
+        let Ok(authority) = app.parse::<Authority>() else {
+            return self.app_unreachable(peer, app, "not a host:port");
+        };
+        let by = self.shared.store.identity().map(|i| i.id.clone());
+        match by {
+            Some(by) => self.serve_http(stream, None, by, authority).await,
+            None => tracing::debug!(
+                "inbound {}: no identity yet; closed {peer}'s plaintext connection",
+                self.listen
+            ),
+        }
+    }
+
+    async fn splice<S>(&self, mut tls: S, peer: SocketAddr, app_address: &str)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let connect = tokio::time::timeout(self.shared.timeouts.connect, TcpStream::connect(app_address));
         let mut app = match connect.await {
             Ok(Ok(app)) => app,
@@ -255,13 +300,10 @@ impl Inbound {
         }
     }
 
-    async fn serve_http(
-        self: Arc<Self>,
-        tls: TlsStream<TcpStream>,
-        peer: Option<PeerCert>,
-        by: SpiffeId,
-        app: Authority,
-    ) {
+    async fn serve_http<S>(self: Arc<Self>, tls: S, peer: Option<PeerCert>, by: SpiffeId, app: Authority)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let peer = peer.map(Arc::new);
         let by = Arc::new(by);
         let this = self.clone();
@@ -280,11 +322,14 @@ impl Inbound {
 
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: Option<&PeerCert>,
         by: &SpiffeId,
         app: Authority,
     ) -> Response<Body> {
+        let h2 = req.version() == Version::HTTP_2;
+        let upgrade = upgrade_of(req.version(), req.headers());
+        let peer_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
@@ -307,10 +352,18 @@ impl Inbound {
             Some(uri) => uri,
             None => return body::text(StatusCode::BAD_REQUEST, "signet: invalid request target"),
         };
-        parts.version = Version::HTTP_11;
+        parts.version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = &upgrade {
+            keep_upgrade(&mut parts.headers, protocol);
+        }
         if let Some(host) = host {
-            parts.headers.insert(HOST, host);
+            if h2 {
+                // HTTP/2 carries the target in :authority (the URI); a Host header must agree.
+                parts.headers.remove(HOST);
+            } else {
+                parts.headers.insert(HOST, host);
+            }
         }
         match peer {
             Some(p) => p.apply(by, self.xfcc, &mut parts.headers),
@@ -318,10 +371,27 @@ impl Inbound {
                 parts.headers.remove(xfcc::HEADER);
             }
         }
-        match self.app_client.request(Request::from_parts(parts, body)).await {
-            Ok(resp) => {
+        let client = if h2 { &self.app_h2 } else { &self.app_h1 };
+        match client.request(Request::from_parts(parts, body)).await {
+            Ok(mut resp) => {
+                let switched = match (peer_side, upgrade_of(resp.version(), resp.headers())) {
+                    (Some(peer_side), Some(protocol)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let app_side = hyper::upgrade::on(&mut resp);
+                        let name = format!(
+                            "inbound {} (upgrade to {})",
+                            self.listen,
+                            protocol.to_str().unwrap_or("?")
+                        );
+                        crate::outbound::spawn_upgraded(self.shared.clone(), peer_side, app_side, name);
+                        Some(protocol)
+                    }
+                    _ => None,
+                };
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if let Some(protocol) = &switched {
+                    keep_upgrade(&mut parts.headers, protocol);
+                }
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
@@ -338,4 +408,14 @@ impl Inbound {
             }
         }
     }
+}
+
+/// Whether a connection opens with a TLS handshake record (content type 22), waiting up to
+/// `timeout` for its first byte. Anything else, or silence, is plaintext.
+async fn starts_with_tls(stream: &TcpStream, timeout: std::time::Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(timeout, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
 }

@@ -44,6 +44,8 @@ pub struct Metrics {
     /// By status class 1xx..5xx.
     responses: [[AtomicU64; 5]; 2],
     app_connect_failures: AtomicU64,
+    /// Inbound connections by how they came: [mTLS, plaintext (permissive listeners)].
+    inbound_modes: [AtomicU64; 2],
     /// Captured outbound connections by [`Captured`] route.
     captured: [AtomicU64; Captured::ALL.len()],
     /// CSR requests to the authority: [ok, failed].
@@ -153,6 +155,11 @@ impl Metrics {
 
     pub fn app_connect_failed(&self) {
         self.app_connect_failures.fetch_add(1, Relaxed);
+    }
+
+    /// An inbound connection accepted as mTLS (`true`) or as plaintext on a permissive listener.
+    pub fn inbound_accepted(&self, mtls: bool) {
+        self.inbound_modes[usize::from(!mtls)].fetch_add(1, Relaxed);
     }
 
     pub fn captured(&self, route: Captured) {
@@ -276,6 +283,18 @@ impl Metrics {
             &[],
             self.app_connect_failures.load(Relaxed),
         );
+        e.family(
+            "signet_inbound_connections_total",
+            Kind::Counter,
+            "Inbound connections accepted, by mode: mtls, or plaintext (permissive listeners only).",
+        );
+        for (i, mode) in ["mtls", "plaintext"].into_iter().enumerate() {
+            e.sample(
+                "signet_inbound_connections_total",
+                &[("mode", mode)],
+                self.inbound_modes[i].load(Relaxed),
+            );
+        }
         e.family(
             "signet_captured_connections_total",
             Kind::Counter,

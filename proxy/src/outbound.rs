@@ -23,12 +23,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::{self, Body, strip_hop_by_hop};
+use crate::body::{self, Body, keep_upgrade, strip_hop_by_hop, upgrade_of};
 use crate::capture::{Sniffed, original_dst, sniff};
 use crate::config::{CaptureConfig, UnknownDestinations};
 use crate::credentials::Credentials;
 use crate::metrics::{ActiveGuard, Captured, Direction, Listener};
-use crate::serve::{Closed, HttpServing, Refusal, accept_loop, serve_http_auto, serve_http1};
+use crate::serve::{Closed, HttpServing, Refusal, accept_loop, serve_http_auto};
 use crate::services::{Service, ServiceTable};
 use crate::sidecar::Shared;
 use crate::throttle::{Throttle, more};
@@ -186,36 +186,45 @@ async fn handshake(
 
 // === the HTTP proxy ===
 
+/// The app's requests keep their HTTP version to the peer sidecar (and on to its app): HTTP/1.x
+/// over pooled http/1.1 mTLS connections (upgrades included), HTTP/2 (gRPC, h2c apps) over h2.
 pub(crate) struct HttpOutbound {
     listen: SocketAddr,
     shared: Arc<Shared>,
     services: Arc<ServiceTable>,
-    client: Client<MeshConnector, Incoming>,
+    h1: Client<MeshConnector, Incoming>,
+    h2: Client<MeshConnector, Incoming>,
     serving: HttpServing,
     logs: Throttle,
 }
 
 impl HttpOutbound {
     pub(crate) fn new(listen: SocketAddr, shared: Arc<Shared>, services: Arc<ServiceTable>) -> Self {
-        let connector = MeshConnector {
-            shared: shared.clone(),
-            services: services.clone(),
-        };
         let limits = shared.http_limits();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(shared.pool_idle())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .http2_keep_alive_interval(limits.h2_keepalive)
-            .http2_keep_alive_timeout(limits.h2_keepalive)
-            .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .build(connector);
+        let client = |alpn: ClientAlpn| {
+            let connector = MeshConnector {
+                shared: shared.clone(),
+                services: services.clone(),
+                alpn,
+            };
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(shared.pool_idle())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .http2_only(alpn == ClientAlpn::H2)
+                .http2_keep_alive_interval(limits.h2_keepalive)
+                .http2_keep_alive_timeout(limits.h2_keepalive)
+                .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            builder.build(connector)
+        };
         HttpOutbound {
             listen,
             serving: shared.serving(Direction::Outbound),
+            h1: client(ClientAlpn::Http1),
+            h2: client(ClientAlpn::H2),
             shared,
             services,
-            client,
             logs: Throttle::default(),
         }
     }
@@ -240,7 +249,8 @@ impl HttpOutbound {
                     let this = svc_this.clone();
                     async move { Ok::<_, Infallible>(this.route(req, None).await) }
                 });
-                let served = serve_http1(stream, svc, &this.serving).await;
+                // HTTP/1.x, or h2 with prior knowledge (gRPC, curl --http2-prior-knowledge).
+                let served = serve_http_auto(stream, svc, &this.serving).await;
                 if let Some(closed) = served.closed {
                     this.shared.metrics.closed(Direction::Outbound, closed);
                 }
@@ -264,12 +274,9 @@ impl HttpOutbound {
         }
     }
 
-    async fn route(&self, req: Request<Incoming>, dialled: Option<&Arc<Service>>) -> Response<Body> {
+    async fn route(&self, mut req: Request<Incoming>, dialled: Option<&Arc<Service>>) -> Response<Body> {
         if req.method() == Method::CONNECT {
-            return body::text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "signet: CONNECT is not supported; Signet adds mTLS itself, so send plain http:// requests through http_proxy",
-            );
+            return self.connect(req).await;
         }
         let routed = match (route_target(&self.services, req.uri(), req.headers()), dialled) {
             (Err(RouteError::NoRoute(_) | RouteError::NoHost), Some(service)) => {
@@ -288,20 +295,44 @@ impl HttpOutbound {
             Err(e) => return body::text(StatusCode::BAD_REQUEST, format!("signet: {e}")),
         };
         let (method, target) = (req.method().clone(), req.uri().path().to_string());
+        let h2 = req.version() == Version::HTTP_2;
+        let upgrade = upgrade_of(req.version(), req.headers());
+        let app_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         parts.uri = upstream;
-        parts.version = Version::HTTP_11;
+        parts.version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = &upgrade {
+            keep_upgrade(&mut parts.headers, protocol);
+        }
         // The app cannot vouch for anyone: identities are added by the receiving sidecar only.
         parts.headers.remove(xfcc::HEADER);
         // The Host the peer sees is the service this request was routed (and verified) to.
         if let Ok(host) = http::HeaderValue::from_str(&service.name) {
             parts.headers.insert(HOST, host);
         }
-        match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(resp) => {
+        let client = if h2 { &self.h2 } else { &self.h1 };
+        match client.request(Request::from_parts(parts, body)).await {
+            Ok(mut resp) => {
+                let switched = match (app_side, upgrade_of(resp.version(), resp.headers())) {
+                    (Some(app_side), Some(protocol)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let peer_side = hyper::upgrade::on(&mut resp);
+                        let name = format!(
+                            "outbound {} ({} upgrade to {})",
+                            self.listen,
+                            service.name,
+                            protocol.to_str().unwrap_or("?")
+                        );
+                        spawn_upgraded(self.shared.clone(), app_side, peer_side, name);
+                        Some(protocol)
+                    }
+                    _ => None,
+                };
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if let Some(protocol) = &switched {
+                    keep_upgrade(&mut parts.headers, protocol);
+                }
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
@@ -324,6 +355,58 @@ impl HttpOutbound {
                 body::text(StatusCode::SERVICE_UNAVAILABLE, message)
             }
         }
+    }
+}
+
+impl HttpOutbound {
+    /// `CONNECT host:port` (apps with `https_proxy`, gRPC through a proxy): a byte tunnel inside
+    /// mTLS to that service's sidecar, which hands the bytes to its app. Only services of the
+    /// table: anything else gets 502, as a plain request with no route does.
+    async fn connect(&self, req: Request<Incoming>) -> Response<Body> {
+        let target = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let Some(service) = self.services.get(&target) else {
+            let e = RouteError::NoRoute(target);
+            if let Some(skipped) = self.logs.allow("no_route") {
+                tracing::warn!("outbound {}: CONNECT: {e}{}", self.listen, more(skipped));
+            }
+            return body::text(StatusCode::BAD_GATEWAY, format!("signet: {e}"));
+        };
+        // The peer first: a refusal is a 503 with Envoy's body, before the app sends a byte.
+        let (tls, active) = match connect_peer(&self.shared, &service, ClientAlpn::None).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                if let Some(skipped) = self.logs.allow("upstream") {
+                    tracing::warn!(
+                        "outbound {}: CONNECT {} failed: {}{}",
+                        self.listen,
+                        service.name,
+                        e.envoy_body(),
+                        more(skipped)
+                    );
+                }
+                return body::text(StatusCode::SERVICE_UNAVAILABLE, e.envoy_body());
+            }
+        };
+        let app_side = hyper::upgrade::on(req);
+        let (shared, name) = (
+            self.shared.clone(),
+            format!("outbound {} (CONNECT {})", self.listen, service.name),
+        );
+        self.shared.life.spawn(async move {
+            let _active = active;
+            match app_side.await {
+                Ok(upgraded) => {
+                    let (mut app, mut tls) = (TokioIo::new(upgraded), tls);
+                    splice_until_done(&shared, &mut app, &mut tls, &name).await
+                }
+                Err(e) => tracing::debug!("{name}: the app's side never switched: {e}"),
+            }
+        });
+        Response::new(body::full(bytes::Bytes::new()))
     }
 }
 
@@ -415,6 +498,7 @@ fn failure_body(err: &hyper_util::client::legacy::Error, our_signer: &str) -> St
 pub(crate) struct MeshConnector {
     shared: Arc<Shared>,
     services: Arc<ServiceTable>,
+    alpn: ClientAlpn,
 }
 
 impl tower_service::Service<Uri> for MeshConnector {
@@ -427,13 +511,13 @@ impl tower_service::Service<Uri> for MeshConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let (shared, services) = (self.shared.clone(), self.services.clone());
+        let (shared, services, alpn) = (self.shared.clone(), self.services.clone(), self.alpn);
         Box::pin(async move {
             let target = uri.authority().map(|a| a.as_str()).unwrap_or_default();
             let service = services
                 .get(target)
                 .ok_or_else(|| UpstreamError::NoRoute(target.to_string()))?;
-            let (tls, active) = connect_peer(&shared, &service, ClientAlpn::Http).await?;
+            let (tls, active) = connect_peer(&shared, &service, alpn).await?;
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             Ok(MeshStream {
                 io: TokioIo::new(tls),
@@ -560,11 +644,12 @@ async fn tunnel(
             return;
         }
     };
-    splice_until_done(shared, &mut client, &mut tls, peer, name).await
+    splice_until_done(shared, &mut client, &mut tls, &format!("{name}: {peer}'s tunnel")).await
 }
 
-/// Copies both ways under the TCP idle timeout and the maximum connection age.
-async fn splice_until_done<A, B>(shared: &Shared, a: &mut A, b: &mut B, peer: SocketAddr, name: &str)
+/// Copies both ways under the TCP idle timeout and the maximum connection age; `name` says
+/// which tunnel in logs.
+pub(crate) async fn splice_until_done<A, B>(shared: &Shared, a: &mut A, b: &mut B, name: &str)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -575,14 +660,34 @@ where
         Ok(Ok(())) => {}
         Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
             shared.metrics.closed(Direction::Outbound, Closed::Idle);
-            tracing::debug!("{name}: closed {peer}'s tunnel: {e}");
+            tracing::debug!("{name}: closed: {e}");
         }
-        Ok(Err(e)) => tracing::debug!("{name}: tunnel for {peer} ended: {e}"),
+        Ok(Err(e)) => tracing::debug!("{name}: ended: {e}"),
         Err(_) => {
             shared.metrics.closed(Direction::Outbound, Closed::MaxAge);
-            tracing::debug!("{name}: closed {peer}'s tunnel at its maximum age");
+            tracing::debug!("{name}: closed at its maximum age");
         }
     }
+}
+
+/// Once both sides of an HTTP upgrade (WebSocket, say) have switched, copies bytes between
+/// them, under the same limits as a TCP tunnel.
+pub(crate) fn spawn_upgraded(
+    shared: Arc<Shared>,
+    a: hyper::upgrade::OnUpgrade,
+    b: hyper::upgrade::OnUpgrade,
+    name: String,
+) {
+    let life = shared.life.clone();
+    life.spawn(async move {
+        match tokio::join!(a, b) {
+            (Ok(a), Ok(b)) => {
+                let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                splice_until_done(&shared, &mut a, &mut b, &name).await
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::debug!("{name}: a side never switched: {e}"),
+        }
+    });
 }
 
 // === the captured outbound ===
@@ -718,8 +823,8 @@ impl CaptureOutbound {
             }
         };
         let _ = upstream.set_nodelay(true);
-        let name = format!("captured outbound {} (passthrough to {dst})", self.listen);
-        splice_until_done(&self.shared, &mut client, &mut upstream, peer, &name).await
+        let name = format!("captured outbound {}: passthrough of {peer} to {dst}", self.listen);
+        splice_until_done(&self.shared, &mut client, &mut upstream, &name).await
     }
 }
 

@@ -28,7 +28,6 @@ use std::time::Duration;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -317,7 +316,8 @@ where
     let service = Tracked::new(service, activity.clone(), serving.on_response.clone());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.max_buf_size(serving.limits.max_header_bytes.max(MIN_H1_BUFFER));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    // Upgrades (WebSocket and friends) are served: the service decides whether to switch.
+    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     supervise(conn, &activity, serving).await
 }
 
@@ -345,15 +345,52 @@ where
         .keep_alive_interval(Some(limits.h2_keepalive))
         .keep_alive_timeout(limits.h2_keepalive)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     supervise(conn, &activity, serving).await
+}
+
+/// A served connection that can be asked to finish its request in flight and close (hyper's
+/// connections, with upgrades).
+trait Graceful: Future<Output = Result<(), Self::Error>> {
+    type Error;
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Error = hyper::Error;
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Error = BoxError;
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(self)
+    }
 }
 
 /// Runs a connection to its end, closing it when a limit of `serving` says so (see
 /// [`Activity::expired`]) or on shutdown (after its current request).
 async fn supervise<C>(conn: C, activity: &Activity, serving: &HttpServing) -> Served
 where
-    C: GracefulConnection,
+    C: Graceful,
     C::Error: Into<BoxError>,
 {
     let limits = &serving.limits;

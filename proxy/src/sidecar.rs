@@ -326,8 +326,9 @@ fn tls_settings(config: &Config, services: &ServiceTable) -> TlsSettings {
         .inbound
         .iter()
         .map(|ib| InboundTls {
+            // HTTP/1.1 preferred (see ALPN_HTTP); `auto` offers HTTP as well, and a peer that
+            // asks for no ALPN gets bytes.
             alpn: match ib.protocol {
-                // `auto` offers HTTP too; a peer that asks for no ALPN gets bytes.
                 Protocol::Http | Protocol::Auto => crypto::alpn(crypto::ALPN_HTTP),
                 Protocol::Tcp => Vec::new(),
             },
@@ -336,14 +337,12 @@ fn tls_settings(config: &Config, services: &ServiceTable) -> TlsSettings {
         .collect();
     let mut outbound = Vec::new();
     let captures = config.capture.as_ref().is_some_and(|c| c.outbound.is_some());
+    // The HTTP proxy and the captured outbound carry HTTP/1.x, h2 and tunnels (CONNECT, opaque).
     if config.outbound_http.is_some() || captures {
         for s in services.iter() {
-            outbound.push((s.identity.clone(), ClientAlpn::Http));
-        }
-    }
-    if captures {
-        for s in services.iter() {
-            outbound.push((s.identity.clone(), ClientAlpn::None));
+            for alpn in [ClientAlpn::Http1, ClientAlpn::H2, ClientAlpn::None] {
+                outbound.push((s.identity.clone(), alpn));
+            }
         }
     }
     for route in &config.outbound_tcp {

@@ -100,6 +100,9 @@ pub struct InboundFile {
     pub protocol: Protocol,
     #[serde(default)]
     pub allow: Vec<IdPattern>,
+    /// `strict` (default): mTLS only; `permissive`: plaintext too (Istio's PeerAuthentication).
+    #[serde(default)]
+    pub mode: super::InboundMode,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -124,6 +127,8 @@ pub struct CaptureFile {
     /// Who may connect through the captured inbound (as `inbound[].allow`).
     #[serde(default)]
     pub inbound_allow: Vec<IdPattern>,
+    /// `strict` (default) or `permissive`, as `inbound[].mode`.
+    pub inbound_mode: Option<super::InboundMode>,
     /// Outbound destinations that are not in the service table: `passthrough` (Istio's
     /// ALLOW_ANY, the default) or `block` (REGISTRY_ONLY).
     pub unknown_destinations: Option<super::UnknownDestinations>,
@@ -255,6 +260,7 @@ impl ConfigFile {
                     } else {
                         upper.inbound_allow
                     },
+                    inbound_mode: pick(lower.inbound_mode, upper.inbound_mode),
                     unknown_destinations: pick(lower.unknown_destinations, upper.unknown_destinations),
                     sniff_timeout: pick(lower.sniff_timeout, upper.sniff_timeout),
                 }),

@@ -75,6 +75,43 @@ impl fmt::Display for Protocol {
 
 deserialize_from_str!(Protocol);
 
+/// Whether an inbound listener takes only mTLS (Istio's STRICT) or plaintext too (PERMISSIVE).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InboundMode {
+    /// Only peers with a certificate of this sidecar's signer (the default).
+    #[default]
+    Strict,
+    /// mTLS and plaintext on one port, told apart by the first byte; plaintext reaches the app
+    /// without an identity (no XFCC) and is counted apart. For migrations only.
+    Permissive,
+}
+
+impl FromStr for InboundMode {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "strict" => Ok(InboundMode::Strict),
+            "permissive" => Ok(InboundMode::Permissive),
+            _ => Err(UnknownChoice {
+                what: "inbound mode",
+                input: s.to_string(),
+                choices: "strict (the default) or permissive",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for InboundMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InboundMode::Strict => "strict",
+            InboundMode::Permissive => "permissive",
+        })
+    }
+}
+
+deserialize_from_str!(InboundMode);
+
 /// What the captured outbound does with a destination that is not in the service table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UnknownDestinations {
@@ -411,6 +448,7 @@ pub struct InboundConfig {
     pub app: AppTarget,
     pub protocol: Protocol,
     pub allow: AllowList,
+    pub mode: InboundMode,
 }
 
 /// Where an inbound listener's connections go.

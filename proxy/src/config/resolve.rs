@@ -184,6 +184,7 @@ fn inbound(entries: Vec<InboundFile>) -> Result<Vec<InboundConfig>, ConfigError>
                 app: AppTarget::Fixed(ib.app),
                 protocol: ib.protocol,
                 allow: AllowList::new(ib.allow),
+                mode: ib.mode,
             })
         })
         .collect()
@@ -208,6 +209,7 @@ fn capture(file: CaptureFile, inbound: &mut Vec<InboundConfig>) -> Result<Captur
             app: AppTarget::OriginalPort,
             protocol: Protocol::Auto,
             allow: AllowList::new(file.inbound_allow),
+            mode: file.inbound_mode.unwrap_or_default(),
         });
     }
     let sniff_timeout = file.sniff_timeout.map_or(DEFAULT_SNIFF_TIMEOUT, |d| d.0);

@@ -34,9 +34,11 @@ pub struct InboundTls {
 /// Which ALPN an outbound connection offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ClientAlpn {
-    /// h2 and http/1.1 (the HTTP outbound proxy).
-    Http,
-    /// None: raw TCP tunnels.
+    /// http/1.1: the app's HTTP/1.x requests (and upgrades) keep their version to the peer.
+    Http1,
+    /// h2: the app's HTTP/2 requests (gRPC) keep theirs.
+    H2,
+    /// None: raw TCP tunnels (and CONNECT).
     None,
 }
 
@@ -370,9 +372,11 @@ impl TlsStore {
                 Some(s) => Resumption::store(s.client_cache.clone()),
                 None => Resumption::disabled(),
             };
-            if *alpn == ClientAlpn::Http {
-                config.alpn_protocols = crypto::alpn(crypto::ALPN_HTTP);
-            }
+            config.alpn_protocols = match alpn {
+                ClientAlpn::Http1 => crypto::alpn(&[b"http/1.1"]),
+                ClientAlpn::H2 => crypto::alpn(&[b"h2"]),
+                ClientAlpn::None => Vec::new(),
+            };
             clients.insert((expected.clone(), *alpn), (Arc::new(config), verifier));
         }
 
