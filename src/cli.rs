@@ -358,6 +358,9 @@ pub struct ProxyArgs {
     /// How long the captured outbound waits for the app's first bytes before taking it for a server-first protocol [default: 100ms].
     #[arg(long, value_name = "DURATION")]
     pub sniff_timeout: Option<HumanDuration>,
+    /// How the captured outbound carries a service of the table (repeatable): auto (by the app's first bytes), http or tcp (a byte tunnel), e.g. httpbin.bar:8000=tcp.
+    #[arg(long = "service-protocol", value_name = "HOST:PORT=PROTOCOL")]
+    pub service_protocol: Vec<String>,
     /// A virtual ip:port the app may dial for a service of the table (repeatable), e.g. httpbin.foo:8000=10.96.0.10:8000.
     #[arg(long = "service-address", value_name = "HOST:PORT=IP:PORT")]
     pub service_address: Vec<String>,
@@ -521,6 +524,7 @@ impl ProxyArgs {
                     address,
                     identity,
                     addresses: Vec::new(),
+                    protocol: None,
                 },
             );
         }
@@ -532,6 +536,16 @@ impl ProxyArgs {
                 .map(|(_, s)| s)
                 .ok_or_else(|| format!("--service-address {v:?}: {name} is not a --service; give --service {name}=ADDRESS[,SPIFFE_ID] too"))?;
             entry.addresses.push(address);
+        }
+        for v in &self.service_protocol {
+            let (name, protocol) = split("--service-protocol", v)?;
+            let protocol = protocol.parse().map_err(|e| format!("--service-protocol {v:?}: {e}"))?;
+            let entry = services
+                .iter_mut()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+                .map(|(_, s)| s)
+                .ok_or_else(|| format!("--service-protocol {v:?}: {name} is not a --service; give --service {name}=ADDRESS[,SPIFFE_ID] too"))?;
+            entry.protocol = Some(protocol);
         }
         let capture = CaptureFile {
             outbound: self.capture_outbound.clone(),

@@ -207,6 +207,7 @@ async fn scenario(dir: &Path, keep_running: bool) -> Result<ExitCode, String> {
             format!("{}:8000", w.label),
             ServiceFile {
                 addresses: Vec::new(),
+                protocol: None,
                 address: side.addrs.inbound[0].to_string(),
                 identity: Some(id_of(w)?),
             },

@@ -252,6 +252,46 @@ fn the_scenario_runs_literally_in_pods() {
     assert_eq!((http, refused, passthrough), (3, 0, 0));
 }
 
+/// TCP mode: the services declared `tcp` (an Istio port named `tcp-…`), so the captured
+/// outbound tunnels bytes instead of speaking HTTP. Same signer: the page; across signers the
+/// connection is reset, what Istio's users see (curl 56).
+#[test]
+fn the_scenario_in_tcp_mode_resets_the_cross_signer_call() {
+    let Some(p) = pods("tcp") else { return };
+    for pod in ["httpbin-foo", "httpbin-bar", "curl-foo"] {
+        p.capture(pod);
+    }
+    let _app_foo = p.httpbin("httpbin-foo");
+    let _app_bar = p.httpbin("httpbin-bar");
+    let _side_foo = p.sidecar("httpbin-foo", "foo", "httpbin", &[]);
+    let _side_bar = p.sidecar("httpbin-bar", "bar", "httpbin", &[]);
+    let tcp = [
+        "--service-protocol",
+        "httpbin.foo:8000=tcp",
+        "--service-protocol",
+        "httpbin.bar:8000=tcp",
+    ];
+    let side_curl = p.sidecar("curl-foo", "foo", "curl", &tcp);
+
+    let ok = p.curl("curl-foo", &["http://httpbin.foo:8000/headers"]);
+    assert_eq!(ok.status, 200, "{ok:?}\n{}", side_curl.log());
+    assert!(ok.body.contains("httpbin.foo:8000"), "{}", ok.body);
+    assert!(
+        !ok.body.contains("X-Forwarded-Client-Cert"),
+        "bytes were tunnelled, not proxied as HTTP: {}",
+        ok.body
+    );
+    let bar_before = p.requests("httpbin-bar");
+    let reset = p.curl("curl-foo", &["http://httpbin.bar:8000/html"]);
+    assert_eq!(reset.code, 56, "connection reset by peer: {reset:?}");
+    assert!(reset.stderr.contains("reset by peer"), "{reset:?}");
+    assert_eq!(p.requests("httpbin-bar"), bar_before, "nothing reached httpbin.bar");
+    assert_eq!(
+        p.metric("curl-foo", "signet_captured_connections_total{route=\"tcp\"}"),
+        2
+    );
+}
+
 /// What the demo may leave behind: namespaces, hosts files, and rules in this namespace.
 fn leftovers() -> (Vec<String>, Vec<String>, String) {
     let namespaces = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)

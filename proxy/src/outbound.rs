@@ -25,7 +25,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::body::{self, Body, keep_upgrade, strip_hop_by_hop, upgrade_of};
 use crate::capture::{Sniffed, original_dst, sniff};
-use crate::config::{CaptureConfig, UnknownDestinations};
+use crate::config::{CaptureConfig, Protocol, UnknownDestinations};
 use crate::credentials::Credentials;
 use crate::metrics::{ActiveGuard, Captured, Direction, Listener};
 use crate::serve::{Closed, HttpServing, Refusal, accept_loop, serve_http_auto};
@@ -633,6 +633,8 @@ async fn tunnel(
     let (mut tls, _active) = match connect_peer(shared, service, ClientAlpn::None).await {
         Ok(conn) => conn,
         Err(e) => {
+            // A reset, as Envoy and ztunnel give: the app sees "connection reset by peer".
+            let _ = client.set_zero_linger();
             if let Some(skipped) = logs.allow("upstream") {
                 tracing::warn!(
                     "{name}: closing {peer}'s connection to {}: {}{}",
@@ -779,7 +781,12 @@ impl CaptureOutbound {
                 }
             };
         };
-        match sniff(&stream, self.capture.sniff_timeout).await {
+        let sniffed = match service.protocol {
+            Protocol::Tcp => Sniffed::Opaque,
+            Protocol::Http => Sniffed::Http,
+            Protocol::Auto => sniff(&stream, self.capture.sniff_timeout).await,
+        };
+        match sniffed {
             Sniffed::Http => {
                 metrics.captured(Captured::Http);
                 self.http.clone().serve_captured(stream, service).await

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use signet_certs::SpiffeId;
 
+use crate::config::Protocol;
+
 /// Why a service table entry is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -34,6 +36,8 @@ pub struct Service {
     /// The `ip:port`s an app may dial for this service (captured outbound): its virtual
     /// addresses, and `address` itself when it is one.
     pub addresses: Vec<SocketAddr>,
+    /// How the captured outbound carries it (`auto`: by the app's first bytes).
+    pub protocol: Protocol,
 }
 
 impl Service {
@@ -56,7 +60,14 @@ impl Service {
             identity,
             server_name,
             addresses,
+            protocol: Protocol::Auto,
         })
+    }
+
+    /// Sets how the captured outbound carries this service.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Adds a virtual `ip:port` the app may dial for this service.

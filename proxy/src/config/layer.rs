@@ -153,6 +153,9 @@ pub struct ServiceFile {
     /// capture, a connection to one of them (or to `address`) is this service.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// How the captured outbound carries it: `auto` (default: HTTP when the app's first bytes
+    /// are HTTP), `http`, or `tcp` (always a byte tunnel, as an Istio port named `tcp-…`).
+    pub protocol: Option<super::Protocol>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -153,6 +153,9 @@ fn services(entries: BTreeMap<String, ServiceFile>) -> Result<ServiceTable, Conf
         for a in &s.addresses {
             service = service.with_address(a).map_err(bad)?;
         }
+        if let Some(protocol) = s.protocol {
+            service = service.with_protocol(protocol);
+        }
         services.insert(service);
     }
     Ok(services)
