@@ -368,3 +368,46 @@ fn demo_pods_runs_the_task_and_leaves_nothing_behind_even_when_killed() {
     assert!(third.log().contains("removing the pods"), "{}", third.log());
     assert_eq!((leftovers(), nat_rules()), before);
 }
+
+/// Destinations outside the service table: passed through unchanged by default (Istio's
+/// ALLOW_ANY), or blocked.
+#[test]
+fn unknown_destinations_pass_through_or_are_blocked() {
+    if !root_or_skip() {
+        return;
+    }
+    let net = PodNet::create(
+        &prefix("unk"),
+        &["httpbin-foo", "httpbin-bar", "curl-foo", "outside"],
+        &[("httpbin.foo", "httpbin-foo"), ("httpbin.bar", "httpbin-bar")],
+    )
+    .unwrap();
+    let p = Pods {
+        net,
+        mesh: Mesh::new(&["istio-system", "foo", "bar"]),
+    };
+    // A server outside the mesh: no sidecar, no capture.
+    let _outside = p.httpbin("outside");
+    let url = format!("http://{}:8000/get", p.net.pod("outside").unwrap().ip);
+    p.capture("curl-foo");
+
+    let side = p.sidecar("curl-foo", "foo", "curl", &[]);
+    let through = p.curl("curl-foo", &[&url]);
+    assert_eq!(through.status, 200, "{through:?}\n{}", side.log());
+    assert!(!through.body.contains("X-Forwarded-Client-Cert"), "{}", through.body);
+    assert_eq!(
+        p.metric("curl-foo", "signet_captured_connections_total{route=\"passthrough\"}"),
+        1
+    );
+    drop(side);
+
+    let side = p.sidecar("curl-foo", "foo", "curl", &["--unknown-destinations", "block"]);
+    let blocked = p.curl("curl-foo", &[&url]);
+    assert_eq!(blocked.status, 0, "{blocked:?}");
+    assert!(matches!(blocked.code, 52 | 56), "closed without an answer: {blocked:?}");
+    assert_eq!(
+        p.metric("curl-foo", "signet_captured_connections_total{route=\"blocked\"}"),
+        1
+    );
+    assert!(side.log().contains("not a service of the table"), "{}", side.log());
+}
