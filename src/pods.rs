@@ -7,13 +7,15 @@
 //!
 //! Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and `ip` (iproute2).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// The pods' subnet: 10.88.0.0/24, a pod's address 10.88.0.(index + 2). Each [`PodNet`] has its
-/// own hub, so two of them never see each other even with the same addresses.
+/// The pods' subnets: 10.88.0.0/24 and fd88::/64 (unique local), a pod's addresses
+/// 10.88.0.(index + 2) and fd88::(index + 2). Each [`PodNet`] has its own hub, so two of them
+/// never see each other even with the same addresses.
 const SUBNET: [u8; 3] = [10, 88, 0];
+const SUBNET6: u16 = 0xfd88;
 const BRIDGE: &str = "signet0";
 
 #[derive(Clone, Debug)]
@@ -23,6 +25,8 @@ pub struct Pod {
     /// Its network namespace.
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Where the host has IPv6; the hosts file names only `ip`.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// A set of pods on one bridge. Dropping it removes every namespace, link and hosts file.
@@ -118,17 +122,33 @@ impl PodNet {
         for (i, name) in pods.iter().enumerate() {
             let netns = format!("{prefix}-{name}");
             let addr = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], i as u8 + 2);
+            let addr6 = Ipv6Addr::new(SUBNET6, 0, 0, 0, 0, 0, 0, i as u16 + 2);
             ip(&["netns", "add", &netns])?;
+            let has_ipv6 = std::path::Path::new("/proc/net/if_inet6").exists();
             net.pods.push(Pod {
                 name: name.to_string(),
                 netns: netns.clone(),
                 ip: addr,
+                ip6: has_ipv6.then_some(addr6),
             });
             let port = format!("p{i}");
             ip(&[
                 "-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &hub,
             ])?;
             ip(&["-n", &netns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            if has_ipv6 {
+                // nodad: usable at once, without duplicate address detection's delay.
+                ip(&[
+                    "-n",
+                    &netns,
+                    "addr",
+                    "add",
+                    &format!("{addr6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?;
+            }
             ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &netns, "link", "set", "lo", "up"])?;
             ip(&["-n", &hub, "link", "set", &port, "master", BRIDGE])?;

@@ -10,195 +10,69 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use signet::pods::PodNet;
+use support::pods::{PROXY_GID, Pods, root_or_skip};
 use support::*;
 
-/// The group the sidecars run as: `signet iptables` exempts its traffic from capture.
-const PROXY_GID: &str = "1337";
-
-fn root_or_skip() -> bool {
-    if let Err(why) = signet::pods::can_create() {
-        if std::env::var_os("SIGNET_SKIP_ROOT_TESTS").is_some() {
-            eprintln!("skipped: {why} (SIGNET_SKIP_ROOT_TESTS is set)");
-            return false;
-        }
-        panic!("{why}; run the tests as root (CI does), or set SIGNET_SKIP_ROOT_TESTS=1 to skip them");
-    }
-    assert!(
-        Command::new("iptables-restore").arg("--version").output().is_ok(),
-        "iptables is not installed (apt-get install iptables; .ci/run does)"
-    );
-    true
-}
-
-/// A prefix for this test's namespaces, unique per process and test.
-fn prefix(test: &str) -> String {
-    format!("sgt{}{test}", std::process::id() % 100_000)
-}
-
-struct Pods {
-    net: PodNet,
-    mesh: Mesh,
-}
-
-impl Pods {
-    fn signet(&self, pod: &str) -> Command {
-        let mut cmd = self.net.command(pod, signet_cmd().get_program().to_str().unwrap());
-        cmd.env_remove("ISTIO_META_CERT_SIGNER").env_remove("RUST_LOG");
-        cmd
-    }
-
-    /// `signet iptables` in the pod: what an init container does.
-    fn capture(&self, pod: &str) {
-        let out = self
-            .signet(pod)
-            .args(["iptables", "--proxy-gid", PROXY_GID])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "signet iptables in {pod}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// The sidecar of `pod`, running as the proxy's group, capturing both ways.
-    fn sidecar(&self, pod: &str, ns: &str, sa: &str, extra: &[&str]) -> Proc {
-        let certs = self.mesh.issue(ns, &format!("{pod}-certs"), &spiffe(ns, sa), &[]);
-        let ready = ready_path(pod);
-        let mut cmd = self.net.command(pod, "setpriv");
-        cmd.args(["--regid", PROXY_GID, "--clear-groups", "--"])
-            .arg(signet_cmd().get_program())
-            .args([
-                "proxy",
-                "--cert-dir",
-                &certs,
-                "--bundle",
-                &self.mesh.bundle(),
-                "--signer",
-                ns,
-                "--capture-outbound",
-                "0.0.0.0:15001",
-                "--capture-inbound",
-                "0.0.0.0:15006",
-                "--admin",
-                "127.0.0.1:15000",
-                "--ready-file",
-            ])
-            .arg(&ready)
-            .args(extra)
-            .env_remove("ISTIO_META_CERT_SIGNER");
-        for (ns, pod_name) in [("foo", "httpbin-foo"), ("bar", "httpbin-bar")] {
-            let ip = self.net.pod(pod_name).unwrap().ip;
-            cmd.args([
-                "--service",
-                &format!("httpbin.{ns}:8000={ip}:8000,{}", spiffe(ns, "httpbin")),
-            ]);
-        }
-        let mut proc = Proc::spawn(&format!("sidecar {pod}"), cmd);
-        proc.wait_ready_file(&ready, Duration::from_secs(20));
-        proc
-    }
-
-    /// The real httpbin (gunicorn) in `pod`, on 0.0.0.0:8000 as in the task.
-    fn httpbin(&self, pod: &str) -> Proc {
-        let gunicorn = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/gunicorn");
-        assert!(gunicorn.exists(), "run ./test.sh: it installs httpbin into target/venv");
-        let log = self.mesh.path(&format!("{pod}-access.log"));
-        let mut cmd = self.net.command(pod, gunicorn.to_str().unwrap());
-        cmd.args([
-            "-b",
-            "0.0.0.0:8000",
-            "--workers",
-            "2",
-            "--no-control-socket",
-            "--access-logfile",
-        ])
-        .arg(&log)
-        .arg("httpbin:app")
-        .current_dir(self.mesh.dir.path());
-        let proc = Proc::spawn(pod, cmd);
-        let start = Instant::now();
-        while self.curl(pod, &["http://127.0.0.1:8000/status/204"]).status != 204 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "httpbin in {pod}:\n{}",
-                proc.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        proc
-    }
-
-    fn requests(&self, pod: &str) -> usize {
-        std::fs::read_to_string(self.mesh.path(&format!("{pod}-access.log")))
-            .map(|l| l.lines().count())
-            .unwrap_or(0)
-    }
-
-    /// The real curl inside `pod`, no proxy settings.
-    fn curl(&self, pod: &str, args: &[&str]) -> Curl {
-        self.curl_as(pod, None, args)
-    }
-
-    /// curl in `pod`, as group `gid` when given (the proxy's group: not captured).
-    fn curl_as(&self, pod: &str, gid: Option<&str>, args: &[&str]) -> Curl {
-        let mut cmd = match gid {
-            Some(g) => {
-                let mut c = self.net.command(pod, "setpriv");
-                c.args(["--regid", g, "--clear-groups", "--", "curl"]);
-                c
-            }
-            None => self.net.command(pod, "curl"),
-        };
-        for var in [
-            "http_proxy",
-            "HTTP_PROXY",
-            "https_proxy",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "all_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
-        let out = cmd
-            .args(["-sS", "--max-time", "15", "-w", "\n@@status:%{http_code}"])
-            .args(args)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, status) = match stdout.rsplit_once("\n@@status:") {
-            Some((b, s)) => (b.to_string(), s.trim().parse().unwrap_or(0)),
-            None => (stdout, 0),
-        };
-        Curl {
-            code: out.status.code().unwrap_or(-1),
-            status,
-            body,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn metric(&self, pod: &str, sample: &str) -> u64 {
-        let body = self.curl(pod, &["http://127.0.0.1:15000/metrics"]).body;
-        body.lines()
-            .find_map(|l| l.strip_prefix(sample).map(|v| v.trim().parse().unwrap_or(0)))
-            .unwrap_or_else(|| panic!("no sample {sample} in:\n{body}"))
-    }
-}
-
-fn pods(test: &str) -> Option<Pods> {
-    if !root_or_skip() {
-        return None;
-    }
-    let net = PodNet::create(
-        &prefix(test),
+/// The scenario's three pods; httpbin.foo and httpbin.bar resolve to theirs.
+fn pods(tag: &str) -> Option<Pods> {
+    Pods::new(
+        tag,
         &["httpbin-foo", "httpbin-bar", "curl-foo"],
         &[("httpbin.foo", "httpbin-foo"), ("httpbin.bar", "httpbin-bar")],
+        &["istio-system", "foo", "bar"],
     )
-    .unwrap();
-    let mesh = Mesh::new(&["istio-system", "foo", "bar"]);
-    Some(Pods { net, mesh })
+}
+
+/// A sidecar whose service table has httpbin.foo:8000 and httpbin.bar:8000 (their pods' IPs).
+fn sidecar(p: &Pods, pod: &str, ns: &str, sa: &str, extra: &[&str]) -> Proc {
+    let mut args = Vec::new();
+    for (svc_ns, svc_pod) in [("foo", "httpbin-foo"), ("bar", "httpbin-bar")] {
+        args.push("--service".to_string());
+        args.push(format!(
+            "httpbin.{svc_ns}:8000={}:8000,{}",
+            p.ip(svc_pod),
+            spiffe(svc_ns, "httpbin")
+        ));
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    p.sidecar(pod, ns, sa, &args)
+}
+
+/// The real httpbin (gunicorn) in `pod`, on 0.0.0.0:8000 as in the task.
+fn httpbin(p: &Pods, pod: &str) -> Proc {
+    let gunicorn = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/gunicorn");
+    assert!(gunicorn.exists(), "run ./test.sh: it installs httpbin into target/venv");
+    let log = p.mesh.path(&format!("{pod}-access.log"));
+    let mut cmd = p.command(pod, None, &gunicorn);
+    cmd.args([
+        "-b",
+        "0.0.0.0:8000",
+        "--workers",
+        "2",
+        "--no-control-socket",
+        "--access-logfile",
+    ])
+    .arg(&log)
+    .arg("httpbin:app")
+    .current_dir(p.mesh.dir.path());
+    let proc = Proc::spawn(pod, cmd);
+    let start = Instant::now();
+    while p.curl(pod, None, &["http://127.0.0.1:8000/status/204"]).status != 204 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "httpbin in {pod}:\n{}",
+            proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proc
+}
+
+/// Requests the httpbin of `pod` has logged.
+fn requests(p: &Pods, pod: &str) -> usize {
+    std::fs::read_to_string(p.mesh.path(&format!("{pod}-access.log")))
+        .map(|l| l.lines().count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -207,23 +81,23 @@ fn the_scenario_runs_literally_in_pods() {
     for pod in ["httpbin-foo", "httpbin-bar", "curl-foo"] {
         p.capture(pod);
     }
-    let _app_foo = p.httpbin("httpbin-foo");
-    let _app_bar = p.httpbin("httpbin-bar");
-    let _side_foo = p.sidecar("httpbin-foo", "foo", "httpbin", &[]);
-    let _side_bar = p.sidecar("httpbin-bar", "bar", "httpbin", &[]);
-    let side_curl = p.sidecar("curl-foo", "foo", "curl", &[]);
+    let _app_foo = httpbin(&p, "httpbin-foo");
+    let _app_bar = httpbin(&p, "httpbin-bar");
+    let _side_foo = sidecar(&p, "httpbin-foo", "foo", "httpbin", &[]);
+    let _side_bar = sidecar(&p, "httpbin-bar", "bar", "httpbin", &[]);
+    let side_curl = sidecar(&p, "curl-foo", "foo", "curl", &[]);
 
     // The task's two commands, as written.
-    let ok = p.curl("curl-foo", &["http://httpbin.foo:8000/html"]);
+    let ok = p.curl("curl-foo", None, &["http://httpbin.foo:8000/html"]);
     assert_eq!(ok.status, 200, "{ok:?}\n{}", side_curl.log());
     assert!(ok.body.contains("Herman Melville - Moby-Dick"), "{}", ok.body);
-    let bar_before = p.requests("httpbin-bar");
-    let cross = p.curl("curl-foo", &["http://httpbin.bar:8000/html"]);
+    let bar_before = requests(&p, "httpbin-bar");
+    let cross = p.curl("curl-foo", None, &["http://httpbin.bar:8000/html"]);
     assert_eq!(cross.status, 503, "{cross:?}");
     assert!(cross.body.contains("CERTIFICATE_VERIFY_FAILED"), "{}", cross.body);
 
     // httpbin.foo saw the caller's identity, added by its sidecar (captured inbound, HTTP).
-    let headers = p.curl("curl-foo", &["http://httpbin.foo:8000/headers"]);
+    let headers = p.curl("curl-foo", None, &["http://httpbin.foo:8000/headers"]);
     assert!(
         headers.body.contains(&format!("URI={}", spiffe("foo", "curl"))),
         "{}",
@@ -232,11 +106,11 @@ fn the_scenario_runs_literally_in_pods() {
 
     // Plaintext straight to httpbin.bar's pod, bypassing the curl pod's capture (as the proxy's
     // group): httpbin.bar's captured inbound takes it and refuses it (not TLS).
-    let bar_ip = p.net.pod("httpbin-bar").unwrap().ip;
-    let plain = p.curl_as("curl-foo", Some(PROXY_GID), &[&format!("http://{bar_ip}:8000/html")]);
+    let bar_ip = p.ip("httpbin-bar");
+    let plain = p.curl("curl-foo", Some(PROXY_GID), &[&format!("http://{bar_ip}:8000/html")]);
     assert_ne!(plain.status, 200, "{plain:?}");
     assert_eq!(plain.status, 0, "no HTTP answer at all: {plain:?}");
-    assert_eq!(p.requests("httpbin-bar"), bar_before, "nothing reached httpbin.bar");
+    assert_eq!(requests(&p, "httpbin-bar"), bar_before, "nothing reached httpbin.bar");
     assert!(
         p.metric(
             "httpbin-bar",
@@ -261,19 +135,19 @@ fn the_scenario_in_tcp_mode_resets_the_cross_signer_call() {
     for pod in ["httpbin-foo", "httpbin-bar", "curl-foo"] {
         p.capture(pod);
     }
-    let _app_foo = p.httpbin("httpbin-foo");
-    let _app_bar = p.httpbin("httpbin-bar");
-    let _side_foo = p.sidecar("httpbin-foo", "foo", "httpbin", &[]);
-    let _side_bar = p.sidecar("httpbin-bar", "bar", "httpbin", &[]);
+    let _app_foo = httpbin(&p, "httpbin-foo");
+    let _app_bar = httpbin(&p, "httpbin-bar");
+    let _side_foo = sidecar(&p, "httpbin-foo", "foo", "httpbin", &[]);
+    let _side_bar = sidecar(&p, "httpbin-bar", "bar", "httpbin", &[]);
     let tcp = [
         "--service-protocol",
         "httpbin.foo:8000=tcp",
         "--service-protocol",
         "httpbin.bar:8000=tcp",
     ];
-    let side_curl = p.sidecar("curl-foo", "foo", "curl", &tcp);
+    let side_curl = sidecar(&p, "curl-foo", "foo", "curl", &tcp);
 
-    let ok = p.curl("curl-foo", &["http://httpbin.foo:8000/headers"]);
+    let ok = p.curl("curl-foo", None, &["http://httpbin.foo:8000/headers"]);
     assert_eq!(ok.status, 200, "{ok:?}\n{}", side_curl.log());
     assert!(ok.body.contains("httpbin.foo:8000"), "{}", ok.body);
     assert!(
@@ -281,11 +155,11 @@ fn the_scenario_in_tcp_mode_resets_the_cross_signer_call() {
         "bytes were tunnelled, not proxied as HTTP: {}",
         ok.body
     );
-    let bar_before = p.requests("httpbin-bar");
-    let reset = p.curl("curl-foo", &["http://httpbin.bar:8000/html"]);
+    let bar_before = requests(&p, "httpbin-bar");
+    let reset = p.curl("curl-foo", None, &["http://httpbin.bar:8000/html"]);
     assert_eq!(reset.code, 56, "connection reset by peer: {reset:?}");
     assert!(reset.stderr.contains("reset by peer"), "{reset:?}");
-    assert_eq!(p.requests("httpbin-bar"), bar_before, "nothing reached httpbin.bar");
+    assert_eq!(requests(&p, "httpbin-bar"), bar_before, "nothing reached httpbin.bar");
     assert_eq!(
         p.metric("curl-foo", "signet_captured_connections_total{route=\"tcp\"}"),
         2
@@ -373,26 +247,21 @@ fn demo_pods_runs_the_task_and_leaves_nothing_behind_even_when_killed() {
 /// ALLOW_ANY), or blocked.
 #[test]
 fn unknown_destinations_pass_through_or_are_blocked() {
-    if !root_or_skip() {
-        return;
-    }
-    let net = PodNet::create(
-        &prefix("unk"),
+    let Some(p) = Pods::new(
+        "unk",
         &["httpbin-foo", "httpbin-bar", "curl-foo", "outside"],
         &[("httpbin.foo", "httpbin-foo"), ("httpbin.bar", "httpbin-bar")],
-    )
-    .unwrap();
-    let p = Pods {
-        net,
-        mesh: Mesh::new(&["istio-system", "foo", "bar"]),
+        &["istio-system", "foo", "bar"],
+    ) else {
+        return;
     };
     // A server outside the mesh: no sidecar, no capture.
-    let _outside = p.httpbin("outside");
-    let url = format!("http://{}:8000/get", p.net.pod("outside").unwrap().ip);
+    let _outside = httpbin(&p, "outside");
+    let url = format!("http://{}:8000/get", p.ip("outside"));
     p.capture("curl-foo");
 
-    let side = p.sidecar("curl-foo", "foo", "curl", &[]);
-    let through = p.curl("curl-foo", &[&url]);
+    let side = sidecar(&p, "curl-foo", "foo", "curl", &[]);
+    let through = p.curl("curl-foo", None, &[&url]);
     assert_eq!(through.status, 200, "{through:?}\n{}", side.log());
     assert!(!through.body.contains("X-Forwarded-Client-Cert"), "{}", through.body);
     assert_eq!(
@@ -401,8 +270,8 @@ fn unknown_destinations_pass_through_or_are_blocked() {
     );
     drop(side);
 
-    let side = p.sidecar("curl-foo", "foo", "curl", &["--unknown-destinations", "block"]);
-    let blocked = p.curl("curl-foo", &[&url]);
+    let side = sidecar(&p, "curl-foo", "foo", "curl", &["--unknown-destinations", "block"]);
+    let blocked = p.curl("curl-foo", None, &[&url]);
     assert_eq!(blocked.status, 0, "{blocked:?}");
     assert!(matches!(blocked.code, 52 | 56), "closed without an answer: {blocked:?}");
     assert_eq!(
@@ -410,4 +279,44 @@ fn unknown_destinations_pass_through_or_are_blocked() {
         1
     );
     assert!(side.log().contains("not a service of the table"), "{}", side.log());
+}
+
+/// IPv6: a pod dialling the service's IPv6 address is captured by the IPv6 rules, its sidecar
+/// reads the IPv6 original destination, and the peer's captured inbound takes it the same way.
+#[test]
+fn ipv6_connections_are_captured_too() {
+    let Some(p) = pods("six") else { return };
+    let Some(foo6) = p.ip6("httpbin-foo") else {
+        eprintln!("skipped: this host has no IPv6");
+        return;
+    };
+    for pod in ["httpbin-foo", "curl-foo"] {
+        p.capture(pod);
+    }
+    // The built-in httpbin on [::]:8000 takes IPv4 (from its sidecar, on 127.0.0.1) too.
+    let mut app = p.command("httpbin-foo", None, signet_cmd().get_program());
+    app.args(["httpbin", "--listen", "[::]:8000"]);
+    let _app = Proc::spawn("httpbin", app);
+    let _side_foo = sidecar(&p, "httpbin-foo", "foo", "httpbin", &[]);
+    let service = format!("httpbin.foo:8000=[{foo6}]:8000,{}", spiffe("foo", "httpbin"));
+    let side_curl = p.sidecar("curl-foo", "foo", "curl", &["--service".into(), service]);
+    let url = format!("http://[{foo6}]:8000/headers");
+    let mut r = p.curl("curl-foo", None, &["-g", &url]);
+    for _ in 0..50 {
+        if r.status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        r = p.curl("curl-foo", None, &["-g", &url]);
+    }
+    assert_eq!(r.status, 200, "{r:?}\n{}", side_curl.log());
+    assert!(
+        r.body.contains(&format!("URI={}", spiffe("foo", "curl"))),
+        "through the pair: {}",
+        r.body
+    );
+    assert_eq!(
+        p.metric("curl-foo", "signet_captured_connections_total{route=\"http\"}"),
+        1
+    );
 }

@@ -15,129 +15,56 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use signet::pods::PodNet;
+use support::pods::{PROXY_GID, Pods};
 use support::*;
 
-/// The group the sidecars run as: `signet iptables` exempts its traffic from capture.
-const PROXY_GID: &str = "1337";
 const SERVER_POD: &str = "apps-foo";
 const CLIENT_POD: &str = "client-foo";
-const PROXY_VARS: [&str; 10] = [
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "grpc_proxy",
-    "GRPC_PROXY",
-];
-
-fn root_or_skip() -> bool {
-    if let Err(why) = signet::pods::can_create() {
-        if std::env::var_os("SIGNET_SKIP_ROOT_TESTS").is_some() {
-            eprintln!("skipped: {why} (SIGNET_SKIP_ROOT_TESTS is set)");
-            return false;
-        }
-        panic!("{why}; run the tests as root (CI does), or set SIGNET_SKIP_ROOT_TESTS=1 to skip them");
-    }
-    assert!(
-        Command::new("iptables-restore").arg("--version").output().is_ok(),
-        "iptables is not installed (apt-get install iptables; .ci/run does)"
-    );
-    true
-}
-
-/// A prefix for this test's namespaces, unique per process and test.
-fn prefix(test: &str) -> String {
-    format!("sgh{}{test}", std::process::id() % 100_000)
-}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-struct Pods {
-    net: PodNet,
-    mesh: Mesh,
+/// A server pod (echo.foo and grpc.foo resolve to it) and a client pod, both captured.
+struct Apps(Pods);
+
+impl std::ops::Deref for Apps {
+    type Target = Pods;
+    fn deref(&self) -> &Pods {
+        &self.0
+    }
 }
 
-impl Pods {
-    /// A server pod (echo.foo and grpc.foo resolve to it) and a client pod, both captured.
-    fn create(test: &str) -> Option<Pods> {
-        if !root_or_skip() {
-            return None;
-        }
-        let net = PodNet::create(
-            &prefix(test),
+impl Apps {
+    fn create(tag: &str) -> Option<Apps> {
+        let pods = Pods::new(
+            tag,
             &[SERVER_POD, CLIENT_POD],
             &[("echo.foo", SERVER_POD), ("grpc.foo", SERVER_POD)],
-        )
-        .unwrap();
-        let pods = Pods {
-            net,
-            mesh: Mesh::new(&["foo"]),
-        };
+            &["foo"],
+        )?;
         for pod in [SERVER_POD, CLIENT_POD] {
             pods.capture(pod);
         }
-        Some(pods)
+        Some(Apps(pods))
     }
 
     fn server_ip(&self) -> std::net::Ipv4Addr {
-        self.net.pod(SERVER_POD).unwrap().ip
+        self.ip(SERVER_POD)
     }
 
-    /// `signet iptables` in the pod: what an init container does.
-    fn capture(&self, pod: &str) {
-        let mut cmd = self.net.command(pod, signet_cmd().get_program().to_str().unwrap());
-        let out = cmd.args(["iptables", "--proxy-gid", PROXY_GID]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "signet iptables in {pod}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// The sidecar of `pod` (workload foo/`sa`), as the proxy's group, capturing both ways, with
-    /// echo.foo:8000 and grpc.foo:50051 (the server pod's) in its service table.
+    /// The sidecar of `pod` (workload foo/`sa`), with echo.foo:8000 and grpc.foo:50051 (the
+    /// server pod's) in its service table.
     fn sidecar(&self, pod: &str, sa: &str, extra: &[&str]) -> Proc {
-        let certs = self.mesh.issue("foo", &format!("{pod}-certs"), &spiffe("foo", sa), &[]);
-        let ready = ready_path(pod);
-        let ip = self.server_ip();
-        let apps = spiffe("foo", "apps");
-        let mut cmd = self.net.command(pod, "setpriv");
-        cmd.args(["--regid", PROXY_GID, "--clear-groups", "--"])
-            .arg(signet_cmd().get_program())
-            .args([
-                "proxy",
-                "--cert-dir",
-                &certs,
-                "--bundle",
-                &self.mesh.bundle(),
-                "--signer",
-                "foo",
-                "--capture-outbound",
-                "0.0.0.0:15001",
-                "--capture-inbound",
-                "0.0.0.0:15006",
-                "--admin",
-                "127.0.0.1:15000",
-                "--service",
-                &format!("echo.foo:8000={ip}:8000,{apps}"),
-                "--service",
-                &format!("grpc.foo:50051={ip}:50051,{apps}"),
-                "--ready-file",
-            ])
-            .arg(&ready)
-            .args(extra)
-            .env_remove("ISTIO_META_CERT_SIGNER")
-            .env_remove("RUST_LOG");
-        let mut proc = Proc::spawn(&format!("sidecar {pod}"), cmd);
-        proc.wait_ready_file(&ready, Duration::from_secs(20));
-        proc
+        let (ip, apps) = (self.server_ip(), spiffe("foo", "apps"));
+        let mut args = vec![
+            "--service".to_string(),
+            format!("echo.foo:8000={ip}:8000,{apps}"),
+            "--service".to_string(),
+            format!("grpc.foo:50051={ip}:50051,{apps}"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        self.0.sidecar(pod, "foo", sa, &args)
     }
 
     /// target/venv's Python inside `pod`, with no proxy settings.
@@ -154,18 +81,7 @@ impl Pods {
             "{} is missing: run ./test.sh, which installs tests/requirements.txt into target/venv",
             py.display()
         );
-        let mut cmd = match gid {
-            Some(g) => {
-                let mut c = self.net.command(pod, "setpriv");
-                c.args(["--regid", g, "--clear-groups", "--"]).arg(&py);
-                c
-            }
-            None => self.net.command(pod, py.to_str().unwrap()),
-        };
-        for var in PROXY_VARS {
-            cmd.env_remove(var);
-        }
-        cmd
+        self.command(pod, gid, &py)
     }
 
     /// A server from tests/py in the server pod, on 0.0.0.0:`port` (an unchanged app).
@@ -206,20 +122,6 @@ impl Pods {
                 )
             })
     }
-
-    /// One sample of `pod`'s sidecar metrics (0 while it is not there yet).
-    fn metric(&self, pod: &str, sample: &str) -> u64 {
-        let out = self
-            .net
-            .command(pod, "curl")
-            .args(["-sS", "--max-time", "10", "http://127.0.0.1:15000/metrics"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix(sample).map(|v| v.trim().parse().unwrap_or(0)))
-            .unwrap_or(0)
-    }
 }
 
 /// A header of a JSON object of headers or gRPC metadata, by name in any case.
@@ -247,7 +149,7 @@ fn assert_no_xfcc(headers: &Value, what: &str, logs: &str) {
 }
 
 /// What the client pod's sidecar captured: (http, passthrough).
-fn captured(p: &Pods) -> (u64, u64) {
+fn captured(p: &Apps) -> (u64, u64) {
     let sample = |route: &str| format!("signet_captured_connections_total{{route=\"{route}\"}}");
     (
         p.metric(CLIENT_POD, &sample("http")),
@@ -257,7 +159,7 @@ fn captured(p: &Pods) -> (u64, u64) {
 
 #[test]
 fn websocket_app_unchanged_in_captured_pods() {
-    let Some(p) = Pods::create("ws") else { return };
+    let Some(p) = Apps::create("ws") else { return };
     let _echo = p.server("ws_echo.py", 8000);
     let server_side = p.sidecar(SERVER_POD, "apps", &[]);
     let client_side = p.sidecar(CLIENT_POD, "client", &[]);
@@ -285,7 +187,7 @@ fn websocket_app_unchanged_in_captured_pods() {
 
 #[test]
 fn grpc_app_unchanged_in_captured_pods() {
-    let Some(p) = Pods::create("grpc") else { return };
+    let Some(p) = Apps::create("grpc") else { return };
     let _grpc = p.server("grpc_server.py", 50051);
     let server_side = p.sidecar(SERVER_POD, "apps", &[]);
     let client_side = p.sidecar(CLIENT_POD, "client", &[]);
@@ -314,7 +216,7 @@ fn grpc_app_unchanged_in_captured_pods() {
 /// sidecars on the same port, and counts them apart.
 #[test]
 fn captured_inbound_permissive_takes_plaintext_and_mtls() {
-    let Some(p) = Pods::create("perm") else { return };
+    let Some(p) = Apps::create("perm") else { return };
     let _echo = p.server("ws_echo.py", 8000);
     let config = p.mesh.path("permissive.yaml");
     std::fs::write(&config, "capture:\n  inboundMode: permissive\n").unwrap();

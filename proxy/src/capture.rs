@@ -17,8 +17,14 @@ const SO_ORIGINAL_DST: libc::c_int = 80;
 /// connection that was not redirected reports its own local address (or fails with ENOENT).
 pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     let fd = stream.as_raw_fd();
-    match stream.local_addr()? {
-        SocketAddr::V4(_) => {
+    let local = stream.local_addr()?;
+    // An IPv4 connection on a dual-stack ([::]) listener is IPv4 to netfilter: ask SOL_IP.
+    let ipv4 = match local {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+    };
+    match ipv4 {
+        true => {
             // SAFETY: getsockopt writes at most `len` bytes into the sockaddr_in we own.
             let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -37,7 +43,7 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
             let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
             Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(addr.sin_port))))
         }
-        SocketAddr::V6(_) => {
+        false => {
             // SAFETY: as above, with a sockaddr_in6.
             let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
@@ -54,14 +60,34 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
                 return Err(io::Error::last_os_error());
             }
             let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
-            let v6 = SocketAddrV6::new(ip, u16::from_be(addr.sin6_port), addr.sin6_flowinfo, addr.sin6_scope_id);
-            // An IPv4 client of a dual-stack socket comes back as ::ffff:a.b.c.d.
-            Ok(match v6.ip().to_ipv4_mapped() {
-                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
-                None => SocketAddr::V6(v6),
-            })
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(addr.sin6_port),
+                addr.sin6_flowinfo,
+                addr.sin6_scope_id,
+            )))
         }
     }
+}
+
+/// An address with IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a dual-stack listener reports for
+/// an IPv4 peer) written as IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// Whether `dst` (an original destination) is the listener's own address: the connection was
+/// made to it directly, not redirected. Serving it would connect straight back.
+pub fn aimed_at_itself(stream: &TcpStream, dst: SocketAddr) -> bool {
+    stream
+        .local_addr()
+        .is_ok_and(|local| canonical(local) == canonical(dst))
 }
 
 /// What the app speaks, from its first bytes.
@@ -156,6 +182,16 @@ mod tests {
             Some(Sniffed::Opaque),
             "methods are case-sensitive"
         );
+    }
+
+    #[test]
+    fn mapped_addresses_compare_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:10.88.0.3]:15001".parse().unwrap();
+        let v4: SocketAddr = "10.88.0.3:15001".parse().unwrap();
+        let v6: SocketAddr = "[fd88::3]:15001".parse().unwrap();
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(canonical(v4), v4);
+        assert_eq!(canonical(v6), v6);
     }
 
     #[tokio::test]

@@ -111,7 +111,7 @@ impl Inbound {
                 let dst = crate::capture::original_dst(stream).map_err(|e| {
                     format!("cannot read its original destination ({e}); is this listener behind `signet iptables`?")
                 })?;
-                if stream.local_addr().is_ok_and(|local| local == dst) {
+                if crate::capture::aimed_at_itself(stream, dst) {
                     return Err(format!(
                         "it was sent to {dst}, this listener itself, not redirected here"
                     ));

@@ -24,7 +24,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::body::{self, Body, keep_upgrade, strip_hop_by_hop, upgrade_of};
-use crate::capture::{Sniffed, original_dst, sniff};
+use crate::capture::{Sniffed, aimed_at_itself, original_dst, sniff};
 use crate::config::{CaptureConfig, Protocol, UnknownDestinations};
 use crate::credentials::Credentials;
 use crate::metrics::{ActiveGuard, Captured, Direction, Listener};
@@ -749,7 +749,7 @@ impl CaptureOutbound {
         let dst = match original_dst(&stream) {
             // Not redirected: someone connected to this listener itself. Passing it through
             // would connect straight back here. Never a loop.
-            Ok(dst) if stream.local_addr().is_ok_and(|local| local == dst) => {
+            Ok(dst) if aimed_at_itself(&stream, dst) => {
                 return self.refuse(
                     peer,
                     format!("it was sent to {dst}, this listener itself, not redirected here"),

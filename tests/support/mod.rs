@@ -5,6 +5,8 @@
 //! address out of a log line.
 #![allow(dead_code)]
 
+pub mod pods;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
