@@ -500,25 +500,20 @@ fn websocket_through_connect() {
 /// The real httpbin under gunicorn's gthread worker with HTTP/2 cleartext (prior knowledge or
 /// upgrade; HTTP/1.1 still served), its access log recording each request's HTTP version.
 struct H2Httpbin {
-    proc: Proc,
-    addr: SocketAddr,
+    httpbin: Httpbin,
     access_log: PathBuf,
+}
+
+impl std::ops::Deref for H2Httpbin {
+    type Target = Httpbin;
+    fn deref(&self) -> &Httpbin {
+        &self.httpbin
+    }
 }
 
 impl H2Httpbin {
     fn start(dir: &Path) -> H2Httpbin {
-        let gunicorn = repo().join("target/venv/bin/gunicorn");
-        assert!(
-            gunicorn.exists(),
-            "run ./test.sh: it installs gunicorn into target/venv"
-        );
-        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = socket.local_addr().unwrap();
-        let access_log = dir.join("h2-httpbin-access.log");
-        let mut cmd = Command::new(gunicorn);
-        cmd.args([
-            "-b",
-            "fd://3",
+        let options = [
             "--worker-class",
             "gthread",
             "--threads",
@@ -527,39 +522,11 @@ impl H2Httpbin {
             "h2,h1",
             "--http2-cleartext",
             "both",
-            "--no-control-socket",
-            "--access-logfile",
-        ])
-        .arg(&access_log)
-        .arg("httpbin:app")
-        .current_dir(dir);
-        {
-            use std::os::unix::io::AsRawFd;
-            use std::os::unix::process::CommandExt;
-            let fd = socket.as_raw_fd();
-            // SAFETY: dup2 and fcntl are async-signal-safe. The child gets the listening socket
-            // as fd 3 without close-on-exec (as support's Httpbin does).
-            unsafe {
-                cmd.pre_exec(move || {
-                    if (fd != 3 && libc::dup2(fd, 3) < 0) || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+        ];
+        H2Httpbin {
+            httpbin: Httpbin::start_with(dir, "h2-httpbin", &options),
+            access_log: dir.join("h2-httpbin-access.log"),
         }
-        let proc = Proc::spawn("h2 httpbin", cmd);
-        drop(socket);
-        let start = Instant::now();
-        while curl(&[&format!("http://{addr}/status/204")], &[]).status != 204 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "httpbin did not answer:\n{}",
-                proc.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        H2Httpbin { proc, addr, access_log }
     }
 
     /// The access log's request lines so far ("GET /get HTTP/2.0"), waiting until there are `n`.

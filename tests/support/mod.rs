@@ -222,6 +222,12 @@ pub struct Httpbin {
 
 impl Httpbin {
     pub fn start(dir: &Path, name: &str) -> Httpbin {
+        Self::start_with(dir, name, &["--workers", "2"])
+    }
+
+    /// With gunicorn options of the caller's (a worker class for HTTP/2, say) instead of the
+    /// default two sync workers.
+    pub fn start_with(dir: &Path, name: &str, options: &[&str]) -> Httpbin {
         let gunicorn = repo_root().join("target/venv/bin/gunicorn");
         assert!(
             gunicorn.exists(),
@@ -234,17 +240,12 @@ impl Httpbin {
         let addr = socket.local_addr().unwrap();
         let access_log = dir.join(format!("{name}-access.log"));
         let mut cmd = Command::new(gunicorn);
-        cmd.args([
-            "-b",
-            "fd://3",
-            "--workers",
-            "2",
-            "--no-control-socket",
-            "--access-logfile",
-        ])
-        .arg(&access_log)
-        .arg("httpbin:app")
-        .current_dir(dir);
+        cmd.args(["-b", "fd://3"])
+            .args(options)
+            .args(["--no-control-socket", "--access-logfile"])
+            .arg(&access_log)
+            .arg("httpbin:app")
+            .current_dir(dir);
         {
             use std::os::unix::io::AsRawFd;
             use std::os::unix::process::CommandExt;
