@@ -157,8 +157,12 @@ fn the_scenario_in_tcp_mode_resets_the_cross_signer_call() {
     );
     let bar_before = requests(&p, "httpbin-bar");
     let reset = p.curl("curl-foo", None, &["http://httpbin.bar:8000/html"]);
-    assert_eq!(reset.code, 56, "connection reset by peer: {reset:?}");
-    assert!(reset.stderr.contains("reset by peer"), "{reset:?}");
+    // 56: reset (the request bytes were never read), or 52: closed before curl wrote them.
+    assert!(
+        matches!(reset.code, 52 | 56),
+        "connection closed without a byte: {reset:?}"
+    );
+    assert_eq!(reset.status, 0, "{reset:?}");
     assert_eq!(requests(&p, "httpbin-bar"), bar_before, "nothing reached httpbin.bar");
     assert_eq!(
         p.metric("curl-foo", "signet_captured_connections_total{route=\"tcp\"}"),

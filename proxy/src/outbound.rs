@@ -633,8 +633,11 @@ async fn tunnel(
     let (mut tls, _active) = match connect_peer(shared, service, ClientAlpn::None).await {
         Ok(conn) => conn,
         Err(e) => {
-            // A reset, as Envoy and ztunnel give: the app sees "connection reset by peer".
-            let _ = client.set_zero_linger();
+            // Closed unread: the kernel answers the request bytes the app already sent with a
+            // reset, so the app sees "connection reset by peer", as with Envoy and ztunnel.
+            // (A reset forced at once could race the app's own connect and read as a refused
+            // connection instead.)
+            drop(client);
             if let Some(skipped) = logs.allow("upstream") {
                 tracing::warn!(
                     "{name}: closing {peer}'s connection to {}: {}{}",
