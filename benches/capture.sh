@@ -73,7 +73,7 @@ run() { # label, netns, wrk args...
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
   cpu_s=$(echo "$a1 $a0 $b1 $b0" | awk '{printf "%.2f", ($1 - $2) + ($3 - $4)}')
   local per_core
-  per_core=$(echo "$rps $secs $cpu_s" | awk '{ if ($3 > 0) printf "%.0f", $1 * $2 / $3; else print "-" }')
+  per_core=$(echo "$rps $secs $cpu_s" | awk '{ if ($3 >= 0.1) printf "%.0f", $1 * $2 / $3; else print "-" }')
   printf "| %-34s | %10s | %8s | %8s | %13s | %12s |\n" "$label" "$rps" "$p50" "$p99" "$cpu_s" "$per_core"
 }
 echo "wrk -t1 -c$conns -d${secs}s, keep-alive, GET /get from the built-in httpbin; $(nproc) CPUs"
