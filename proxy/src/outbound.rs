@@ -294,7 +294,8 @@ impl HttpOutbound {
             }
             Err(e) => return body::text(StatusCode::BAD_REQUEST, format!("signet: {e}")),
         };
-        let (method, target) = (req.method().clone(), req.uri().path().to_string());
+        // For the failure log only: a method and a URI clone are reference counts, not copies.
+        let (method, logged) = (req.method().clone(), upstream.clone());
         let h2 = req.version() == Version::HTTP_2;
         let upgrade = upgrade_of(req.version(), req.headers());
         let app_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -307,9 +308,10 @@ impl HttpOutbound {
         }
         // The app cannot vouch for anyone: identities are added by the receiving sidecar only.
         parts.headers.remove(xfcc::HEADER);
-        // The Host the peer sees is the service this request was routed (and verified) to.
-        if let Ok(host) = http::HeaderValue::from_str(&service.name) {
-            parts.headers.insert(HOST, host);
+        // The Host the peer sees is the service this request was routed (and verified) to
+        // (HTTP/1; h2 carries it as :authority, in the URI).
+        if !h2 {
+            parts.headers.insert(HOST, service.host.clone());
         }
         let client = if h2 { &self.h2 } else { &self.h1 };
         match client.request(Request::from_parts(parts, body)).await {
@@ -345,9 +347,11 @@ impl HttpOutbound {
                 let message = failure_body(&e, &signer);
                 if let Some(skipped) = self.logs.allow("upstream") {
                     tracing::warn!(
-                        "outbound {}: {method} http://{}{target} failed: {}{}",
+                        // The path only: a query string may carry secrets.
+                        "outbound {}: {method} http://{}{} failed: {}{}",
                         self.listen,
                         service.name,
+                        logged.path(),
                         message,
                         more(skipped)
                     );

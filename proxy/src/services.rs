@@ -38,6 +38,8 @@ pub struct Service {
     pub addresses: Vec<SocketAddr>,
     /// How the captured outbound carries it (`auto`: by the app's first bytes).
     pub protocol: Protocol,
+    /// `name` as the `Host` header the peer is sent, built once.
+    pub host: http::HeaderValue,
 }
 
 impl Service {
@@ -53,6 +55,7 @@ impl Service {
         let host = host_of(&name);
         let server_name =
             ServerName::try_from(host.to_string()).map_err(|_| ServiceError::BadHost(host.to_string()))?;
+        let host_header = http::HeaderValue::from_str(&name).map_err(|_| ServiceError::BadName(name.clone()))?;
         let addresses = address.parse().into_iter().collect();
         Ok(Service {
             name,
@@ -61,6 +64,7 @@ impl Service {
             server_name,
             addresses,
             protocol: Protocol::Auto,
+            host: host_header,
         })
     }
 

@@ -34,6 +34,9 @@ fn quoted(v: &str) -> String {
 pub struct PeerCert {
     pub id: SpiffeId,
     element_tail: String,
+    /// The whole element for the `By` it was last built for: the connection's requests share
+    /// one header value (a reference count each) instead of formatting it again.
+    element: std::sync::OnceLock<(SpiffeId, Option<HeaderValue>)>,
 }
 
 impl PeerCert {
@@ -51,17 +54,35 @@ impl PeerCert {
             tail.push_str(";DNS=");
             tail.push_str(&value(dns));
         }
-        Some(PeerCert { id, element_tail: tail })
+        Some(PeerCert {
+            id,
+            element_tail: tail,
+            element: std::sync::OnceLock::new(),
+        })
     }
 
     /// Sets or appends this peer's element, as `mode` says.
     pub fn apply(&self, by: &SpiffeId, mode: XfccMode, headers: &mut HeaderMap) {
-        let element = format!("By={by}{}", self.element_tail);
-        let value = match (mode, headers.get(HEADER).and_then(|v| v.to_str().ok())) {
-            (XfccMode::AppendForward, Some(existing)) if !existing.is_empty() => format!("{existing},{element}"),
-            _ => element,
+        let existing = headers
+            .get(HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|e| !e.is_empty());
+        let value = match (mode, existing) {
+            (XfccMode::AppendForward, Some(existing)) => {
+                HeaderValue::from_str(&format!("{existing},By={by}{}", self.element_tail))
+            }
+            _ => {
+                let (built_for, element) = self.element.get_or_init(|| {
+                    let element = HeaderValue::from_str(&format!("By={by}{}", self.element_tail)).ok();
+                    (by.clone(), element)
+                });
+                match (built_for == by, element) {
+                    (true, Some(element)) => Ok(element.clone()),
+                    _ => HeaderValue::from_str(&format!("By={by}{}", self.element_tail)),
+                }
+            }
         };
-        match HeaderValue::from_str(&value) {
+        match value {
             Ok(v) => {
                 headers.insert(HEADER, v);
             }
