@@ -440,3 +440,54 @@ fn the_signer_service_closes_connections_that_never_send_a_request() {
     eprintln!("authority: 50 silent connections all closed after {all_closed:?}");
     assert!(all_closed < Duration::from_secs(45), "{all_closed:?}");
 }
+
+/// A TCP inbound connects to its app only once the peer has sent something (or after a short
+/// silence, for server-first protocols): a handshake-only client, a health check, a scan that
+/// completes TLS, costs the app no connection.
+#[test]
+fn a_tcp_inbound_connects_to_the_app_only_for_peers_that_speak() {
+    let mesh = Mesh::new(&["foo"]);
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    app.set_nonblocking(true).unwrap();
+    let server_certs = mesh.issue("foo", "server", &spiffe("foo", "httpbin"), &["--dns", "httpbin.foo"]);
+    let client_certs = mesh.issue("foo", "client", &spiffe("foo", "curl"), &[]);
+    let server = Sidecar::start(
+        "tcp inbound",
+        &mesh.inbound_args(&server_certs, "foo", app.local_addr().unwrap(), "tcp"),
+    );
+    let config = tls_client(&mesh, "foo", &client_certs);
+    let accepted = |app: &std::net::TcpListener| {
+        let mut n = 0;
+        while app.accept().is_ok() {
+            n += 1;
+        }
+        n
+    };
+
+    // Handshake, then close without a byte (a clean close_notify): the app is never dialled.
+    for _ in 0..3 {
+        let mut tls = tls_connect(&config, server.inbound[0]);
+        tls.conn.send_close_notify();
+        let _ = tls.conn.complete_io(&mut tls.sock);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(accepted(&app), 0, "handshake-only peers cost the app nothing");
+
+    // A peer that speaks: its bytes reach the app, which is dialled once.
+    let mut tls = tls_connect(&config, server.inbound[0]);
+    tls.write_all(b"hello app").unwrap();
+    tls.flush().unwrap();
+    let start = std::time::Instant::now();
+    let mut conn = loop {
+        match app.accept() {
+            Ok((c, _)) => break c,
+            Err(_) if start.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("the app was not dialled: {e}\n{}", server.proc.log()),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = [0u8; 9];
+    conn.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello app");
+}

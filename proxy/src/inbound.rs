@@ -262,10 +262,23 @@ impl Inbound {
         }
     }
 
+    /// Copies bytes between the peer and the app. The app is connected to once the peer has
+    /// sent its first bytes (most protocols are client-speaks-first), so a connection that
+    /// closes without a byte (a health check, a handshake-only client) costs the app nothing;
+    /// after [`FIRST_BYTES_WAIT`] of silence it is connected to anyway, for protocols whose
+    /// server speaks first.
     async fn splice<S>(&self, mut tls: S, peer: SocketAddr, app_address: &str)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut first = vec![0u8; FIRST_READ];
+        let n = match tokio::time::timeout(FIRST_BYTES_WAIT, tls.read(&mut first)).await {
+            Ok(Ok(0)) => return tracing::debug!("inbound {}: {peer} closed before sending a byte", self.listen),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return tracing::debug!("inbound {}: connection from {peer} ended: {e}", self.listen),
+            Err(_) => 0,
+        };
         let connect = tokio::time::timeout(self.shared.timeouts.connect, TcpStream::connect(app_address));
         let mut app = match connect.await {
             Ok(Ok(app)) => app,
@@ -273,6 +286,12 @@ impl Inbound {
             Err(_) => return self.app_unreachable(peer, app_address, "connect timed out"),
         };
         let _ = app.set_nodelay(true);
+        if n > 0
+            && let Err(e) = app.write_all(&first[..n]).await
+        {
+            return tracing::debug!("inbound {}: writing to the app for {peer}: {e}", self.listen);
+        }
+        drop(first);
         let timeouts = &self.shared.timeouts;
         let tunnel = crate::splice::splice(&mut tls, &mut app, timeouts.tcp_idle);
         match tokio::time::timeout(timeouts.max_connection_age, tunnel).await {
@@ -409,6 +428,11 @@ impl Inbound {
         }
     }
 }
+
+/// How long a TCP inbound waits for the peer's first bytes before connecting to the app.
+const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// The most of the peer's first bytes read before the app is connected to.
+const FIRST_READ: usize = 16 * 1024;
 
 /// Whether a connection opens with a TLS handshake record (content type 22), waiting up to
 /// `timeout` for its first byte. Anything else, or silence, is plaintext.
