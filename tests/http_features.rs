@@ -37,18 +37,6 @@ use support::*;
 const AUTO: &str = "auto";
 /// The client workload's service account; the server sidecar names it in XFCC.
 const CLIENT_SA: &str = "client";
-const PROXY_VARS: [&str; 10] = [
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "grpc_proxy",
-    "GRPC_PROXY",
-];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -369,18 +369,24 @@ pub struct Curl {
 
 const STATUS_MARK: &str = "\n@@signet-status:";
 
+/// Proxy settings a client could inherit from the test's environment; every client the tests
+/// run starts without them.
+pub const PROXY_VARS: [&str; 10] = [
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "grpc_proxy",
+    "GRPC_PROXY",
+];
+
 pub fn curl(args: &[&str], env: &[(&str, &str)]) -> Curl {
     let mut cmd = Command::new("curl");
-    for var in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
+    for var in PROXY_VARS {
         cmd.env_remove(var);
     }
     for (k, v) in env {

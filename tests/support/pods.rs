@@ -14,20 +14,6 @@ use super::*;
 /// The group the sidecars run as: `signet iptables` exempts its traffic from capture.
 pub const PROXY_GID: &str = "1337";
 
-/// Proxy settings an app could inherit from the test's environment: never in a pod.
-const PROXY_VARS: [&str; 10] = [
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "grpc_proxy",
-    "GRPC_PROXY",
-];
-
 /// Whether pods can be made here; fails the test (rather than passing silently) unless
 /// SIGNET_SKIP_ROOT_TESTS is set.
 pub fn root_or_skip() -> bool {
