@@ -75,23 +75,45 @@ fn requests(p: &Pods, pod: &str) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn the_scenario_runs_literally_in_pods() {
-    let Some(p) = pods("scn") else { return };
+/// The scenario's pods, all captured, with both httpbins and the three sidecars running.
+/// Fields drop in order: the processes before the pods they run in.
+struct Scenario {
+    side_curl: Proc,
+    _servers: Vec<Proc>,
+    p: Pods,
+}
+
+fn scenario(tag: &str, curl_extra: &[&str]) -> Option<Scenario> {
+    let p = pods(tag)?;
     for pod in ["httpbin-foo", "httpbin-bar", "curl-foo"] {
         p.capture(pod);
     }
-    let _app_foo = httpbin(&p, "httpbin-foo");
-    let _app_bar = httpbin(&p, "httpbin-bar");
-    let _side_foo = sidecar(&p, "httpbin-foo", "foo", "httpbin", &[]);
-    let _side_bar = sidecar(&p, "httpbin-bar", "bar", "httpbin", &[]);
-    let side_curl = sidecar(&p, "curl-foo", "foo", "curl", &[]);
+    let servers = vec![
+        httpbin(&p, "httpbin-foo"),
+        httpbin(&p, "httpbin-bar"),
+        sidecar(&p, "httpbin-foo", "foo", "httpbin", &[]),
+        sidecar(&p, "httpbin-bar", "bar", "httpbin", &[]),
+    ];
+    let side_curl = sidecar(&p, "curl-foo", "foo", "curl", curl_extra);
+    Some(Scenario {
+        side_curl,
+        _servers: servers,
+        p,
+    })
+}
+
+#[test]
+fn the_scenario_runs_literally_in_pods() {
+    let Some(s) = scenario("scn", &[]) else {
+        return;
+    };
+    let (p, side_curl) = (&s.p, &s.side_curl);
 
     // The task's two commands, as written.
     let ok = p.curl("curl-foo", None, &["http://httpbin.foo:8000/html"]);
     assert_eq!(ok.status, 200, "{ok:?}\n{}", side_curl.log());
     assert!(ok.body.contains("Herman Melville - Moby-Dick"), "{}", ok.body);
-    let bar_before = requests(&p, "httpbin-bar");
+    let bar_before = requests(p, "httpbin-bar");
     let cross = p.curl("curl-foo", None, &["http://httpbin.bar:8000/html"]);
     assert_eq!(cross.status, 503, "{cross:?}");
     assert!(cross.body.contains("CERTIFICATE_VERIFY_FAILED"), "{}", cross.body);
@@ -110,7 +132,7 @@ fn the_scenario_runs_literally_in_pods() {
     let plain = p.curl("curl-foo", Some(PROXY_GID), &[&format!("http://{bar_ip}:8000/html")]);
     assert_ne!(plain.status, 200, "{plain:?}");
     assert_eq!(plain.status, 0, "no HTTP answer at all: {plain:?}");
-    assert_eq!(requests(&p, "httpbin-bar"), bar_before, "nothing reached httpbin.bar");
+    assert_eq!(requests(p, "httpbin-bar"), bar_before, "nothing reached httpbin.bar");
     assert!(
         p.metric(
             "httpbin-bar",
@@ -131,21 +153,16 @@ fn the_scenario_runs_literally_in_pods() {
 /// connection is reset, what Istio's users see (curl 56).
 #[test]
 fn the_scenario_in_tcp_mode_resets_the_cross_signer_call() {
-    let Some(p) = pods("tcp") else { return };
-    for pod in ["httpbin-foo", "httpbin-bar", "curl-foo"] {
-        p.capture(pod);
-    }
-    let _app_foo = httpbin(&p, "httpbin-foo");
-    let _app_bar = httpbin(&p, "httpbin-bar");
-    let _side_foo = sidecar(&p, "httpbin-foo", "foo", "httpbin", &[]);
-    let _side_bar = sidecar(&p, "httpbin-bar", "bar", "httpbin", &[]);
     let tcp = [
         "--service-protocol",
         "httpbin.foo:8000=tcp",
         "--service-protocol",
         "httpbin.bar:8000=tcp",
     ];
-    let side_curl = sidecar(&p, "curl-foo", "foo", "curl", &tcp);
+    let Some(s) = scenario("tcp", &tcp) else {
+        return;
+    };
+    let (p, side_curl) = (&s.p, &s.side_curl);
 
     let ok = p.curl("curl-foo", None, &["http://httpbin.foo:8000/headers"]);
     assert_eq!(ok.status, 200, "{ok:?}\n{}", side_curl.log());
@@ -155,7 +172,7 @@ fn the_scenario_in_tcp_mode_resets_the_cross_signer_call() {
         "bytes were tunnelled, not proxied as HTTP: {}",
         ok.body
     );
-    let bar_before = requests(&p, "httpbin-bar");
+    let bar_before = requests(p, "httpbin-bar");
     let reset = p.curl("curl-foo", None, &["http://httpbin.bar:8000/html"]);
     // 56: reset (the request bytes were never read), or 52: closed before curl wrote them.
     assert!(
@@ -163,7 +180,7 @@ fn the_scenario_in_tcp_mode_resets_the_cross_signer_call() {
         "connection closed without a byte: {reset:?}"
     );
     assert_eq!(reset.status, 0, "{reset:?}");
-    assert_eq!(requests(&p, "httpbin-bar"), bar_before, "nothing reached httpbin.bar");
+    assert_eq!(requests(p, "httpbin-bar"), bar_before, "nothing reached httpbin.bar");
     assert_eq!(
         p.metric("curl-foo", "signet_captured_connections_total{route=\"tcp\"}"),
         2
