@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::{self, Body, keep_upgrade, strip_hop_by_hop, upgrade_of};
 use crate::config::{AppTarget, InboundConfig, InboundMode, Protocol, XfccMode};
 use crate::metrics::{Direction, Listener};
+use crate::relay::{self, Answer, Hop, Pool, Prefixed, Req, Routed};
 use crate::serve::{Closed, HttpServing, accept_loop, serve_http_auto};
 use crate::sidecar::Shared;
 use crate::throttle::{Throttle, more};
@@ -43,6 +44,8 @@ pub(crate) struct Inbound {
     /// peer's app spoke it: gRPC).
     app_h1: Client<HttpConnector, Incoming>,
     app_h2: Client<HttpConnector, Incoming>,
+    /// Idle app connections of the relay, by app address.
+    pool: Pool<TcpStream>,
     serving: HttpServing,
     /// One warning per kind of rejection per interval; the metrics count every one.
     logs: Throttle,
@@ -75,6 +78,7 @@ impl Inbound {
             serving: shared.serving(Direction::Inbound),
             app_h1: app_client(false),
             app_h2: app_client(true),
+            pool: Pool::new(shared.pool_idle()),
             shared,
             logs: Throttle::default(),
         }
@@ -83,6 +87,11 @@ impl Inbound {
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
         let (name, life) = (format!("inbound {}", self.listen), self.shared.life.clone());
         let limit = self.shared.conn_limit();
+        let pool = self.clone();
+        let shutdown = self.shared.life.shutdown.clone();
+        self.shared
+            .life
+            .spawn(async move { pool.pool.sweep_until(shutdown).await });
         let this = self.clone();
         let refuse = move |_stream, peer, why| {
             this.shared.metrics.refused(Listener::Inbound);
@@ -210,7 +219,9 @@ impl Inbound {
                 let Ok(authority) = app.parse::<Authority>() else {
                     return self.app_unreachable(peer, &app, "not a host:port");
                 };
-                self.serve_http(tls, peer_cert, by, authority).await
+                // The peer sidecar asks for h2 alone when its app spoke HTTP/2 (gRPC).
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                self.serve_http(tls, h2, peer_cert, by, authority).await
             }
         }
     }
@@ -254,7 +265,7 @@ impl Inbound {
         };
         let by = self.shared.store.identity().map(|i| i.id.clone());
         match by {
-            Some(by) => self.serve_http(stream, None, by, authority).await,
+            Some(by) => self.serve_http(stream, false, None, by, authority).await,
             None => tracing::debug!(
                 "inbound {}: no identity yet; closed {peer}'s plaintext connection",
                 self.listen
@@ -319,10 +330,33 @@ impl Inbound {
         }
     }
 
-    async fn serve_http<S>(self: Arc<Self>, tls: S, peer: Option<PeerCert>, by: SpiffeId, app: Authority)
+    /// One HTTP connection from a peer: HTTP/1.1 through the relay; h2 and what the relay hands
+    /// over (upgrades, HTTP/1.0, large uploads) through hyper.
+    async fn serve_http<S>(self: Arc<Self>, io: S, h2: bool, peer: Option<PeerCert>, by: SpiffeId, app: Authority)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let (io, read) = if h2 {
+            (io, bytes::Bytes::new())
+        } else {
+            let hop = Delivery {
+                inbound: &self,
+                peer: peer.as_ref(),
+                by: &by,
+                host: HeaderValue::from_str(app.as_str()).ok(),
+                key: Arc::from(app.as_str()),
+                app: &app,
+            };
+            let relayed = relay::serve(&hop, io, &self.serving).await;
+            if let Some(closed) = relayed.closed {
+                self.shared.metrics.closed(Direction::Inbound, closed);
+            }
+            match relayed.handed_over {
+                Some(handed_over) => handed_over,
+                None => return,
+            }
+        };
+        let io = Prefixed::new(io, read);
         let peer = peer.map(Arc::new);
         let by = Arc::new(by);
         let this = self.clone();
@@ -330,7 +364,7 @@ impl Inbound {
             let (this, peer, by, app) = (this.clone(), peer.clone(), by.clone(), app.clone());
             async move { Ok::<_, Infallible>(this.forward(req, peer.as_deref(), &by, app).await) }
         });
-        let served = serve_http_auto(tls, svc, &self.serving).await;
+        let served = serve_http_auto(io, svc, &self.serving).await;
         if let Some(closed) = served.closed {
             self.shared.metrics.closed(Direction::Inbound, closed);
         }
@@ -426,6 +460,80 @@ impl Inbound {
                 )
             }
         }
+    }
+}
+
+/// The inbound's part in the relay: every request goes to the app, with the peer's identity in
+/// `x-forwarded-client-cert` (none from a plaintext peer).
+struct Delivery<'a> {
+    inbound: &'a Inbound,
+    peer: Option<&'a PeerCert>,
+    by: &'a SpiffeId,
+    app: &'a Authority,
+    /// The app's address as a `Host`, for requests that name none.
+    host: Option<HeaderValue>,
+    key: Arc<str>,
+}
+
+impl Delivery<'_> {
+    fn unreachable(&self, why: &str) -> Answer {
+        let who = self.peer.map(|p| p.id.as_str()).unwrap_or("a request");
+        self.inbound.app_unreachable(who, self.app.as_str(), why);
+        Answer::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: delayed connect error: {why}"
+            ),
+        )
+    }
+}
+
+impl Hop for Delivery<'_> {
+    type Target = ();
+    type Up = TcpStream;
+
+    fn route(&self, req: &Req<'_>) -> Result<Routed<()>, Answer> {
+        let xfcc = self.peer.and_then(|p| {
+            let existing = req.xfcc.and_then(|v| HeaderValue::from_bytes(v).ok());
+            p.value(
+                self.by,
+                self.inbound.xfcc,
+                existing.as_ref().and_then(|v| v.to_str().ok()),
+            )
+        });
+        Ok(Routed {
+            key: self.key.clone(),
+            target: (),
+            host: if req.host.is_none() && req.authority.is_none() {
+                self.host.clone()
+            } else {
+                None
+            },
+            xfcc,
+        })
+    }
+
+    async fn dial(&self, _: &(), _: &str, _: &str) -> Result<TcpStream, Answer> {
+        let connect = tokio::time::timeout(
+            self.inbound.shared.timeouts.connect,
+            TcpStream::connect(self.app.as_str()),
+        );
+        match connect.await {
+            Ok(Ok(app)) => {
+                let _ = app.set_nodelay(true);
+                Ok(app)
+            }
+            Ok(Err(e)) => Err(self.unreachable(&e.to_string())),
+            Err(_) => Err(self.unreachable("connect timed out")),
+        }
+    }
+
+    fn failed(&self, _: &(), _: &str, _: &str, error: &std::io::Error) -> Answer {
+        self.unreachable(&error.to_string())
+    }
+
+    fn pool(&self) -> &Pool<TcpStream> {
+        &self.inbound.pool
     }
 }
 

@@ -17,6 +17,7 @@ mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod prometheus;
+mod relay;
 pub mod serve;
 pub mod services;
 mod sidecar;

@@ -28,6 +28,7 @@ use crate::capture::{Sniffed, aimed_at_itself, original_dst, sniff};
 use crate::config::{CaptureConfig, Protocol, UnknownDestinations};
 use crate::credentials::Credentials;
 use crate::metrics::{ActiveGuard, Captured, Direction, Listener};
+use crate::relay::{self, Answer, Hop, Pool, Prefixed, Req, Routed};
 use crate::serve::{Closed, HttpServing, Refusal, accept_loop, serve_http_auto};
 use crate::services::{Service, ServiceTable};
 use crate::sidecar::Shared;
@@ -186,12 +187,16 @@ async fn handshake(
 
 // === the HTTP proxy ===
 
-/// The app's requests keep their HTTP version to the peer sidecar (and on to its app): HTTP/1.x
-/// over pooled http/1.1 mTLS connections (upgrades included), HTTP/2 (gRPC, h2c apps) over h2.
+/// The app's requests keep their HTTP version to the peer sidecar (and on to its app): HTTP/1.1
+/// through the relay ([`relay`]) over pooled http/1.1 mTLS connections; what the relay hands
+/// over (upgrades, CONNECT, HTTP/1.0, large uploads) through hyper, HTTP/2 (gRPC, h2c apps)
+/// over h2.
 pub(crate) struct HttpOutbound {
     listen: SocketAddr,
     shared: Arc<Shared>,
     services: Arc<ServiceTable>,
+    /// Idle mTLS connections of the relay, by service.
+    pool: Pool<PeerIo>,
     h1: Client<MeshConnector, Incoming>,
     h2: Client<MeshConnector, Incoming>,
     serving: HttpServing,
@@ -223,6 +228,7 @@ impl HttpOutbound {
             serving: shared.serving(Direction::Outbound),
             h1: client(ClientAlpn::Http1),
             h2: client(ClientAlpn::H2),
+            pool: Pool::new(shared.pool_idle()),
             shared,
             services,
             logs: Throttle::default(),
@@ -241,21 +247,12 @@ impl HttpOutbound {
                 tracing::warn!("outbound {}: refused {peer}: {why}{}", this.listen, more(skipped));
             }
         };
-        let handle = move |stream, _| {
-            let this = self.clone();
-            async move {
-                let svc_this = this.clone();
-                let svc = service_fn(move |req| {
-                    let this = svc_this.clone();
-                    async move { Ok::<_, Infallible>(this.route(req, None).await) }
-                });
-                // HTTP/1.x, or h2 with prior knowledge (gRPC, curl --http2-prior-knowledge).
-                let served = serve_http_auto(stream, svc, &this.serving).await;
-                if let Some(closed) = served.closed {
-                    this.shared.metrics.closed(Direction::Outbound, closed);
-                }
-            }
-        };
+        let pool = self.clone();
+        let shutdown = self.shared.life.shutdown.clone();
+        self.shared
+            .life
+            .spawn(async move { pool.pool.sweep_until(shutdown).await });
+        let handle = move |stream, _| self.clone().serve_app(stream, None);
         accept_loop(listener, name, life, limit, handle, refuse).await
     }
 
@@ -263,14 +260,45 @@ impl HttpOutbound {
     /// knowledge): requests go where their `Host` says when that is a service of the table,
     /// else to `service`.
     pub(crate) async fn serve_captured(self: Arc<Self>, stream: TcpStream, service: Arc<Service>) {
+        self.serve_app(stream, Some(service)).await
+    }
+
+    /// One app connection: HTTP/1.1 through the relay; the rest (h2 with prior knowledge, gRPC,
+    /// upgrades, CONNECT) through hyper, from the request the relay handed over.
+    async fn serve_app(self: Arc<Self>, stream: TcpStream, dialled: Option<Arc<Service>>) {
+        let hop = Routing {
+            out: &self,
+            dialled: dialled.as_ref(),
+        };
+        let relayed = relay::serve(&hop, stream, &self.serving).await;
+        if let Some(closed) = relayed.closed {
+            self.shared.metrics.closed(Direction::Outbound, closed);
+        }
+        let Some((stream, read)) = relayed.handed_over else {
+            return;
+        };
         let this = self.clone();
         let svc = service_fn(move |req| {
-            let (this, service) = (this.clone(), service.clone());
-            async move { Ok::<_, Infallible>(this.route(req, Some(&service)).await) }
+            let (this, dialled) = (this.clone(), dialled.clone());
+            async move { Ok::<_, Infallible>(this.route(req, dialled.as_ref()).await) }
         });
-        let served = serve_http_auto(stream, svc, &self.serving).await;
+        let served = serve_http_auto(Prefixed::new(stream, read), svc, &self.serving).await;
         if let Some(closed) = served.closed {
             self.shared.metrics.closed(Direction::Outbound, closed);
+        }
+    }
+
+    fn upstream_failed(&self, method: &str, service: &Service, path: &str, message: &str) {
+        if let Some(skipped) = self.logs.allow("upstream") {
+            tracing::warn!(
+                // The path only: a query string may carry secrets.
+                "outbound {}: {method} http://{}{} failed: {}{}",
+                self.listen,
+                service.name,
+                signet_certs::printable(path.split('?').next().unwrap_or_default()),
+                message,
+                more(skipped)
+            );
         }
     }
 
@@ -579,6 +607,117 @@ impl hyper::rt::Write for MeshStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// The outbound's part in the relay: routes by the service table (or to the service a captured
+/// connection dialled), dials peer sidecars over http/1.1 mTLS.
+struct Routing<'a> {
+    out: &'a HttpOutbound,
+    dialled: Option<&'a Arc<Service>>,
+}
+
+impl Hop for Routing<'_> {
+    type Target = Arc<Service>;
+    type Up = PeerIo;
+
+    fn route(&self, req: &Req<'_>) -> Result<Routed<Arc<Service>>, Answer> {
+        let out = self.out;
+        let named = req.authority.or_else(|| {
+            req.host
+                .filter(|h| h.iter().all(|b| (0x20..0x7f).contains(b)))
+                .and_then(|h| std::str::from_utf8(h).ok())
+        });
+        let service = match (named.and_then(|t| out.services.get(t)), named, self.dialled) {
+            (Some(service), ..) => service,
+            (None, _, Some(dialled)) => dialled.clone(),
+            (None, Some(target), None) => {
+                let e = RouteError::NoRoute(target.to_string());
+                if let Some(skipped) = out.logs.allow("no_route") {
+                    tracing::warn!("outbound {}: {e}{}", out.listen, more(skipped));
+                }
+                return Err(Answer::new(StatusCode::BAD_GATEWAY, format!("signet: {e}")));
+            }
+            (None, None, None) => {
+                return Err(Answer::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("signet: {}", RouteError::NoHost),
+                ));
+            }
+        };
+        Ok(Routed {
+            key: service.key.clone(),
+            host: Some(service.host.clone()),
+            // The app cannot vouch for anyone: identities are added by the receiving sidecar.
+            xfcc: None,
+            target: service,
+        })
+    }
+
+    async fn dial(&self, service: &Arc<Service>, method: &str, path: &str) -> Result<PeerIo, Answer> {
+        match connect_peer(&self.out.shared, service, ClientAlpn::Http1).await {
+            Ok((tls, active)) => Ok(PeerIo { tls, _active: active }),
+            Err(e) => {
+                let message = e.envoy_body();
+                self.out.upstream_failed(method, service, path, &message);
+                Err(Answer::new(StatusCode::SERVICE_UNAVAILABLE, message))
+            }
+        }
+    }
+
+    fn failed(&self, service: &Arc<Service>, method: &str, path: &str, error: &io::Error) -> Answer {
+        let signer = self
+            .out
+            .shared
+            .store
+            .identity()
+            .map(|i| i.signer.to_string())
+            .unwrap_or_default();
+        // A refusal that arrives after the client's side of the handshake (TLS 1.3 client auth).
+        let message = match error.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(tls) => format!("{ENVOY_PREFIX}{}", tls_failure(&diagnose::from_rustls(tls, &signer))),
+            None => format!("{ENVOY_PREFIX}connection termination ({error})"),
+        };
+        self.out.upstream_failed(method, service, path, &message);
+        Answer::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    fn pool(&self) -> &Pool<PeerIo> {
+        &self.out.pool
+    }
+
+    fn generation(&self) -> u64 {
+        self.out.shared.store.current().map_or(0, |s| s.generation)
+    }
+}
+
+/// An mTLS connection to a peer sidecar held by the relay, counted as open while it lives.
+pub(crate) struct PeerIo {
+    tls: TlsStream<TcpStream>,
+    _active: ActiveGuard,
+}
+
+impl tokio::io::AsyncRead for PeerIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Service {
     pub protocol: Protocol,
     /// `name` as the `Host` header the peer is sent, built once.
     pub host: http::HeaderValue,
+    /// `name`, shared: the key of this service's idle connections.
+    pub key: Arc<str>,
 }
 
 impl Service {
@@ -58,6 +60,7 @@ impl Service {
         let host_header = http::HeaderValue::from_str(&name).map_err(|_| ServiceError::BadName(name.clone()))?;
         let addresses = address.parse().into_iter().collect();
         Ok(Service {
+            key: Arc::from(name.as_str()),
             name,
             address,
             identity,
@@ -109,6 +112,10 @@ impl ServiceTable {
 
     /// Looks up a `host[:port]` target as an app sends it (`Host:` or absolute URI); port 80 if absent.
     pub fn get(&self, target: &str) -> Option<Arc<Service>> {
+        // Apps mostly name a service as the table does: no normalizing (and no allocation) then.
+        if let Some(service) = self.by_name.get(target) {
+            return Some(service.clone());
+        }
         self.by_name.get(&normalize(target)?).cloned()
     }
 

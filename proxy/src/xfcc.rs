@@ -63,13 +63,23 @@ impl PeerCert {
 
     /// Sets or appends this peer's element, as `mode` says.
     pub fn apply(&self, by: &SpiffeId, mode: XfccMode, headers: &mut HeaderMap) {
-        let existing = headers
-            .get(HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|e| !e.is_empty());
-        let value = match (mode, existing) {
+        let existing = headers.get(HEADER).and_then(|v| v.to_str().ok());
+        match self.value(by, mode, existing) {
+            Some(v) => {
+                headers.insert(HEADER, v);
+            }
+            None => {
+                headers.remove(HEADER);
+            }
+        }
+    }
+
+    /// The header to send for a request that came with `existing`, as `mode` says; `None` when
+    /// no valid value can be made (the header is then removed).
+    pub fn value(&self, by: &SpiffeId, mode: XfccMode, existing: Option<&str>) -> Option<HeaderValue> {
+        match (mode, existing.filter(|e| !e.is_empty())) {
             (XfccMode::AppendForward, Some(existing)) => {
-                HeaderValue::from_str(&format!("{existing},By={by}{}", self.element_tail))
+                HeaderValue::from_str(&format!("{existing},By={by}{}", self.element_tail)).ok()
             }
             _ => {
                 let (built_for, element) = self.element.get_or_init(|| {
@@ -77,17 +87,9 @@ impl PeerCert {
                     (by.clone(), element)
                 });
                 match (built_for == by, element) {
-                    (true, Some(element)) => Ok(element.clone()),
-                    _ => HeaderValue::from_str(&format!("By={by}{}", self.element_tail)),
+                    (true, Some(element)) => Some(element.clone()),
+                    _ => HeaderValue::from_str(&format!("By={by}{}", self.element_tail)).ok(),
                 }
-            }
-        };
-        match value {
-            Ok(v) => {
-                headers.insert(HEADER, v);
-            }
-            Err(_) => {
-                headers.remove(HEADER);
             }
         }
     }
