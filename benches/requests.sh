@@ -16,9 +16,8 @@
 #                server chain verified against the foo root) -> mTLS-required listener -> app;
 #                upstream keepalive, proxy_http_version 1.1, Connection "" on both hops
 #   haproxy      benches/requests/haproxy-{client,server}.cfg: the same, with http-reuse always
-# The app: `signet httpbin` GET /html, a fixed 765-byte body (the built-in httpbin has no 1 KiB
-# or 64 KiB endpoint; /html is the largest fixed-size one). 64 KiB responses: not measured
-# (the built-in app cannot produce them; see the report's notes).
+# The app: `signet httpbin`, GET /bytes/1024 (1 KiB) for every phase, and GET /bytes/65536
+# (64 KiB) for a second saturation phase.
 #
 # Pinning (as benches/compare.rs): both proxies of a pair on CPU 1, the load generator and the
 # app on CPU 0. Each proxy gets one worker (signet --workers 1, nginx worker_processes 1,
@@ -181,7 +180,8 @@ APP=$(free_port)
 app_pid=$(spawn 0 app "$SIGNET" httpbin --listen "127.0.0.1:$APP" --log-level warn)
 started+=("$app_pid")
 wait_port "$APP" app
-PATH_=/html
+PATH_=/bytes/1024
+BIG=/bytes/65536
 BODY_BYTES=$(curl -s -o /dev/null -w '%{size_download}' "http://127.0.0.1:$APP$PATH_")
 HOST=app.foo:8000
 
@@ -296,6 +296,11 @@ for round in $(seq 1 "$rounds"); do
     if [ -n "$H2" ]; then
       measure "$round" "$row" h2 saturation h2load -c16 -m1 -t1 -D "$secs" --warm-up-time=1 \
         -H ":authority: $HOST" "$H2"
+    fi
+    measure "$round" "$row" h1 sat64k wrk -t1 -c16 -d"${secs}s" --latency -H "Host: $HOST" "${H1%"$PATH_"}$BIG"
+    if [ -n "$H2" ]; then
+      measure "$round" "$row" h2 sat64k h2load -c16 -m1 -t1 -D "$secs" --warm-up-time=1 \
+        -H ":authority: $HOST" "${H2%"$PATH_"}$BIG"
     fi
     for rate in 1000 5000; do
       measure "$round" "$row" h1 "rate$rate" "${oha_common[@]}" $(to "$H1") -z "${secs}s" -q "$rate" -c 32 "http://$HOST$PATH_"

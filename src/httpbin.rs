@@ -1,5 +1,5 @@
 //! A small built-in httpbin: `/html` (the Moby-Dick page), `/get`, `/headers`, `/ip`,
-//! `/status/{code}`. The demo and the benchmarks use it so they need nothing installed; the
+//! `/status/{code}`, `/bytes/{n}` (up to 100 KiB, the same bytes each time). The demo and the benchmarks use it so they need nothing installed; the
 //! tests use the real httpbin from PyPI.
 
 use std::convert::Infallible;
@@ -102,8 +102,23 @@ fn route(req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         "/" => respond(
             StatusCode::OK,
             "text/plain; charset=utf-8",
-            "signet httpbin: /html /get /headers /ip /status/{code}\n".into(),
+            "signet httpbin: /html /get /headers /ip /status/{code} /bytes/{n}\n".into(),
         ),
+        _ if path.starts_with("/bytes/") => match path["/bytes/".len()..].parse::<usize>() {
+            Ok(n) if n <= MAX_BYTES => {
+                let mut resp = Response::new(body::full(bytes::Bytes::from_static(&pattern()[..n])));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/octet-stream"),
+                );
+                resp
+            }
+            _ => respond(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!("/bytes/N: N is a number of bytes up to {MAX_BYTES}\n"),
+            ),
+        },
         _ => match path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
             Some(code) => match StatusCode::from_u16(code) {
                 Ok(status) => respond(status, "text/plain; charset=utf-8", String::new()),
@@ -134,6 +149,26 @@ fn headers_json(headers: &HeaderMap) -> Value {
         );
     }
     Value::Object(out)
+}
+
+/// The most `/bytes/N` serves (httpbin's own limit: 100 KiB).
+const MAX_BYTES: usize = 100 * 1024;
+
+/// `/bytes/N`'s body: the first N bytes of one fixed pseudo-random block, made once (httpbin
+/// sends random bytes; the same ones each time keep the app's cost out of benchmarks).
+fn pattern() -> &'static [u8] {
+    static PATTERN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PATTERN.get_or_init(|| {
+        let mut x: u32 = 0x9e37_79b9;
+        (0..MAX_BYTES)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    })
 }
 
 fn json_response(v: Value) -> Response<Body> {

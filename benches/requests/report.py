@@ -80,38 +80,43 @@ def markdown(summary, meta):
         f"nginx {meta.get('nginx', '?')}, HAProxy {meta.get('haproxy', '?')}, wrk {meta.get('wrk', '?')}, "
         f"h2load {meta.get('h2load', '?')}, oha {meta.get('oha', '?')}.\n"
     )
-    nginx_pc = {
-        p: (summary.get(("nginx", p, "saturation")) or {}).get("rps_per_proxy_core") for p in ("h1", "h2")
-    }
-    md.append("**Saturation** (HTTP/1.1: `wrk -t1 -c16`; HTTP/2: `h2load -c16 -m1`, h2c prior knowledge):\n")
-    md.append(
-        "| pair | protocol | requests/s | proxy CPU (client + server) | **requests/s per proxy-core** | vs nginx | peak RSS client / server |"
-    )
-    md.append("|---|---|---:|---:|---:|---:|---:|")
-    for row in rows:
-        for proto in ("h1", "h2"):
-            s = summary.get((row, proto, "saturation"))
-            if s is None:
-                if row != "direct" or proto == "h1":
-                    md.append(f"| {LABEL[row]} | {proto} | n/a | | | | |")
-                continue
-            pc = s.get("rps_per_proxy_core")
-            vs = pc / nginx_pc[proto] if pc and nginx_pc.get(proto) else None
-            cores = (
-                f"{s['cli_cores']:.2f} + {s['srv_cores']:.2f} = {s['cli_cores'] + s['srv_cores']:.2f}"
-                if s.get("cli_cores") is not None
-                else "–"
-            )
-            rss = (
-                f"{mib(s['cli_rss_kib']):.1f} / {mib(s['srv_rss_kib']):.1f} MiB"
-                if s.get("cli_rss_kib") is not None and s.get("srv_rss_kib") is not None
-                else "–"
-            )
-            err = f" ({s['errors']} errors)" if s["errors"] else ""
-            md.append(
-                f"| {LABEL[row]} | {proto} | {f(s['rps'], '{:,.0f}')}{err} | {cores} | **{f(pc, '{:,.0f}', '–')}** | {f(vs, '{:.2f}×', '–')} | {rss} |"
-            )
-    md.append("")
+    for load, what in (("saturation", f"{meta['path']}, {meta['body']} bytes"), ("sat64k", "/bytes/65536, 64 KiB")):
+        if not any(k[2] == load for k in summary):
+            continue
+        nginx_pc = {
+            p: (summary.get(("nginx", p, load)) or {}).get("rps_per_proxy_core") for p in ("h1", "h2")
+        }
+        md.append(
+            f"**Saturation, {what}** (HTTP/1.1: `wrk -t1 -c16`; HTTP/2: `h2load -c16 -m1`, h2c prior knowledge):\n"
+        )
+        md.append(
+            "| pair | protocol | requests/s | proxy CPU (client + server) | **requests/s per proxy-core** | vs nginx | peak RSS client / server |"
+        )
+        md.append("|---|---|---:|---:|---:|---:|---:|")
+        for row in rows:
+            for proto in ("h1", "h2"):
+                s = summary.get((row, proto, load))
+                if s is None:
+                    if row != "direct" or proto == "h1":
+                        md.append(f"| {LABEL[row]} | {proto} | n/a | | | | |")
+                    continue
+                pc = s.get("rps_per_proxy_core")
+                vs = pc / nginx_pc[proto] if pc and nginx_pc.get(proto) else None
+                cores = (
+                    f"{s['cli_cores']:.2f} + {s['srv_cores']:.2f} = {s['cli_cores'] + s['srv_cores']:.2f}"
+                    if s.get("cli_cores") is not None
+                    else "–"
+                )
+                rss = (
+                    f"{mib(s['cli_rss_kib']):.1f} / {mib(s['srv_rss_kib']):.1f} MiB"
+                    if s.get("cli_rss_kib") is not None and s.get("srv_rss_kib") is not None
+                    else "–"
+                )
+                err = f" ({s['errors']} errors)" if s["errors"] else ""
+                md.append(
+                    f"| {LABEL[row]} | {proto} | {f(s['rps'], '{:,.0f}')}{err} | {cores} | **{f(pc, '{:,.0f}', '–')}** | {f(vs, '{:.2f}×', '–')} | {rss} |"
+                )
+        md.append("")
     md.append(
         "**Fixed rates** (`oha -q RATE --latency-correction`: latency from each request's scheduled "
         "start; HTTP/1.1 over 32 connections, HTTP/2 over 4 connections × 8 streams). vCPU per 1,000 "
@@ -183,10 +188,6 @@ def markdown(summary, meta):
         f"- {meta['cpus']} vCPUs: at saturation the two proxies share CPU 1 while wrk/h2load and the app share "
         "CPU 0; when the proxy CPU column is well under 1.00 the generator side (CPU 0), not the proxies, was "
         "the limit, and requests/s per proxy-core is still comparable but requests/s is not."
-    )
-    md.append(
-        "- 64 KiB responses: n/a (the built-in httpbin has no fixed-size endpoint that large; the app is the "
-        f"same for every row: {meta['path']}, {meta['body']} bytes)."
     )
     md.append(
         "- HTTP/2 is h2c prior knowledge from the generator to the client-side proxy (direct: to the app); "
