@@ -278,6 +278,9 @@ async fn one(
         {
             if record {
                 stats.ok.fetch_add(1, Ordering::Relaxed);
+                if resumed {
+                    stats.resumed.fetch_add(1, Ordering::Relaxed);
+                }
                 stats
                     .latencies
                     .lock()

@@ -82,3 +82,53 @@ fn sessions_resume_but_never_past_the_client_certificate() {
     );
     assert!(side.metric("signet_tls_sessions_resumed_total{direction=\"inbound\"}") > 0);
 }
+
+/// Handshake-only clients (health checks, the handshake benchmark) resume too, in both modes,
+/// and are counted as resumed whether the sidecar closes with close_notify or not.
+#[test]
+fn handshake_only_clients_resume_and_are_counted() {
+    let mesh = Mesh::new(&["foo"]);
+    let app = Httpbin::start(mesh.dir.path(), "httpbin");
+    let server = mesh.issue(
+        "foo",
+        "httpbin-foo",
+        &spiffe("foo", "httpbin"),
+        &["--dns", "httpbin.foo"],
+    );
+    let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    for protocol in ["tcp", "http"] {
+        let side = Sidecar::start("sidecar", &mesh.inbound_args(&server, "foo", app.addr, protocol));
+        let out = signet_cmd()
+            .args([
+                "bench",
+                "handshake",
+                "--target",
+                &side.inbound[0].to_string(),
+                "--sni",
+                "httpbin.foo",
+            ])
+            .args([
+                "--cert",
+                &format!("{client}/tls.crt"),
+                "--key",
+                &format!("{client}/tls.key"),
+            ])
+            .args(["--ca", &format!("{}/ca.crt", mesh.signer_dir("foo"))])
+            .args(["--resume", "--concurrency", "2", "--duration", "1s", "--json"])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let (ok, resumed) = (
+            report["handshakes"].as_u64().unwrap(),
+            report["resumed"].as_u64().unwrap(),
+        );
+        assert!(ok > 0 && resumed * 10 >= ok * 9, "{protocol}: {report}");
+        assert!(side.metric("signet_tls_sessions_resumed_total{direction=\"inbound\"}") >= resumed);
+    }
+    assert_eq!(
+        app.requests(),
+        1,
+        "handshake-only clients cost the app nothing (the probe only)"
+    );
+}

@@ -285,7 +285,11 @@ impl Inbound {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut first = vec![0u8; FIRST_READ];
         let n = match tokio::time::timeout(FIRST_BYTES_WAIT, tls.read(&mut first)).await {
-            Ok(Ok(0)) => return tracing::debug!("inbound {}: {peer} closed before sending a byte", self.listen),
+            Ok(Ok(0)) => {
+                // A clean close (close_notify) is answered with one, as the splice would.
+                let _ = tokio::time::timeout(FIRST_BYTES_WAIT, tls.shutdown()).await;
+                return tracing::debug!("inbound {}: {peer} closed before sending a byte", self.listen);
+            }
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return tracing::debug!("inbound {}: connection from {peer} ended: {e}", self.listen),
             Err(_) => 0,
@@ -364,7 +368,8 @@ impl Inbound {
             let (this, peer, by, app) = (this.clone(), peer.clone(), by.clone(), app.clone());
             async move { Ok::<_, Infallible>(this.forward(req, peer.as_deref(), &by, app).await) }
         });
-        let served = serve_http_auto(io, svc, &self.serving).await;
+        // Boxed: allocated only for connections handed over, so an idle relayed one stays small.
+        let served = Box::pin(serve_http_auto(io, svc, &self.serving)).await;
         if let Some(closed) = served.closed {
             self.shared.metrics.closed(Direction::Inbound, closed);
         }
@@ -539,8 +544,9 @@ impl Hop for Delivery<'_> {
 
 /// How long a TCP inbound waits for the peer's first bytes before connecting to the app.
 const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
-/// The most of the peer's first bytes read before the app is connected to.
-const FIRST_READ: usize = 16 * 1024;
+/// The most of the peer's first bytes read before the app is connected to (the rest follows
+/// in the splice); small, since an idle connection holds it.
+const FIRST_READ: usize = 2 * 1024;
 
 /// Whether a connection opens with a TLS handshake record (content type 22), waiting up to
 /// `timeout` for its first byte. Anything else, or silence, is plaintext.

@@ -282,7 +282,8 @@ impl HttpOutbound {
             let (this, dialled) = (this.clone(), dialled.clone());
             async move { Ok::<_, Infallible>(this.route(req, dialled.as_ref()).await) }
         });
-        let served = serve_http_auto(Prefixed::new(stream, read), svc, &self.serving).await;
+        // Boxed: allocated only for connections handed over, so an idle relayed one stays small.
+        let served = Box::pin(serve_http_auto(Prefixed::new(stream, read), svc, &self.serving)).await;
         if let Some(closed) = served.closed {
             self.shared.metrics.closed(Direction::Outbound, closed);
         }

@@ -39,6 +39,8 @@ const MAX_HEADERS: usize = 100;
 pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
 /// Read size for bodies.
 const CHUNK: usize = 16 * 1024;
+/// How long closing a connection the client closed may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Idle connections kept per target.
 const MAX_IDLE_PER_TARGET: usize = 256;
 
@@ -744,10 +746,11 @@ async fn until<F: Future>(mut sleep: Pin<&mut tokio::time::Sleep>, deadline: Ins
     }
 }
 
-/// Reads more into `buf` (at least some spare room first).
+/// Reads more into `buf`, growing it geometrically from 1 KiB to [`CHUNK`] at a time: an idle
+/// connection holds only what its largest message needed.
 async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(CHUNK);
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(buf.capacity().clamp(1024, CHUNK));
     }
     io.read_buf(buf).await
 }
@@ -778,7 +781,7 @@ where
     let start = Instant::now();
     let age_limit = start + limits.max_age;
     let flight = age_limit + limits.grace;
-    let mut input = BytesMut::with_capacity(4096);
+    let mut input = BytesMut::new();
     let mut bufs = Bufs::default();
     let mut held: Option<Held<H::Up>> = None;
     let mut requests: u64 = 0;
@@ -844,7 +847,13 @@ where
                 _ = serving.shutdown.cancelled(), if waiting => break 'conn Some(Closed::Shutdown),
             };
             match read {
-                Ok(0) | Err(_) => break 'conn None,
+                Ok(0) => {
+                    // A clean close is answered with one (TLS: close_notify), as hyper does.
+                    let deadline = Instant::now() + CLOSE_WAIT;
+                    let _ = until(sleep.as_mut(), deadline, down.shutdown()).await;
+                    break 'conn None;
+                }
+                Err(_) => break 'conn None,
                 Ok(_) => {
                     head_since.get_or_insert_with(Instant::now);
                 }
@@ -1459,6 +1468,17 @@ mod tests {
 
     /// A whole exchange over in-memory pipes: two requests on one connection, one upstream
     /// connection for both, a chunked response relayed byte for byte.
+    #[test]
+    fn an_idle_connection_holds_little() {
+        let hop = fixed();
+        let (down, _client) = tokio::io::duplex(64);
+        let serving = HttpServing::new(crate::serve::HttpLimits::default(), Default::default());
+        let future = serve(&hop, down, &serving);
+        let size = std::mem::size_of_val(&future);
+        eprintln!("the relay's future: {size} bytes");
+        assert!(size < 4096, "{size}");
+    }
+
     #[tokio::test]
     async fn kept_alive_requests_share_one_upstream_connection() {
         let hop = fixed();
