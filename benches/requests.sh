@@ -4,7 +4,7 @@
 # alone ("direct") as the baseline of every "added latency" figure.
 #
 #   benches/requests.sh [--quick] [--write-results] [--only ROW,...] [--rounds N] [--duration S]
-#                       [--no-h2] [--no-burst]
+#                       [--no-h2] [--no-burst] [--rates-only] [--unpinned]
 #
 # Rows (same app, same load generators, same certificates, made by `signet signer new` and
 # `signet cert issue`: signer foo, spiffe://cluster.local/ns/foo/sa/{client,server}):
@@ -20,7 +20,10 @@
 # (64 KiB) for a second saturation phase.
 #
 # Pinning (as benches/compare.rs): both proxies of a pair on CPU 1, the load generator and the
-# app on CPU 0. Each proxy gets one worker (signet --workers 1, nginx worker_processes 1,
+# app on CPU 0. With --unpinned nothing is pinned (every process may run on every CPU): the two
+# proxies of a pair no longer wait for each other's time slice, so fixed-rate tails tell pairs
+# apart better; per-core figures then include the generator's and the app's interference.
+# --rates-only runs the fixed-rate and burst phases only (no saturation). Each proxy gets one worker (signet --workers 1, nginx worker_processes 1,
 # haproxy nbthread 1). On a 2-vCPU machine that is every CPU there is: at saturation either
 # CPU 1 (the two proxies) or CPU 0 (generator + app) is the bottleneck; the report says which.
 #
@@ -59,7 +62,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-quick=0; write=0; only=""; rounds=""; secs=""; do_h2=1; do_burst=1
+quick=0; write=0; only=""; rounds=""; secs=""; do_h2=1; do_burst=1; pinned=1; do_sat=1
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
@@ -70,6 +73,8 @@ while [ $# -gt 0 ]; do
     --duration) secs=$2; shift ;;
     --no-h2) do_h2=0 ;;
     --no-burst) do_burst=0 ;;
+    --unpinned) pinned=0 ;;
+    --rates-only) do_sat=0 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "requests.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -128,6 +133,7 @@ trap 'exit 130' INT TERM HUP PIPE
 # Starts a command in a process group of its own, pinned to CPU $1; prints its pid.
 spawn() { # cpu logname cmd...
   local cpu=$1 log=$2; shift 2
+  [ $pinned = 1 ] || cpu=0-$(($(nproc) - 1))
   setsid taskset -c "$cpu" "$@" >"$work/$log.log" 2>&1 &
   echo $!
 }
@@ -166,6 +172,8 @@ rss_kib() { # pid: VmRSS (KiB) summed over the pid and its descendants
   echo $t
 }
 HZ=$(getconf CLK_TCK)
+gen_cpu=0
+[ $pinned = 1 ] || gen_cpu=0-$(($(nproc) - 1))
 
 # --- certificates ------------------------------------------------------------------------------
 "$SIGNET" signer new foo --dir "$work/signers" >/dev/null 2>&1
@@ -265,7 +273,7 @@ measure() {
     c0=$(ticks "$CLI"); s0=$(ticks "$SRV")
   fi
   t0=$(date +%s.%N)
-  o=$(taskset -c 0 "$@" 2>&1) || { echo "requests.sh: $row $proto $load: $1 failed: $o" >&2; o=""; }
+  o=$(taskset -c "$gen_cpu" "$@" 2>&1) || { echo "requests.sh: $row $proto $load: $1 failed: $o" >&2; o=""; }
   t1=$(date +%s.%N)
   if [ -n "$CLI" ]; then
     c1=$(ticks "$CLI"); s1=$(ticks "$SRV")
@@ -291,16 +299,18 @@ for round in $(seq 1 "$rounds"); do
   for row in $rows; do
     echo "  round $round/$rounds: $row" >&2
     start_row "$row"
-    taskset -c 0 wrk -t1 -c16 -d1s -H "Host: $HOST" "$H1" >/dev/null 2>&1 || true   # warm-up
-    measure "$round" "$row" h1 saturation wrk -t1 -c16 -d"${secs}s" --latency -H "Host: $HOST" "$H1"
-    if [ -n "$H2" ]; then
-      measure "$round" "$row" h2 saturation h2load -c16 -m1 -t1 -D "$secs" --warm-up-time=1 \
-        -H ":authority: $HOST" "$H2"
-    fi
-    measure "$round" "$row" h1 sat64k wrk -t1 -c16 -d"${secs}s" --latency -H "Host: $HOST" "${H1%"$PATH_"}$BIG"
-    if [ -n "$H2" ]; then
-      measure "$round" "$row" h2 sat64k h2load -c16 -m1 -t1 -D "$secs" --warm-up-time=1 \
-        -H ":authority: $HOST" "${H2%"$PATH_"}$BIG"
+    taskset -c "$gen_cpu" wrk -t1 -c16 -d1s -H "Host: $HOST" "$H1" >/dev/null 2>&1 || true   # warm-up
+    if [ $do_sat = 1 ]; then
+      measure "$round" "$row" h1 saturation wrk -t1 -c16 -d"${secs}s" --latency -H "Host: $HOST" "$H1"
+      if [ -n "$H2" ]; then
+        measure "$round" "$row" h2 saturation h2load -c16 -m1 -t1 -D "$secs" --warm-up-time=1 \
+          -H ":authority: $HOST" "$H2"
+      fi
+      measure "$round" "$row" h1 sat64k wrk -t1 -c16 -d"${secs}s" --latency -H "Host: $HOST" "${H1%"$PATH_"}$BIG"
+      if [ -n "$H2" ]; then
+        measure "$round" "$row" h2 sat64k h2load -c16 -m1 -t1 -D "$secs" --warm-up-time=1 \
+          -H ":authority: $HOST" "${H2%"$PATH_"}$BIG"
+      fi
     fi
     for rate in 1000 5000; do
       measure "$round" "$row" h1 "rate$rate" "${oha_common[@]}" $(to "$H1") -z "${secs}s" -q "$rate" -c 32 "http://$HOST$PATH_"
@@ -316,7 +326,7 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
-python3 "$root/benches/requests/report.py" "$results" "$out" \
+python3 "$root/benches/requests/report.py" "$results" "$out" pinned="$pinned" \
   cpus="$(nproc)" cpu="$cpu_model" rounds="$rounds" secs="$secs" body="$BODY_BYTES" path="$PATH_" \
   write="$write" nginx="$(nginx -v 2>&1 | sed 's|.*/||')" \
   haproxy="$(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}')" \

@@ -72,8 +72,13 @@ def markdown(summary, meta):
     md = []
     md.append(f"### Request path through a sidecar pair, {meta['date']}\n")
     md.append(
-        f"{meta['cpus']} vCPUs ({meta['cpu']}); both proxies of a pair pinned to CPU 1 (one worker each), "
-        f"load generator and app pinned to CPU 0. App: `signet httpbin` GET {meta['path']} "
+        f"{meta['cpus']} vCPUs ({meta['cpu']}); "
+        + (
+            "both proxies of a pair pinned to CPU 1 (one worker each), load generator and app pinned to CPU 0. "
+            if meta.get("pinned", "1") == "1"
+            else "nothing pinned (--unpinned: proxies, load generator and app share every CPU; one worker per proxy). "
+        )
+        + f"App: `signet httpbin` GET {meta['path']} "
         f"({meta['body']}-byte body), Host `app.foo:8000`; kept-alive connections; TLS 1.3 mTLS "
         f"(ECDSA P-256, signer foo) between the proxies. {meta['rounds']} interleaved round(s) of "
         f"{meta['secs']} s per phase; every figure is the median over rounds. "
