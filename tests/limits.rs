@@ -89,24 +89,6 @@ fn inbound(mesh: &Mesh, app: &Httpbin, protocol: &str, extra: &[&str]) -> (Sidec
     (Sidecar::start("sidecar httpbin.foo", &args), certs)
 }
 
-/// Flags for curl.foo's sidecar: an outbound HTTP proxy to httpbin.foo at `server`, and `extra`.
-fn outbound_args(mesh: &Mesh, certs: &str, server: &Sidecar, extra: &[&str]) -> Vec<String> {
-    let mut args = s(&[
-        "--cert-dir",
-        certs,
-        "--bundle",
-        &mesh.bundle(),
-        "--signer",
-        "foo",
-        "--outbound",
-        "127.0.0.1:0",
-        "--service",
-        &format!("httpbin.foo:8000={},{}", server.inbound[0], spiffe("foo", "httpbin")),
-    ]);
-    args.extend(s(extra));
-    args
-}
-
 fn closes(side: &Sidecar, direction: &str, reason: &str) -> u64 {
     side.metric(&format!(
         "signet_connections_closed_total{{direction=\"{direction}\",reason=\"{reason}\"}}"
@@ -218,7 +200,7 @@ fn one_header_limit_everywhere_answered_with_431_and_every_response_counted() {
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
     let (server, _) = inbound(&mesh, &app, "http", &[]);
     let client_certs = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
-    let client = Sidecar::start("sidecar curl.foo", &outbound_args(&mesh, &client_certs, &server, &[]));
+    let client = Sidecar::start("sidecar curl.foo", &mesh.outbound_args(&client_certs, &server, &[]));
     let proxy = client.outbound.unwrap();
     let big = "a".repeat(100 * 1024);
 
@@ -307,8 +289,7 @@ fn twenty_thousand_idle_clients_leave_ready_reloads_and_new_clients_working() {
     let cap = 5000.min((fds.saturating_sub(400) / 2) as usize);
     let client = Sidecar::start(
         "sidecar curl.foo",
-        &outbound_args(
-            &mesh,
+        &mesh.outbound_args(
             &client_certs,
             &server,
             &[

@@ -34,34 +34,9 @@ fn fetch(proxy: Option<&str>, args: &[&str]) -> (u16, Vec<u8>, String) {
     (status, body, std::fs::read_to_string(&head).unwrap_or_default())
 }
 
-/// httpbin.foo behind its sidecar, and a client sidecar's outbound proxy to it.
+/// The pair, and the client sidecar's proxy URL.
 fn pair(mesh: &Mesh, app: &Httpbin) -> (Sidecar, Sidecar, String) {
-    let server_certs = mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
-    let server = Sidecar::start(
-        "sidecar httpbin.foo",
-        &mesh.inbound_args(&server_certs, "foo", app.addr, "http"),
-    );
-    let client_certs = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
-    let client = Sidecar::start(
-        "sidecar curl.foo",
-        &s(&[
-            "--cert-dir",
-            &client_certs,
-            "--bundle",
-            &mesh.bundle(),
-            "--signer",
-            "foo",
-            "--outbound",
-            "127.0.0.1:0",
-            "--service",
-            &format!("httpbin.foo:8000={},{}", server.inbound[0], spiffe("foo", "httpbin")),
-        ]),
-    );
+    let (server, client) = mesh.http_pair(app.addr);
     let proxy = format!("http://{}", client.outbound.unwrap());
     (server, client, proxy)
 }

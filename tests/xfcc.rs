@@ -8,32 +8,7 @@ use support::*;
 fn httpbin_sees_the_callers_spiffe_id_and_forgeries_are_dropped() {
     let mesh = Mesh::new(&["foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
-    let server_certs = mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
-    let server = Sidecar::start(
-        "sidecar httpbin.foo",
-        &mesh.inbound_args(&server_certs, "foo", app.addr, "http"),
-    );
-    let client_certs = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
-    let client = Sidecar::start(
-        "sidecar curl.foo",
-        &s(&[
-            "--cert-dir",
-            &client_certs,
-            "--bundle",
-            &mesh.bundle(),
-            "--signer",
-            "foo",
-            "--outbound",
-            "127.0.0.1:0",
-            "--service",
-            &format!("httpbin.foo:8000={},{}", server.inbound[0], spiffe("foo", "httpbin")),
-        ]),
-    );
+    let (_server, client) = mesh.http_pair(app.addr);
     let proxy = format!("http://{}", client.outbound.unwrap());
     let forged = "X-Forwarded-Client-Cert: By=spiffe://evil;URI=spiffe://cluster.local/ns/kube-system/sa/admin";
     let r = curl(

@@ -597,6 +597,45 @@ impl Mesh {
 }
 
 impl Mesh {
+    /// `signet proxy` flags for curl.foo's sidecar: an outbound HTTP proxy on an ephemeral port
+    /// whose one service, httpbin.foo:8000, is `server`'s first inbound; then `extra`.
+    pub fn outbound_args(&self, certs: &str, server: &Sidecar, extra: &[&str]) -> Vec<String> {
+        let mut args = s(&[
+            "--cert-dir",
+            certs,
+            "--bundle",
+            &self.bundle(),
+            "--signer",
+            "foo",
+            "--outbound",
+            "127.0.0.1:0",
+            "--service",
+            &format!("httpbin.foo:8000={},{}", server.inbound[0], spiffe("foo", "httpbin")),
+        ]);
+        args.extend(s(extra));
+        args
+    }
+
+    /// The scenario's same-signer pair: httpbin.foo's sidecar (an `http` inbound in front of
+    /// `app`) and curl.foo's (an outbound HTTP proxy to it). Returns (server, client).
+    pub fn http_pair(&self, app: SocketAddr) -> (Sidecar, Sidecar) {
+        let server_certs = self.issue(
+            "foo",
+            "httpbin-foo",
+            &spiffe("foo", "httpbin"),
+            &["--dns", "httpbin.foo"],
+        );
+        let server = Sidecar::start(
+            "sidecar httpbin.foo",
+            &self.inbound_args(&server_certs, "foo", app, "http"),
+        );
+        let client_certs = self.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+        let client = Sidecar::start("sidecar curl.foo", &self.outbound_args(&client_certs, &server, &[]));
+        (server, client)
+    }
+}
+
+impl Mesh {
     /// curl straight to an inbound on `port` as `https://httpbin.foo/get`, verifying the server
     /// with `signer`'s root and presenting the client certificate in `client` (a cert dir), if any.
     pub fn curl_inbound(&self, port: u16, signer: &str, client: Option<&str>) -> Curl {
