@@ -746,14 +746,20 @@ async fn until<F: Future>(mut sleep: Pin<&mut tokio::time::Sleep>, deadline: Ins
     }
 }
 
-/// Reads more into `buf`, growing it geometrically from 1 KiB to [`CHUNK`] at a time: an idle
+/// Reads more into `buf`, growing it geometrically from `first` to [`CHUNK`] at a time: a
 /// connection holds only what its largest message needed.
-async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut, first: usize) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 512 {
-        buf.reserve(buf.capacity().clamp(1024, CHUNK));
+        buf.reserve(buf.capacity().clamp(first, CHUNK));
     }
     io.read_buf(buf).await
 }
+
+/// The first read buffer for request heads: most fit (an idle connection holds it).
+const FIRST_HEAD: usize = 1024;
+/// The first read buffer for responses: a whole TLS record, so a small response is read, and
+/// written on, at once.
+const FIRST_RESPONSE: usize = CHUNK;
 
 /// Methods a request may be sent again for, when a reused connection closed without answering
 /// (RFC 9110 §9.2.2), as nginx does.
@@ -842,7 +848,7 @@ where
             let waiting = input.is_empty();
             let read = tokio::select! {
                 biased;
-                read = fill(&mut down, &mut input) => read,
+                read = fill(&mut down, &mut input, FIRST_HEAD) => read,
                 _ = sleep.as_mut() => break 'conn Some(why),
                 _ = serving.shutdown.cancelled(), if waiting => break 'conn Some(Closed::Shutdown),
             };
@@ -898,7 +904,7 @@ where
                             handed_over: Some((down, input.freeze())),
                         };
                     }
-                    match until(sleep.as_mut(), flight, fill(&mut down, &mut input)).await {
+                    match until(sleep.as_mut(), flight, fill(&mut down, &mut input, FIRST_HEAD)).await {
                         Some(Ok(n)) if n > 0 => {}
                         Some(_) => break 'conn None,
                         None => break 'conn Some(Closed::MaxAge),
@@ -907,7 +913,7 @@ where
             }
         };
         while input.len() < plan.len + body {
-            match until(sleep.as_mut(), flight, fill(&mut down, &mut input)).await {
+            match until(sleep.as_mut(), flight, fill(&mut down, &mut input, FIRST_HEAD)).await {
                 Some(Ok(n)) if n > 0 => {}
                 Some(_) => break 'conn None,
                 None => break 'conn Some(Closed::MaxAge),
@@ -1055,7 +1061,12 @@ where
         }
         bufs.upstream.clear();
         let head = loop {
-            let read = until(sleep.as_mut(), flight, fill(&mut up, &mut bufs.upstream)).await;
+            let read = until(
+                sleep.as_mut(),
+                flight,
+                fill(&mut up, &mut bufs.upstream, FIRST_RESPONSE),
+            )
+            .await;
             let error = match read {
                 None => return Exchange::End(Some(Closed::MaxAge)),
                 Some(Ok(0)) => io::Error::new(io::ErrorKind::UnexpectedEof, "the connection closed before a response"),
@@ -1142,7 +1153,13 @@ where
     // The rest of the body, as it comes.
     while !done {
         bufs.upstream.clear();
-        match until(sleep.as_mut(), flight, fill(&mut up, &mut bufs.upstream)).await {
+        match until(
+            sleep.as_mut(),
+            flight,
+            fill(&mut up, &mut bufs.upstream, FIRST_RESPONSE),
+        )
+        .await
+        {
             None => return Exchange::End(Some(Closed::MaxAge)),
             Some(Ok(0)) if framing == Framing::UntilClose => break,
             Some(Ok(0)) | Some(Err(_)) => return Exchange::End(None),
