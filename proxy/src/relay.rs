@@ -767,12 +767,32 @@ fn idempotent(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
 }
 
+/// What happens to the downstream connection after a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum After {
+    KeepAlive,
+    /// Closed once the response is sent (the client asked: no reason; a limit or shutdown: it).
+    Close(Option<Closed>),
+}
+
 /// How one request ended.
 enum Exchange {
-    /// Answered; the connection goes on unless the flag says to close it.
-    Next { close: Option<Option<Closed>> },
+    /// Answered; the connection goes on as `After` says.
+    Next(After),
     /// The connection ends here.
     End(Option<Closed>),
+}
+
+/// Gives the held upstream connection back to the pool and the downstream one, with the bytes
+/// read from it, to the hyper path.
+fn hand_over<D, H: Hop>(hop: &H, held: &mut Option<Held<H::Up>>, down: D, input: BytesMut) -> Relayed<D> {
+    if let Some(h) = held.take() {
+        hop.pool().put(h.key, h.io, h.generation);
+    }
+    Relayed {
+        closed: None,
+        handed_over: Some((down, input.freeze())),
+    }
 }
 
 /// Relays HTTP/1.1 requests from `down` through `hop` until the connection ends, a limit closes
@@ -804,13 +824,7 @@ where
                     Step::Partial => {}
                     Step::Relay(plan) => break plan,
                     Step::HandOver => {
-                        if let Some(h) = held.take() {
-                            hop.pool().put(h.key, h.io, h.generation);
-                        }
-                        return Relayed {
-                            closed: None,
-                            handed_over: Some((down, input.freeze())),
-                        };
+                        return hand_over(hop, &mut held, down, input);
                     }
                     Step::Answer { answer, len, close } => {
                         count(serving, answer.status.as_u16());
@@ -869,13 +883,7 @@ where
         // The body, whole (it is small: larger ones go the hyper way).
         let body = match plan.framing {
             Framing::Length(n) if n > MAX_BUFFERED_BODY as u64 => {
-                if let Some(h) = held.take() {
-                    hop.pool().put(h.key, h.io, h.generation);
-                }
-                return Relayed {
-                    closed: None,
-                    handed_over: Some((down, input.freeze())),
-                };
+                return hand_over(hop, &mut held, down, input);
             }
             Framing::Length(n) => n as usize,
             Framing::UntilClose => 0,
@@ -896,13 +904,7 @@ where
                         break scanned;
                     }
                     if input.len() - plan.len > MAX_BUFFERED_BODY {
-                        if let Some(h) = held.take() {
-                            hop.pool().put(h.key, h.io, h.generation);
-                        }
-                        return Relayed {
-                            closed: None,
-                            handed_over: Some((down, input.freeze())),
-                        };
+                        return hand_over(hop, &mut held, down, input);
                     }
                     match until(sleep.as_mut(), flight, fill(&mut down, &mut input, FIRST_HEAD)).await {
                         Some(Ok(n)) if n > 0 => {}
@@ -921,35 +923,38 @@ where
         }
         bufs.request.extend_from_slice(&input[plan.len..plan.len + body]);
 
-        let why_close = if plan.close {
-            Some(None)
+        let after = if plan.close {
+            After::Close(None)
         } else if serving.shutdown.is_cancelled() {
-            Some(Some(Closed::Shutdown))
+            After::Close(Some(Closed::Shutdown))
         } else if Instant::now() >= age_limit {
-            Some(Some(Closed::MaxAge))
+            After::Close(Some(Closed::MaxAge))
         } else {
-            None
+            After::KeepAlive
+        };
+        let ctx = Ctx {
+            hop,
+            serving,
+            max_head,
+            flight,
         };
         let exchange = exchange(
-            hop,
+            &ctx,
             &plan,
             &input,
+            after,
             &mut held,
             &mut bufs,
             &mut down,
             sleep.as_mut(),
-            flight,
-            why_close,
-            serving,
-            max_head,
         )
         .await;
         input.advance(plan.len + body);
         requests += 1;
         idle_since = Instant::now();
         match exchange {
-            Exchange::Next { close: None } => {}
-            Exchange::Next { close: Some(why) } => {
+            Exchange::Next(After::KeepAlive) => {}
+            Exchange::Next(After::Close(why)) => {
                 let _ = until(sleep.as_mut(), flight, down.shutdown()).await;
                 break 'conn why;
             }
@@ -986,25 +991,39 @@ fn count(serving: &HttpServing, status: u16) {
     }
 }
 
-/// Sends one request upstream and its response downstream.
+/// What every exchange on a connection shares.
+struct Ctx<'a, H> {
+    hop: &'a H,
+    serving: &'a HttpServing,
+    max_head: usize,
+    /// No request may run past this (the connection's maximum age, plus the grace).
+    flight: Instant,
+}
+
+/// Sends one request (`plan`: its head rewritten and its body in `bufs.request`; `input` holds
+/// what was read) upstream, on the connection held, one from the pool or a new one, and its
+/// response downstream.
 #[allow(clippy::too_many_arguments)]
 async fn exchange<D, H>(
-    hop: &H,
+    ctx: &Ctx<'_, H>,
     plan: &Plan<H::Target>,
     input: &[u8],
+    after: After,
     held: &mut Option<Held<H::Up>>,
     bufs: &mut Bufs,
     down: &mut D,
     mut sleep: Pin<&mut tokio::time::Sleep>,
-    flight: Instant,
-    why_close: Option<Option<Closed>>,
-    serving: &HttpServing,
-    max_head: usize,
 ) -> Exchange
 where
     D: AsyncRead + AsyncWrite + Unpin + Send,
     H: Hop,
 {
+    let Ctx {
+        hop,
+        serving,
+        max_head,
+        flight,
+    } = *ctx;
     let method = std::str::from_utf8(&input[plan.method.0..plan.method.1]).unwrap_or("?");
     let path = match std::str::from_utf8(&input[plan.path.0..plan.path.1]) {
         Ok("") => "/",
@@ -1024,7 +1043,7 @@ where
     if pooled.is_none() {
         pooled = hop.pool().take(key, generation);
     }
-    let close = why_close.is_some();
+    let close = after != After::KeepAlive;
     // Answers with `answer`, keeping the connection unless it is closing anyway.
     macro_rules! answer {
         ($answer:expr) => {{
@@ -1032,7 +1051,7 @@ where
             count(serving, answer.status.as_u16());
             answer_bytes(&answer, close, &mut bufs.response);
             return match until(sleep.as_mut(), flight, down.write_all(&bufs.response)).await {
-                Some(Ok(())) => Exchange::Next { close: why_close },
+                Some(Ok(())) => Exchange::Next(after),
                 Some(Err(_)) => Exchange::End(None),
                 None => Exchange::End(Some(Closed::MaxAge)),
             };
@@ -1190,11 +1209,10 @@ where
             generation,
         });
     }
-    match framing {
-        Framing::UntilClose => Exchange::Next {
-            close: Some(why_close.flatten()),
-        },
-        _ => Exchange::Next { close: why_close },
+    match (framing, after) {
+        // The end of the body was the end of the connection: the client's must end too.
+        (Framing::UntilClose, After::KeepAlive) => Exchange::Next(After::Close(None)),
+        _ => Exchange::Next(after),
     }
 }
 
