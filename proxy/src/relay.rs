@@ -783,21 +783,9 @@ enum Exchange {
     End(Option<Closed>),
 }
 
-/// Gives the held upstream connection back to the pool and the downstream one, with the bytes
-/// read from it, to the hyper path.
-fn hand_over<D, H: Hop>(hop: &H, held: &mut Option<Held<H::Up>>, down: D, input: BytesMut) -> Relayed<D> {
-    if let Some(h) = held.take() {
-        hop.pool().put(h.key, h.io, h.generation);
-    }
-    Relayed {
-        closed: None,
-        handed_over: Some((down, input.freeze())),
-    }
-}
-
 /// Relays HTTP/1.1 requests from `down` through `hop` until the connection ends, a limit closes
 /// it, or a request needs the hyper path (then the connection is handed over, see the module).
-pub(crate) async fn serve<D, H>(hop: &H, mut down: D, serving: &HttpServing) -> Relayed<D>
+pub(crate) async fn serve<D, H>(hop: &H, down: D, serving: &HttpServing) -> Relayed<D>
 where
     D: AsyncRead + AsyncWrite + Unpin + Send,
     H: Hop,
@@ -807,39 +795,47 @@ where
     let start = Instant::now();
     let age_limit = start + limits.max_age;
     let flight = age_limit + limits.grace;
-    let mut input = BytesMut::new();
-    let mut bufs = Bufs::default();
-    let mut held: Option<Held<H::Up>> = None;
+    let ctx = Ctx {
+        hop,
+        serving,
+        max_head,
+        flight,
+    };
+    let mut conn = Conn {
+        down,
+        input: BytesMut::new(),
+        bufs: Bufs::default(),
+        held: None,
+        sleep: Box::pin(tokio::time::sleep_until(age_limit)),
+    };
     let mut requests: u64 = 0;
     let mut idle_since = start;
-    let sleep = tokio::time::sleep_until(age_limit);
-    tokio::pin!(sleep);
 
     let closed = 'conn: loop {
         // The next request head, under the header-read, idle and age limits.
-        let mut head_since = (!input.is_empty()).then(Instant::now);
+        let mut head_since = (!conn.input.is_empty()).then(Instant::now);
         let plan = loop {
-            if !input.is_empty() {
-                match request(hop, &input, max_head, &mut bufs.request) {
+            if !conn.input.is_empty() {
+                match request(hop, &conn.input, max_head, &mut conn.bufs.request) {
                     Step::Partial => {}
                     Step::Relay(plan) => break plan,
                     Step::HandOver => {
-                        return hand_over(hop, &mut held, down, input);
+                        return conn.hand_over(hop);
                     }
                     Step::Answer { answer, len, close } => {
                         count(serving, answer.status.as_u16());
-                        answer_bytes(&answer, close, &mut bufs.request);
-                        if until(sleep.as_mut(), flight, down.write_all(&bufs.request))
+                        answer_bytes(&answer, close, &mut conn.bufs.request);
+                        if until(conn.sleep.as_mut(), flight, conn.down.write_all(&conn.bufs.request))
                             .await
                             .is_none_or(|r| r.is_err())
                         {
                             break 'conn None;
                         }
                         if close {
-                            let _ = until(sleep.as_mut(), flight, down.shutdown()).await;
+                            let _ = until(conn.sleep.as_mut(), flight, conn.down.shutdown()).await;
                             break 'conn None;
                         }
-                        input.advance(len);
+                        conn.input.advance(len);
                         requests += 1;
                         idle_since = Instant::now();
                         continue 'conn;
@@ -856,21 +852,21 @@ where
             } else {
                 (deadline, why)
             };
-            if sleep.deadline() != deadline {
-                sleep.as_mut().reset(deadline);
+            if conn.sleep.deadline() != deadline {
+                conn.sleep.as_mut().reset(deadline);
             }
-            let waiting = input.is_empty();
+            let waiting = conn.input.is_empty();
             let read = tokio::select! {
                 biased;
-                read = fill(&mut down, &mut input, FIRST_HEAD) => read,
-                _ = sleep.as_mut() => break 'conn Some(why),
+                read = fill(&mut conn.down, &mut conn.input, FIRST_HEAD) => read,
+                _ = conn.sleep.as_mut() => break 'conn Some(why),
                 _ = serving.shutdown.cancelled(), if waiting => break 'conn Some(Closed::Shutdown),
             };
             match read {
                 Ok(0) => {
                     // A clean close is answered with one (TLS: close_notify), as hyper does.
                     let deadline = Instant::now() + CLOSE_WAIT;
-                    let _ = until(sleep.as_mut(), deadline, down.shutdown()).await;
+                    let _ = until(conn.sleep.as_mut(), deadline, conn.down.shutdown()).await;
                     break 'conn None;
                 }
                 Err(_) => break 'conn None,
@@ -883,30 +879,36 @@ where
         // The body, whole (it is small: larger ones go the hyper way).
         let body = match plan.framing {
             Framing::Length(n) if n > MAX_BUFFERED_BODY as u64 => {
-                return hand_over(hop, &mut held, down, input);
+                return conn.hand_over(hop);
             }
             Framing::Length(n) => n as usize,
             Framing::UntilClose => 0,
             Framing::Chunked => {
                 let (mut state, mut trailers, mut scanned) = (Chunked::START, 0, 0);
                 loop {
-                    match state.advance(&input[plan.len + scanned..], &mut trailers) {
+                    match state.advance(&conn.input[plan.len + scanned..], &mut trailers) {
                         Ok(used) => scanned += used,
                         Err(BadChunk) => {
                             count(serving, 400);
                             let answer = Answer::new(StatusCode::BAD_REQUEST, "signet: malformed chunked request body");
-                            answer_bytes(&answer, true, &mut bufs.request);
-                            let _ = until(sleep.as_mut(), flight, down.write_all(&bufs.request)).await;
+                            answer_bytes(&answer, true, &mut conn.bufs.request);
+                            let _ = until(conn.sleep.as_mut(), flight, conn.down.write_all(&conn.bufs.request)).await;
                             break 'conn None;
                         }
                     }
                     if state == Chunked::Done {
                         break scanned;
                     }
-                    if input.len() - plan.len > MAX_BUFFERED_BODY {
-                        return hand_over(hop, &mut held, down, input);
+                    if conn.input.len() - plan.len > MAX_BUFFERED_BODY {
+                        return conn.hand_over(hop);
                     }
-                    match until(sleep.as_mut(), flight, fill(&mut down, &mut input, FIRST_HEAD)).await {
+                    match until(
+                        conn.sleep.as_mut(),
+                        flight,
+                        fill(&mut conn.down, &mut conn.input, FIRST_HEAD),
+                    )
+                    .await
+                    {
                         Some(Ok(n)) if n > 0 => {}
                         Some(_) => break 'conn None,
                         None => break 'conn Some(Closed::MaxAge),
@@ -914,14 +916,22 @@ where
                 }
             }
         };
-        while input.len() < plan.len + body {
-            match until(sleep.as_mut(), flight, fill(&mut down, &mut input, FIRST_HEAD)).await {
+        while conn.input.len() < plan.len + body {
+            match until(
+                conn.sleep.as_mut(),
+                flight,
+                fill(&mut conn.down, &mut conn.input, FIRST_HEAD),
+            )
+            .await
+            {
                 Some(Ok(n)) if n > 0 => {}
                 Some(_) => break 'conn None,
                 None => break 'conn Some(Closed::MaxAge),
             }
         }
-        bufs.request.extend_from_slice(&input[plan.len..plan.len + body]);
+        conn.bufs
+            .request
+            .extend_from_slice(&conn.input[plan.len..plan.len + body]);
 
         let after = if plan.close {
             After::Close(None)
@@ -932,36 +942,20 @@ where
         } else {
             After::KeepAlive
         };
-        let ctx = Ctx {
-            hop,
-            serving,
-            max_head,
-            flight,
-        };
-        let exchange = exchange(
-            &ctx,
-            &plan,
-            &input,
-            after,
-            &mut held,
-            &mut bufs,
-            &mut down,
-            sleep.as_mut(),
-        )
-        .await;
-        input.advance(plan.len + body);
+        let exchange = exchange(&ctx, &plan, after, &mut conn).await;
+        conn.input.advance(plan.len + body);
         requests += 1;
         idle_since = Instant::now();
         match exchange {
             Exchange::Next(After::KeepAlive) => {}
             Exchange::Next(After::Close(why)) => {
-                let _ = until(sleep.as_mut(), flight, down.shutdown()).await;
+                let _ = until(conn.sleep.as_mut(), flight, conn.down.shutdown()).await;
                 break 'conn why;
             }
             Exchange::End(why) => break 'conn why,
         }
     };
-    if let Some(h) = held.take() {
+    if let Some(h) = conn.held.take() {
         hop.pool().put(h.key, h.io, h.generation);
     }
     Relayed::ended(closed)
@@ -985,6 +979,31 @@ struct Held<U> {
     generation: u64,
 }
 
+/// One downstream connection being relayed: its I/O, what was read from it, its buffers, the
+/// upstream connection it holds, and the one timer of its limits.
+struct Conn<D, U> {
+    down: D,
+    /// Read from `down`, from the first byte of the current request on.
+    input: BytesMut,
+    bufs: Bufs,
+    held: Option<Held<U>>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<D, U: AsyncRead + Unpin> Conn<D, U> {
+    /// Gives the held upstream connection back to the pool and the downstream one, with the
+    /// bytes read from it, to the hyper path.
+    fn hand_over<H: Hop<Up = U>>(mut self, hop: &H) -> Relayed<D> {
+        if let Some(h) = self.held.take() {
+            hop.pool().put(h.key, h.io, h.generation);
+        }
+        Relayed {
+            closed: None,
+            handed_over: Some((self.down, self.input.freeze())),
+        }
+    }
+}
+
 fn count(serving: &HttpServing, status: u16) {
     if let Some(on_response) = &serving.on_response {
         on_response(status);
@@ -1000,20 +1019,9 @@ struct Ctx<'a, H> {
     flight: Instant,
 }
 
-/// Sends one request (`plan`: its head rewritten and its body in `bufs.request`; `input` holds
-/// what was read) upstream, on the connection held, one from the pool or a new one, and its
+/// Sends one request (`plan`: its head rewritten and its body in `conn.bufs.request`) upstream, on the connection held, one from the pool or a new one, and its
 /// response downstream.
-#[allow(clippy::too_many_arguments)]
-async fn exchange<D, H>(
-    ctx: &Ctx<'_, H>,
-    plan: &Plan<H::Target>,
-    input: &[u8],
-    after: After,
-    held: &mut Option<Held<H::Up>>,
-    bufs: &mut Bufs,
-    down: &mut D,
-    mut sleep: Pin<&mut tokio::time::Sleep>,
-) -> Exchange
+async fn exchange<D, H>(ctx: &Ctx<'_, H>, plan: &Plan<H::Target>, after: After, conn: &mut Conn<D, H::Up>) -> Exchange
 where
     D: AsyncRead + AsyncWrite + Unpin + Send,
     H: Hop,
@@ -1024,6 +1032,13 @@ where
         max_head,
         flight,
     } = *ctx;
+    let Conn {
+        down,
+        input,
+        bufs,
+        held,
+        sleep,
+    } = conn;
     let method = std::str::from_utf8(&input[plan.method.0..plan.method.1]).unwrap_or("?");
     let path = match std::str::from_utf8(&input[plan.path.0..plan.path.1]) {
         Ok("") => "/",
