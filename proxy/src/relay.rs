@@ -902,31 +902,15 @@ where
                     if conn.input.len() - plan.len > MAX_BUFFERED_BODY {
                         return conn.hand_over(hop);
                     }
-                    match until(
-                        conn.sleep.as_mut(),
-                        flight,
-                        fill(&mut conn.down, &mut conn.input, FIRST_HEAD),
-                    )
-                    .await
-                    {
-                        Some(Ok(n)) if n > 0 => {}
-                        Some(_) => break 'conn None,
-                        None => break 'conn Some(Closed::MaxAge),
+                    if let Err(why) = conn.read_more(flight).await {
+                        break 'conn why;
                     }
                 }
             }
         };
         while conn.input.len() < plan.len + body {
-            match until(
-                conn.sleep.as_mut(),
-                flight,
-                fill(&mut conn.down, &mut conn.input, FIRST_HEAD),
-            )
-            .await
-            {
-                Some(Ok(n)) if n > 0 => {}
-                Some(_) => break 'conn None,
-                None => break 'conn Some(Closed::MaxAge),
+            if let Err(why) = conn.read_more(flight).await {
+                break 'conn why;
             }
         }
         conn.bufs
@@ -988,6 +972,24 @@ struct Conn<D, U> {
     bufs: Bufs,
     held: Option<Held<U>>,
     sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<D: AsyncRead + Unpin, U> Conn<D, U> {
+    /// Reads more of the request into `input` before `deadline`; the error says why the
+    /// connection ends (it closed or failed: no reason; time ran out: its age).
+    async fn read_more(&mut self, deadline: Instant) -> Result<(), Option<Closed>> {
+        match until(
+            self.sleep.as_mut(),
+            deadline,
+            fill(&mut self.down, &mut self.input, FIRST_HEAD),
+        )
+        .await
+        {
+            Some(Ok(n)) if n > 0 => Ok(()),
+            Some(_) => Err(None),
+            None => Err(Some(Closed::MaxAge)),
+        }
+    }
 }
 
 impl<D, U: AsyncRead + Unpin> Conn<D, U> {
