@@ -173,15 +173,10 @@ fn an_expired_certificate_is_reported_as_expired() {
 fn garbage_on_the_wire_closes_that_connection_and_the_next_client_is_served() {
     let mesh = Mesh::new(&["foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
-    let server_certs = mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
+    let server_certs = mesh.httpbin_certs();
     let mut side = Sidecar::start("sidecar", &mesh.inbound_args(&server_certs, "foo", app.addr, "http"));
     let inbound = side.inbound[0];
-    let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let client = mesh.curl_certs();
     let call = || mesh.curl_inbound(inbound.port(), "foo", Some(&client));
 
     let pseudo_random: Vec<u8> = (0u32..4096)

@@ -123,19 +123,14 @@ fn rand_byte() -> u8 {
 fn a_flood_against_one_inbound_leaves_a_well_behaved_client_served() {
     let mesh = Mesh::new(&["foo", "bar"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
-    let certs = mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
+    let certs = mesh.httpbin_certs();
     let side = Sidecar::start(
         "sidecar httpbin.foo",
         &mesh.inbound_args(&certs, "foo", app.addr, "http"),
     );
     let addr = side.inbound[0];
     let pid = side.proc.pid();
-    let good = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let good = mesh.curl_certs();
     let wrong = mesh.issue("bar", "curl-bar", &spiffe("bar", "curl"), &[]);
     let log_before = side.proc.log().len();
     let rss_idle = rss_mib(pid);
@@ -292,18 +287,13 @@ fn a_flood_against_one_inbound_leaves_a_well_behaved_client_served() {
 fn junk_chains_do_not_grow_the_sidecars_memory() {
     let mesh = Mesh::new(&["foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
-    let certs = mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
+    let certs = mesh.httpbin_certs();
     let side = Sidecar::start(
         "sidecar httpbin.foo",
         &mesh.inbound_args(&certs, "foo", app.addr, "tcp"),
     );
     let pid = side.proc.pid();
-    let good = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let good = mesh.curl_certs();
     let (chain, key) = read_pem_dir(&good);
     // Warm up with the plain chain, so the baseline includes what one peer costs.
     for _ in 0..50 {

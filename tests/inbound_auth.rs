@@ -18,12 +18,7 @@ struct Setup {
 fn setup(extra: &[&str]) -> Setup {
     let mesh = Mesh::new(&["foo", "bar"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
-    let certs = mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
+    let certs = mesh.httpbin_certs();
     let mut args = mesh.inbound_args(&certs, "foo", app.addr, "http");
     args.extend(s(extra));
     let side = Sidecar::start("sidecar httpbin.foo", &args);
@@ -41,7 +36,7 @@ impl Setup {
 #[test]
 fn only_clients_of_the_same_signer_get_through() {
     let t = setup(&[]);
-    let own = t.mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let own = t.mesh.curl_certs();
     let ok = t.call(Some(&own));
     assert_eq!((ok.code, ok.status), (0, 200), "{ok:?}");
     let reached = t.app.wait_requests(2);
@@ -120,7 +115,7 @@ fn only_clients_of_the_same_signer_get_through() {
 #[test]
 fn the_allow_list_refuses_other_identities_of_the_same_signer() {
     let t = setup(&["--allow", &spiffe("foo", "curl")]);
-    let curl_id = t.mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let curl_id = t.mesh.curl_certs();
     let other_id = t.mesh.issue("foo", "sleep-foo", &spiffe("foo", "sleep"), &[]);
     assert_eq!(t.call(Some(&curl_id)).status, 200);
     let before = t.app.wait_requests(2);

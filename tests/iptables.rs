@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Proc, ready_path, signet, signet_cmd, signet_ok};
+use support::{PROXY_VARS, Proc, ready_path, signet, signet_cmd, signet_ok};
 
 /// `signet iptables --dry-run`: Istio's REDIRECT-mode layout with Signet's defaults.
 const DEFAULT_DRY_RUN: &str = r#"# IPv4: iptables-restore --noflush
@@ -449,14 +449,7 @@ impl Netns {
             .args(args)
             .env("PATH", &self.path)
             .stdin(Stdio::null());
-        for var in [
-            "http_proxy",
-            "HTTP_PROXY",
-            "https_proxy",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "all_proxy",
-        ] {
+        for var in PROXY_VARS {
             cmd.env_remove(var);
         }
         cmd

@@ -105,7 +105,7 @@ fn slow_headers_are_cut_off_at_the_header_timeout() {
         "http",
         &["--header-read-timeout", "1s", "--outbound", "127.0.0.1:0"],
     );
-    let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let client = mesh.curl_certs();
 
     // A same-signer peer sends its headers one byte at a time, over mTLS.
     let mut tls = tls_connect(&tls_client(&mesh, "foo", &client), side.inbound[0]);
@@ -143,7 +143,7 @@ fn slow_headers_are_cut_off_at_the_header_timeout() {
 fn idle_connections_are_closed_after_the_idle_timeout() {
     let mesh = Mesh::new(&["foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
-    let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let client = mesh.curl_certs();
     let config = tls_client(&mesh, "foo", &client);
     let request = b"GET /get HTTP/1.1\r\nHost: httpbin.foo\r\n\r\n";
 
@@ -199,7 +199,7 @@ fn one_header_limit_everywhere_answered_with_431_and_every_response_counted() {
     let mesh = Mesh::new(&["foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
     let (server, _) = inbound(&mesh, &app, "http", &[]);
-    let client_certs = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let client_certs = mesh.curl_certs();
     let client = Sidecar::start("sidecar curl.foo", &mesh.outbound_args(&client_certs, &server, &[]));
     let proxy = client.outbound.unwrap();
     let big = "a".repeat(100 * 1024);
@@ -284,7 +284,7 @@ fn twenty_thousand_idle_clients_leave_ready_reloads_and_new_clients_working() {
     let mesh = Mesh::new(&["foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
     let (server, _) = inbound(&mesh, &app, "http", &[]);
-    let client_certs = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let client_certs = mesh.curl_certs();
     // The cap, within what this machine's descriptor limit lets the test hold.
     let cap = 5000.min((fds.saturating_sub(400) / 2) as usize);
     let client = Sidecar::start(
@@ -348,7 +348,7 @@ fn twenty_thousand_idle_clients_leave_ready_reloads_and_new_clients_working() {
     // A reload of the certificate files works (it needs descriptors too).
     let serial = client.certs()["certificates"][0]["cert_chain"][0]["serial_number"].clone();
     assert!(serial.is_string(), "{}", client.certs());
-    mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    mesh.curl_certs();
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.certs()["certificates"][0]["cert_chain"][0]["serial_number"] == serial {
         assert!(Instant::now() < deadline, "no reload:\n{}", client.proc.log());

@@ -28,7 +28,7 @@ fn setup() -> Setup {
     let mesh = Mesh::new(&["istio-system", "foo"]);
     std::fs::write(mesh.path("tokens.yaml"), "tokens: []\n").unwrap();
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
-    let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let client = mesh.curl_certs();
     Setup { mesh, app, client }
 }
 
@@ -152,12 +152,7 @@ fn an_expired_certificate_is_never_presented_and_readiness_turns_false() {
 #[test]
 fn a_broken_certificate_file_keeps_the_old_certificate_serving() {
     let t = setup();
-    let dir = t.mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
+    let dir = t.mesh.httpbin_certs();
     let base = t.mesh.inbound_args(&dir, "foo", t.app.addr, "http");
     let mut args = base.clone();
     args.extend(s(&["--watch-interval", "100ms"]));
@@ -259,12 +254,7 @@ fn a_wrong_authority_root_is_named_once_with_the_fix() {
 #[test]
 fn removing_a_compromised_root_takes_effect_in_files_mode() {
     let t = setup();
-    let certs = t.mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
+    let certs = t.mesh.httpbin_certs();
     let mut args = t.mesh.inbound_args(&certs, "foo", t.app.addr, "http");
     args.extend(s(&["--watch-interval", "200ms"]));
     let side = Sidecar::start("sidecar httpbin.foo", &args);

@@ -13,12 +13,7 @@ use support::*;
 fn sessions_resume_but_never_past_the_client_certificate() {
     let mesh = Mesh::new(&["foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
-    let server = mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
+    let server = mesh.httpbin_certs();
     let side = Sidecar::start("sidecar", &mesh.inbound_args(&server, "foo", app.addr, "http"));
     let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &["--ttl", "4s"]);
     let issued = Instant::now();
@@ -89,13 +84,8 @@ fn sessions_resume_but_never_past_the_client_certificate() {
 fn handshake_only_clients_resume_and_are_counted() {
     let mesh = Mesh::new(&["foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
-    let server = mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
-    let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let server = mesh.httpbin_certs();
+    let client = mesh.curl_certs();
     for protocol in ["tcp", "http"] {
         let side = Sidecar::start("sidecar", &mesh.inbound_args(&server, "foo", app.addr, protocol));
         let out = signet_cmd()

@@ -40,7 +40,7 @@ fn tenants(protocol: &str) -> Tenants {
 }
 
 fn curl_sidecar(t: &Tenants, extra: &[String]) -> Sidecar {
-    let certs = t.mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let certs = t.mesh.curl_certs();
     let mut args = s(&["--cert-dir", &certs, "--bundle", &t.mesh.bundle(), "--signer", "foo"]);
     for (ns, side) in [("foo", &t.side_foo), ("bar", &t.side_bar)] {
         args.push("--service".into());

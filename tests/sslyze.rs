@@ -68,13 +68,8 @@ fn accepted(report: &serde_json::Value, version: &str) -> Vec<String> {
 fn sslyze_finds_the_inbound_modern_by_default_and_intermediate_with_tls_1_2() {
     let mesh = Mesh::new(&["foo"]);
     let app = Httpbin::start(mesh.dir.path(), "httpbin");
-    let server = mesh.issue(
-        "foo",
-        "httpbin-foo",
-        &spiffe("foo", "httpbin"),
-        &["--dns", "httpbin.foo"],
-    );
-    let client = mesh.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+    let server = mesh.httpbin_certs();
+    let client = mesh.curl_certs();
     let modern = Sidecar::start(
         "sidecar (default)",
         &mesh.inbound_args(&server, "foo", app.addr, "http"),

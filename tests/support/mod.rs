@@ -597,6 +597,21 @@ impl Mesh {
 }
 
 impl Mesh {
+    /// httpbin.foo's certificate directory (signer foo, its SPIFFE ID, DNS name httpbin.foo).
+    pub fn httpbin_certs(&self) -> String {
+        self.issue(
+            "foo",
+            "httpbin-foo",
+            &spiffe("foo", "httpbin"),
+            &["--dns", "httpbin.foo"],
+        )
+    }
+
+    /// curl.foo's certificate directory (signer foo, its SPIFFE ID).
+    pub fn curl_certs(&self) -> String {
+        self.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[])
+    }
+
     /// `signet proxy` flags for curl.foo's sidecar: an outbound HTTP proxy on an ephemeral port
     /// whose one service, httpbin.foo:8000, is `server`'s first inbound; then `extra`.
     pub fn outbound_args(&self, certs: &str, server: &Sidecar, extra: &[&str]) -> Vec<String> {
@@ -619,17 +634,12 @@ impl Mesh {
     /// The scenario's same-signer pair: httpbin.foo's sidecar (an `http` inbound in front of
     /// `app`) and curl.foo's (an outbound HTTP proxy to it). Returns (server, client).
     pub fn http_pair(&self, app: SocketAddr) -> (Sidecar, Sidecar) {
-        let server_certs = self.issue(
-            "foo",
-            "httpbin-foo",
-            &spiffe("foo", "httpbin"),
-            &["--dns", "httpbin.foo"],
-        );
+        let server_certs = self.httpbin_certs();
         let server = Sidecar::start(
             "sidecar httpbin.foo",
             &self.inbound_args(&server_certs, "foo", app, "http"),
         );
-        let client_certs = self.issue("foo", "curl-foo", &spiffe("foo", "curl"), &[]);
+        let client_certs = self.curl_certs();
         let client = Sidecar::start("sidecar curl.foo", &self.outbound_args(&client_certs, &server, &[]));
         (server, client)
     }
