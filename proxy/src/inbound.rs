@@ -147,7 +147,7 @@ impl Inbound {
             }
         };
         if self.mode == InboundMode::Permissive && !starts_with_tls(&stream, self.shared.timeouts.header_read).await {
-            return self.plaintext(stream, peer, &app).await;
+            return Box::pin(self.plaintext(stream, peer, &app)).await;
         }
         let Some(state) = self.shared.store.current() else {
             self.reject(
@@ -163,7 +163,9 @@ impl Inbound {
             return;
         };
         let accept = tokio::time::timeout(self.shared.timeouts.handshake, TlsAcceptor::from(config).accept(stream));
-        let (result, note) = diagnose::capture(accept).await;
+        // Boxed, as what follows: a connection's task is sized by its largest state, so the
+        // handshake's state and the other mode's would otherwise stay with every idle connection.
+        let (result, note) = Box::pin(diagnose::capture(accept)).await;
         let tls = match result {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -204,7 +206,7 @@ impl Inbound {
             Protocol::Auto => tls.get_ref().1.alpn_protocol().is_some(),
         };
         match http {
-            false => self.splice(tls, peer, &app).await,
+            false => Box::pin(self.splice(tls, peer, &app)).await,
             true => {
                 // XFCC needs the peer's identity, hash and subject: read once per connection.
                 let peer_cert = tls
@@ -221,7 +223,7 @@ impl Inbound {
                 };
                 // The peer sidecar asks for h2 alone when its app spoke HTTP/2 (gRPC).
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                self.serve_http(tls, h2, peer_cert, by, authority).await
+                Box::pin(self.serve_http(tls, h2, peer_cert, by, authority)).await
             }
         }
     }
@@ -556,4 +558,21 @@ async fn starts_with_tls(stream: &TcpStream, timeout: std::time::Duration) -> bo
         tokio::time::timeout(timeout, stream.peek(&mut first)).await,
         Ok(Ok(1)) if first[0] == 0x16
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::future_size;
+
+    /// A connection's task is as large as its largest state, for as long as it lives: the
+    /// handshake's state and each mode's are boxed, so an idle mTLS connection does not keep
+    /// them. Test builds (unoptimized) measure 3,088 bytes, 8,592 unboxed; release builds
+    /// 8,472 unboxed.
+    #[test]
+    fn a_connection_task_is_small() {
+        let size = future_size(Inbound::handle);
+        eprintln!("Inbound::handle: {size} bytes");
+        assert!(size < 4096, "{size}");
+    }
 }

@@ -1080,7 +1080,8 @@ where
         let reused = pooled.is_some();
         let mut up = match pooled.take() {
             Some(up) => up,
-            None => match hop.dial(&plan.routed.target, method, path).await {
+            // Boxed: the dial's state (a handshake's) would otherwise stay with every idle connection.
+            None => match Box::pin(hop.dial(&plan.routed.target, method, path)).await {
                 Ok(up) => up,
                 Err(answer) => answer!(answer),
             },

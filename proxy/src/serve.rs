@@ -196,15 +196,41 @@ pub async fn accept_loop<H, F, R>(
         match limit.try_acquire() {
             Ok(permit) => {
                 let _ = stream.set_nodelay(true);
-                let task = handle(stream, peer);
-                life.tracker.spawn(async move {
-                    let _permit = permit;
-                    task.await
-                });
+                life.tracker.spawn(holding(handle(stream, peer), permit));
             }
             Err(why) => refuse(stream, peer, why),
         }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task holding its place of the limit until it ends. Not `async move {
+    /// let _permit = permit; task.await }`: such a block keeps the task twice (its capture, and
+    /// the copy it awaits), which doubled the memory of every idle connection.
+    struct Permitted<F> {
+        #[pin]
+        task: F,
+        _permit: ConnPermit,
+    }
+}
+
+/// `task`, holding `permit` until it ends.
+fn holding<F: Future>(task: F, permit: ConnPermit) -> Permitted<F> {
+    Permitted { task, _permit: permit }
+}
+
+impl<F: Future> Future for Permitted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().task.poll(cx)
+    }
+}
+
+/// The size of the future `f` returns, without calling it: what a task of it allocates.
+#[cfg(test)]
+pub(crate) fn future_size<A, B, C, F: Future>(_f: impl FnOnce(A, B, C) -> F) -> usize {
+    std::mem::size_of::<F>()
 }
 
 /// The limits every served HTTP connection runs under (see the module comment).
@@ -748,4 +774,24 @@ pub const RESERVED_FDS: u64 = 256;
 /// accepted one and the one it opens), after [`RESERVED_FDS`].
 pub fn data_plane_budget(fd_limit: u64) -> usize {
     (fd_limit.saturating_sub(RESERVED_FDS) / 2).max(16) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection's task, with its place of the limit, is held once: barely larger than the
+    /// task alone (an async block awaiting it would be twice its size).
+    #[test]
+    fn a_task_with_its_permit_is_held_once() {
+        let task = async {
+            let bytes = [1u8; 4096];
+            tokio::task::yield_now().await;
+            std::hint::black_box(bytes);
+        };
+        let alone = std::mem::size_of_val(&task);
+        let permit = ConnLimit::new(1).try_acquire().expect("a place");
+        let held = std::mem::size_of_val(&holding(task, permit));
+        assert!(alone >= 4096 && held < alone + 64, "{alone} bytes alone, {held} held");
+    }
 }
