@@ -15,8 +15,8 @@ secs=${1:-10}
 conns=${2:-16}
 [ "$(id -u)" -eq 0 ] || { echo "capture.sh: needs root (network namespaces, iptables)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "capture.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
-cargo build --release --quiet
-bin=$PWD/target/release/signet
+cargo build --profile dist --quiet --bin signet   # what to deploy (Cargo.toml: LTO, one codegen unit)
+bin=$PWD/target/dist/signet
 work=$(mktemp -d)
 p=sgbench
 cleanup() {

@@ -28,4 +28,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The packaged services are not needed (the benchmark starts its own on loopback ports).
 for s in nginx haproxy stunnel4; do (systemctl stop "$s" 2>/dev/null || service "$s" stop 2>/dev/null) || true; done
-exec cargo bench --bench compare -- "$@"
+# The dist profile (Cargo.toml): what to deploy, so what is measured.
+exec cargo bench --profile dist --bench compare -- "$@"

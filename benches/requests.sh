@@ -16,6 +16,10 @@
 #                server chain verified against the foo root) -> mTLS-required listener -> app;
 #                upstream keepalive, proxy_http_version 1.1, Connection "" on both hops
 #   haproxy      benches/requests/haproxy-{client,server}.cfg: the same, with http-reuse always
+#   haproxy-h2   benches/requests/haproxy-{client,server}-h2.cfg, HTTP/2 phases only: what the Signet
+#                `http` pair does with an h2 request: HTTP/2 on every hop (h2c from the generator,
+#                h2 over mTLS between the proxies, h2c to the app), as gRPC needs; the nginx and
+#                haproxy rows above turn HTTP/2 into HTTP/1.1 at the client-side proxy
 # The app: `signet httpbin`, GET /bytes/1024 (1 KiB) for every phase, and GET /bytes/65536
 # (64 KiB) for a second saturation phase.
 #
@@ -81,7 +85,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ $quick = 1 ]; then rounds=${rounds:-1}; secs=${secs:-3}; else rounds=${rounds:-3}; secs=${secs:-10}; fi
-ALL_ROWS="direct signet-http signet-tcp nginx haproxy"
+ALL_ROWS="direct signet-http signet-tcp nginx haproxy haproxy-h2"
 rows=""
 for r in $ALL_ROWS; do
   if [ -z "$only" ] || [[ ",$only," == *",$r,"* ]]; then rows="$rows $r"; fi
@@ -111,8 +115,8 @@ fi
 # The packaged services are not needed (this starts its own on loopback ports).
 for s in nginx haproxy; do (systemctl stop "$s" 2>/dev/null || service "$s" stop 2>/dev/null) >/dev/null 2>&1 || true; done
 
-cargo build --release --quiet
-SIGNET=$root/target/release/signet
+cargo build --profile dist --quiet --bin signet   # what to deploy (Cargo.toml: LTO, one codegen unit)
+SIGNET=$root/target/dist/signet
 out=$root/target/requests
 [ $write = 1 ] && out=$root/benches/results
 mkdir -p "$out" "$root/target/requests"
@@ -241,12 +245,22 @@ start_row() {
       CLI=$(spawn 1 cli haproxy -f "$work/haproxy-client.cfg" -db)
       started+=("$CLI"); wait_port "$p1" cli; wait_port "$p1h2" cli
       H1="http://127.0.0.1:$p1$PATH_"; H2="http://127.0.0.1:$p1h2$PATH_" ;;
+    haproxy-h2)
+      template haproxy-server-h2.cfg "$work/haproxy-server.cfg" "LISTEN=127.0.0.1:$p2" "APP=127.0.0.1:$APP"
+      template haproxy-client-h2.cfg "$work/haproxy-client.cfg" "H2=127.0.0.1:$p1h2" "PEER=127.0.0.1:$p2"
+      SRV=$(spawn 1 srv haproxy -f "$work/haproxy-server.cfg" -db)
+      started+=("$SRV"); wait_port "$p2" srv
+      CLI=$(spawn 1 cli haproxy -f "$work/haproxy-client.cfg" -db)
+      started+=("$CLI"); wait_port "$p1h2" cli
+      H2="http://127.0.0.1:$p1h2$PATH_" ;;
   esac
   [ $do_h2 = 1 ] || H2=""
   # A first request must succeed end to end (mTLS, routing, the app).
   local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" "$H1")
-  [ "$code" = 200 ] || { echo "requests.sh: $row: GET $H1 answered $code" >&2; tail -n 20 "$work"/cli.log "$work"/srv.log >&2 2>/dev/null; exit 1; }
+  if [ -n "$H1" ]; then
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" "$H1")
+    [ "$code" = 200 ] || { echo "requests.sh: $row: GET $H1 answered $code" >&2; tail -n 20 "$work"/cli.log "$work"/srv.log >&2 2>/dev/null; exit 1; }
+  fi
   if [ -n "$H2" ]; then
     code=$(curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge -H "Host: $HOST" "$H2")
     [ "$code" = 200 ] || { echo "requests.sh: $row: h2c GET $H2 answered $code: HTTP/2 n/a" >&2; H2=""; }
@@ -299,26 +313,38 @@ for round in $(seq 1 "$rounds"); do
   for row in $rows; do
     echo "  round $round/$rounds: $row" >&2
     start_row "$row"
-    taskset -c "$gen_cpu" wrk -t1 -c16 -d1s -H "Host: $HOST" "$H1" >/dev/null 2>&1 || true   # warm-up
+    # An HTTP/2-only row (haproxy-h2) without h2 has nothing to run.
+    [ -n "$H1$H2" ] || { stop_row; continue; }
+    if [ -n "$H1" ]; then
+      taskset -c "$gen_cpu" wrk -t1 -c16 -d1s -H "Host: $HOST" "$H1" >/dev/null 2>&1 || true   # warm-up
+    else
+      taskset -c "$gen_cpu" h2load -c16 -m1 -t1 -D 1 -H ":authority: $HOST" "$H2" >/dev/null 2>&1 || true
+    fi
     if [ $do_sat = 1 ]; then
-      measure "$round" "$row" h1 saturation wrk -t1 -c16 -d"${secs}s" --latency -H "Host: $HOST" "$H1"
+      if [ -n "$H1" ]; then
+        measure "$round" "$row" h1 saturation wrk -t1 -c16 -d"${secs}s" --latency -H "Host: $HOST" "$H1"
+      fi
       if [ -n "$H2" ]; then
         measure "$round" "$row" h2 saturation h2load -c16 -m1 -t1 -D "$secs" --warm-up-time=1 \
           -H ":authority: $HOST" "$H2"
       fi
-      measure "$round" "$row" h1 sat64k wrk -t1 -c16 -d"${secs}s" --latency -H "Host: $HOST" "${H1%"$PATH_"}$BIG"
+      if [ -n "$H1" ]; then
+        measure "$round" "$row" h1 sat64k wrk -t1 -c16 -d"${secs}s" --latency -H "Host: $HOST" "${H1%"$PATH_"}$BIG"
+      fi
       if [ -n "$H2" ]; then
         measure "$round" "$row" h2 sat64k h2load -c16 -m1 -t1 -D "$secs" --warm-up-time=1 \
           -H ":authority: $HOST" "${H2%"$PATH_"}$BIG"
       fi
     fi
     for rate in 1000 5000; do
-      measure "$round" "$row" h1 "rate$rate" "${oha_common[@]}" $(to "$H1") -z "${secs}s" -q "$rate" -c 32 "http://$HOST$PATH_"
+      if [ -n "$H1" ]; then
+        measure "$round" "$row" h1 "rate$rate" "${oha_common[@]}" $(to "$H1") -z "${secs}s" -q "$rate" -c 32 "http://$HOST$PATH_"
+      fi
       if [ -n "$H2" ]; then
         measure "$round" "$row" h2 "rate$rate" "${oha_common[@]}" $(to "$H2") --http2 -z "${secs}s" -q "$rate" -c 4 -p 8 "http://$HOST$PATH_"
       fi
     done
-    if [ $do_burst = 1 ]; then
+    if [ $do_burst = 1 ] && [ -n "$H1" ]; then
       measure "$round" "$row" h1 burst1000 oha --no-tui --output-format json $(to "$H1") \
         --disable-compression -z "${secs}s" --burst-delay 10ms --burst-rate 10 -c 32 "http://$HOST$PATH_"
     fi

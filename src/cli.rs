@@ -52,7 +52,7 @@ pub enum Command {
     Proxy(Box<ProxyArgs>),
     /// Install or remove the rules that redirect a network namespace's TCP to the sidecar (istio-iptables).
     Iptables(crate::iptables::IptablesArgs),
-    /// Serve a small built-in httpbin (/html, /get, /headers, /ip, /status/CODE), the demo's app.
+    /// Serve a small built-in httpbin (/html, /get, /headers, /ip, /status/CODE, /bytes/N), the demo's app.
     Httpbin(HttpbinArgs),
     /// Benchmarks: `signet bench handshake` loads a TLS server with full or resumed mTLS handshakes.
     #[command(subcommand)]

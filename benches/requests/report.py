@@ -12,13 +12,16 @@ import statistics
 import sys
 from html import escape
 
-ROWS = ["direct", "signet-http", "signet-tcp", "nginx", "haproxy"]
+ROWS = ["direct", "signet-http", "signet-tcp", "nginx", "haproxy", "haproxy-h2"]
+# Rows that carry HTTP/2 only: no HTTP/1.1 lines for them.
+H2_ONLY = {"haproxy-h2"}
 LABEL = {
     "direct": "direct (no proxies)",
     "signet-http": "Signet `http` pair",
     "signet-tcp": "Signet `tcp` pair",
     "nginx": "nginx pair",
     "haproxy": "haproxy pair",
+    "haproxy-h2": "haproxy pair, h2 end to end",
 }
 
 
@@ -102,7 +105,7 @@ def markdown(summary, meta):
             for proto in ("h1", "h2"):
                 s = summary.get((row, proto, load))
                 if s is None:
-                    if row != "direct" or proto == "h1":
+                    if (row != "direct" or proto == "h1") and not (row in H2_ONLY and proto == "h1"):
                         md.append(f"| {LABEL[row]} | {proto} | n/a | | | | |")
                     continue
                 pc = s.get("rps_per_proxy_core")
@@ -138,7 +141,7 @@ def markdown(summary, meta):
             for row in rows:
                 s = summary.get((row, proto, f"rate{rate}"))
                 if s is None:
-                    if row != "direct":
+                    if row != "direct" and not (row in H2_ONLY and proto == "h1"):
                         md.append(f"| {LABEL[row]} | {proto} | {rate:,} | n/a | | | |")
                     continue
                 pcts = " / ".join(f(s[k], "{:.3f}") for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms"))
@@ -199,6 +202,13 @@ def markdown(summary, meta):
         "between the proxies each pair uses what it does by default (nginx and haproxy here: HTTP/1.1 over "
         "mTLS; the Signet `tcp` pair tunnels the client's h2 bytes to the app)."
     )
+    if any(k[0] == "haproxy-h2" for k in summary):
+        md.append(
+            "- The Signet `http` pair keeps an h2 request HTTP/2 on every hop (to the peer sidecar and on to the app), "
+            "so gRPC's streams and trailers get through; the nginx and haproxy rows turn it into HTTP/1.1 at the "
+            "client-side proxy, which gRPC cannot cross. The haproxy `h2 end to end` row does the Signet `http` "
+            "pair's job: h2 over mTLS between the proxies and h2c to the app."
+        )
     return "\n".join(md) + "\n"
 
 
