@@ -49,7 +49,9 @@ pub(crate) fn renewal_delay(
     jitter: f64,
 ) -> (Duration, bool) {
     let life = not_after.duration_since(not_before).unwrap_or_default();
-    let fraction = (renew_at + RENEWAL_JITTER * jitter).clamp(0.05, 0.95);
+    // Jitter never takes the fraction out of (0, 1), nor more than halfway to either end: a
+    // requested 1 % stays 0.5–2 % (it was clamped to 5 %, five times what was asked).
+    let fraction = (renew_at + RENEWAL_JITTER * jitter).clamp(renew_at / 2.0, (1.0 + renew_at) / 2.0);
     let remaining = not_after.duration_since(now).unwrap_or_default();
     match (not_before + life.mul_f64(fraction)).duration_since(now) {
         Ok(planned) if !planned.is_zero() => (planned.min(remaining), false),
@@ -85,6 +87,20 @@ mod tests {
             at(start + Duration::from_secs(1000), 0.8, 0.0),
             (Duration::from_secs(7000), false)
         );
+    }
+
+    /// A fraction near either end is what was asked (`--renew-at 0.01`: 1 %, not 5 %), and
+    /// jitter keeps it inside the lifetime.
+    #[test]
+    fn small_and_large_fractions_are_honoured() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let end = start + Duration::from_secs(10_000);
+        let at = |renew_at, jitter| renewal_delay(start, end, start, renew_at, jitter).0;
+        assert_eq!(at(0.01, 0.0), Duration::from_secs(100));
+        assert_eq!(at(0.01, 1.0), Duration::from_secs(200));
+        assert_eq!(at(0.01, -1.0), Duration::from_secs(50));
+        assert_eq!(at(0.99, 0.0), Duration::from_secs(9900));
+        assert_eq!(at(0.99, 1.0), Duration::from_secs(9950));
     }
 
     #[test]
