@@ -192,11 +192,17 @@ def markdown(summary, meta):
             md.append(f"| {LABEL[row]} | {pcts} | {f(s['max_ms_worst'], '{:.1f}')} | {per} | {add} |")
     md.append("")
     md.append("Notes:")
-    md.append(
-        f"- {meta['cpus']} vCPUs: at saturation the two proxies share CPU 1 while wrk/h2load and the app share "
-        "CPU 0; when the proxy CPU column is well under 1.00 the generator side (CPU 0), not the proxies, was "
-        "the limit, and requests/s per proxy-core is still comparable but requests/s is not."
-    )
+    if meta.get("pinned", "1") == "1":
+        md.append(
+            f"- {meta['cpus']} vCPUs: at saturation the two proxies share CPU 1 while wrk/h2load and the app share "
+            "CPU 0; when the proxy CPU column is well under 1.00 the generator side (CPU 0), not the proxies, was "
+            "the limit, and requests/s per proxy-core is still comparable but requests/s is not."
+        )
+    else:
+        md.append(
+            f"- {meta['cpus']} vCPUs, nothing pinned: the generator, the app and both proxies take turns on every "
+            "CPU, so each percentile includes waiting for one; CPU per request is the steadier measure."
+        )
     md.append(
         "- HTTP/2 is h2c prior knowledge from the generator to the client-side proxy (direct: to the app); "
         "between the proxies each pair uses what it does by default (nginx and haproxy here: HTTP/1.1 over "
