@@ -149,6 +149,45 @@ fn an_expired_certificate_is_never_presented_and_readiness_turns_false() {
     assert_eq!(t.call(&side).status, 200);
 }
 
+/// The authority hangs (SIGSTOP: its socket stays open, nothing answers), so the certificate ends
+/// while its renewal is still under way: that expiry is said in the log too, naming the request
+/// it is waiting for. Once the authority runs again, the sidecar is ready again.
+#[test]
+fn a_certificate_that_ends_during_a_hung_renewal_is_reported() {
+    let t = setup();
+    let authority = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
+    let side = t.inbound(t.mesh.provisioned(&authority, "foo", "httpbin", "3s"));
+    side.wait_ready(Duration::from_secs(10));
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([name, &authority.proc.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {name}");
+    };
+    signal("-STOP");
+    eventually("readiness false after expiry", Duration::from_secs(10), || {
+        side.admin_get("/ready").status == 503
+    });
+    let line = "the certificate expired and was not renewed (its renewal from the authority at";
+    let reported = side.proc.logged_within(line, Duration::from_secs(3));
+    let refused = t.call(&side);
+    signal("-CONT");
+    assert!(
+        reported,
+        "a loud log line while the renewal hangs:\n{}",
+        side.proc.log()
+    );
+    assert_eq!(
+        side.proc.log().matches("expired and was not renewed").count(),
+        1,
+        "said once"
+    );
+    assert_ne!(refused.code, 0, "no handshake with an expired certificate: {refused:?}");
+    side.wait_ready(Duration::from_secs(20));
+    assert_eq!(t.call(&side).status, 200);
+}
+
 #[test]
 fn a_broken_certificate_file_keeps_the_old_certificate_serving() {
     let t = setup();

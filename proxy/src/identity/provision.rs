@@ -25,6 +25,10 @@ use crate::credentials::WorkloadIdentity;
 /// still found at once by the connect timeout.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
+/// How much longer to wait when the monotonic clock says the certificate has ended and the wall
+/// clock does not, yet.
+const EXPIRY_RECHECK: Duration = Duration::from_millis(10);
+
 fn valid_now(identity: &WorkloadIdentity) -> bool {
     identity.is_valid_at(SystemTime::now())
 }
@@ -50,8 +54,9 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: A
     let mut issued_once = false;
     // The cause of the last failure: logged in full once, then only counted.
     let mut last_error: Option<String> = None;
+    let mut expiry = ExpiryReport::default();
     loop {
-        let wait = match request_reporting_expiry(&ctx, &settings, client.as_ref(), &source).await {
+        let wait = match request_reporting_expiry(&ctx, &settings, client.as_ref(), &source, &mut expiry).await {
             Ok(id) => {
                 failures = 0;
                 last_error = None;
@@ -91,6 +96,7 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: A
                 ctx.metrics.csr_request(false);
                 let wait = backoff(failures, jitter_unit());
                 let cause = e.to_string();
+                expiry.check(&ctx, || format!("the last request failed: {cause}"));
                 let again = last_error.as_deref() == Some(cause.as_str());
                 let retry = format_duration(wait);
                 match (ctx.credentials.identity().filter(|i| valid_now(i)), again) {
@@ -113,30 +119,19 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: A
             }
         };
         let next = Instant::now() + wait;
-        // Wait for the renewal time, reacting to bundle changes, SIGHUP and expiry meanwhile.
-        let mut expiry_reported = false;
+        // Wait for the renewal time, reacting to bundle changes, SIGHUP and expiry meanwhile. The
+        // certificate's end is taken once, here: recomputed after a bundle tick that lands just
+        // past it, it would be gone, and the expiry would pass without its line in the log.
+        let mut end = ctx
+            .credentials
+            .identity()
+            .and_then(|i| instant_of(i.not_after))
+            .filter(|end| *end < next);
         loop {
-            let expiry = ctx.credentials.identity().and_then(|i| instant_of(i.not_after));
-            let wake = expiry.map_or(next, |e| e.min(next));
+            let wake = end.map_or(next, |end| end.min(next));
             let renew_now = tokio::select! {
                 _ = ctx.shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(wake) => {
-                    if Instant::now() >= next {
-                        true
-                    } else {
-                        if !expiry_reported && !ctx.credentials.identity().is_some_and(|i| valid_now(&i)) {
-                            expiry_reported = true;
-                            let why = match last_error.as_deref().filter(|e| !e.trim().is_empty()) {
-                                Some(e) => format!("the last request failed: {e}"),
-                                None => "its renewal was not due yet: the certificate is shorter-lived than the signing policy allows for, or the clocks disagree".to_string(),
-                            };
-                            tracing::error!(
-                                "the certificate expired and was not renewed ({why}); readiness is false and every connection is refused until a new one arrives"
-                            );
-                        }
-                        false
-                    }
-                }
+                _ = tokio::time::sleep_until(wake) => Instant::now() >= next,
                 _ = ticker.tick() => bundle_watch.changed() && !reload_bundle(&ctx),
                 _ = ctx.reload.notified() => {
                     reload_bundle(&ctx);
@@ -146,7 +141,48 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: A
             if renew_now {
                 break;
             }
+            // Whichever branch woke the loop: once the end has passed, say so.
+            if end.is_some_and(|end| Instant::now() >= end) {
+                end = match ctx.credentials.identity().filter(|i| valid_now(i)) {
+                    // The wall clock has not reached notAfter yet (it was set back, or it and the
+                    // monotonic clock disagree by a little): wait for it.
+                    Some(current) => Some(instant_of(current.not_after).unwrap_or_else(Instant::now) + EXPIRY_RECHECK),
+                    None => {
+                        expiry.check(&ctx, || match last_error.as_deref().filter(|e| !e.trim().is_empty()) {
+                            Some(e) => format!("the last request failed: {e}"),
+                            None => "its renewal was not due yet: the certificate is shorter-lived than the signing policy allows for, or the clocks disagree".to_string(),
+                        });
+                        None
+                    }
+                };
+            }
         }
+    }
+}
+
+/// The one loud line when the current certificate expires without a successor: readiness turns
+/// false and every connection is refused, which must never happen silently. Whichever point
+/// notices first says it (the wait for renewal, a request under way, a request that failed); it is
+/// said once per certificate.
+#[derive(Default)]
+struct ExpiryReport {
+    /// notAfter of the certificate whose expiry was reported.
+    reported: Option<SystemTime>,
+}
+
+impl ExpiryReport {
+    fn check(&mut self, ctx: &IdentityCtx, why: impl FnOnce() -> String) {
+        let Some(current) = ctx.credentials.identity() else {
+            return;
+        };
+        if valid_now(&current) || self.reported == Some(current.not_after) {
+            return;
+        }
+        self.reported = Some(current.not_after);
+        tracing::error!(
+            "the certificate expired and was not renewed ({}); readiness is false and every connection is refused until a new one arrives",
+            why()
+        );
     }
 }
 
@@ -203,17 +239,16 @@ async fn request_reporting_expiry(
     settings: &Provisioning,
     client: &dyn AuthorityClient,
     source: &str,
+    report: &mut ExpiryReport,
 ) -> Result<Arc<WorkloadIdentity>, IdentityError> {
-    let expiry = ctx.credentials.identity().and_then(|i| instant_of(i.not_after));
+    let end = ctx.credentials.identity().and_then(|i| instant_of(i.not_after));
     let req = request(ctx, settings, client);
     tokio::pin!(req);
-    if let Some(expiry) = expiry {
+    if let Some(end) = end {
         tokio::select! {
             result = &mut req => return result,
-            _ = tokio::time::sleep_until(expiry) => {
-                tracing::error!(
-                    "the certificate expired while its renewal from {source} was still under way; readiness is false and every connection is refused until the new one arrives"
-                );
+            _ = tokio::time::sleep_until(end + EXPIRY_RECHECK) => {
+                report.check(ctx, || format!("its renewal from {source} is still under way"));
             }
         }
     }
