@@ -96,7 +96,7 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: A
                 ctx.metrics.csr_request(false);
                 let wait = backoff(failures, jitter_unit());
                 let cause = e.to_string();
-                expiry.check(&ctx, || format!("the last request failed: {cause}"));
+                expiry.check(&ctx, || unrenewed_because(Some(&cause)));
                 let again = last_error.as_deref() == Some(cause.as_str());
                 let retry = format_duration(wait);
                 match (ctx.credentials.identity().filter(|i| valid_now(i)), again) {
@@ -143,18 +143,11 @@ pub(super) async fn run(ctx: Arc<IdentityCtx>, settings: Provisioning, client: A
             }
             // Whichever branch woke the loop: once the end has passed, say so.
             if end.is_some_and(|end| Instant::now() >= end) {
-                end = match ctx.credentials.identity().filter(|i| valid_now(i)) {
-                    // The wall clock has not reached notAfter yet (it was set back, or it and the
-                    // monotonic clock disagree by a little): wait for it.
-                    Some(current) => Some(instant_of(current.not_after).unwrap_or_else(Instant::now) + EXPIRY_RECHECK),
-                    None => {
-                        expiry.check(&ctx, || match last_error.as_deref().filter(|e| !e.trim().is_empty()) {
-                            Some(e) => format!("the last request failed: {e}"),
-                            None => "its renewal was not due yet: the certificate is shorter-lived than the signing policy allows for, or the clocks disagree".to_string(),
-                        });
-                        None
-                    }
-                };
+                // Still valid means the wall clock has not reached notAfter yet (it was set back,
+                // or it and the monotonic clock disagree by a little): wait for it.
+                end = expiry
+                    .check(&ctx, || unrenewed_because(last_error.as_deref()))
+                    .map(|not_after| instant_of(not_after).unwrap_or_else(Instant::now) + EXPIRY_RECHECK);
             }
         }
     }
@@ -171,18 +164,30 @@ struct ExpiryReport {
 }
 
 impl ExpiryReport {
-    fn check(&mut self, ctx: &IdentityCtx, why: impl FnOnce() -> String) {
-        let Some(current) = ctx.credentials.identity() else {
-            return;
-        };
-        if valid_now(&current) || self.reported == Some(current.not_after) {
-            return;
+    /// Says it if the current certificate has ended (and it was not said yet); returns the
+    /// certificate's notAfter while it has not ended.
+    fn check(&mut self, ctx: &IdentityCtx, why: impl FnOnce() -> String) -> Option<SystemTime> {
+        let current = ctx.credentials.identity()?;
+        if valid_now(&current) {
+            return Some(current.not_after);
+        }
+        if self.reported == Some(current.not_after) {
+            return None;
         }
         self.reported = Some(current.not_after);
         tracing::error!(
             "the certificate expired and was not renewed ({}); readiness is false and every connection is refused until a new one arrives",
             why()
         );
+        None
+    }
+}
+
+/// Why a certificate ended without a successor, from the last request's failure if there was one.
+fn unrenewed_because(last_error: Option<&str>) -> String {
+    match last_error.filter(|e| !e.trim().is_empty()) {
+        Some(e) => format!("the last request failed: {e}"),
+        None => "its renewal was not due yet: the certificate is shorter-lived than the signing policy allows for, or the clocks disagree".to_string(),
     }
 }
 
