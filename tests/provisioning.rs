@@ -158,21 +158,14 @@ fn a_certificate_that_ends_during_a_hung_renewal_is_reported() {
     let authority = Authority::start(&t.mesh, POLICY, "127.0.0.1:0");
     let side = t.inbound(t.mesh.provisioned(&authority, "foo", "httpbin", "3s"));
     side.wait_ready(Duration::from_secs(10));
-    let signal = |name: &str| {
-        let sent = std::process::Command::new("kill")
-            .args([name, &authority.proc.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill {name}");
-    };
-    signal("-STOP");
+    assert!(authority.proc.signal("STOP"));
     eventually("readiness false after expiry", Duration::from_secs(10), || {
         side.admin_get("/ready").status == 503
     });
     let line = "the certificate expired and was not renewed (its renewal from the authority at";
     let reported = side.proc.logged_within(line, Duration::from_secs(3));
     let refused = t.call(&side);
-    signal("-CONT");
+    assert!(authority.proc.signal("CONT"));
     assert!(
         reported,
         "a loud log line while the renewal hangs:\n{}",
@@ -250,10 +243,7 @@ fn a_broken_certificate_file_keeps_the_old_certificate_serving() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(serial(&side), before, "no reload without a signal");
-    std::process::Command::new("kill")
-        .args(["-HUP", &side.proc.pid().to_string()])
-        .status()
-        .unwrap();
+    assert!(side.proc.signal("HUP"));
     eventually("SIGHUP reload", Duration::from_secs(5), || serial(&side) != before);
     assert_eq!(t.call(&side).status, 200);
 }
