@@ -24,9 +24,10 @@ pub fn text(status: StatusCode, text: impl Into<String>) -> Response<Body> {
     resp
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) never cross a proxy; nor do headers that the
-/// `Connection` header lists. `TE: trailers` is kept, as Envoy keeps it: gRPC servers require it,
-/// and it is the one value HTTP/2 allows.
+/// Hop-by-hop headers never cross a proxy; nor do headers that the `Connection` header lists
+/// (the rules of `crate::headers`: the caller refused messages whose `Connection` names a
+/// framing header, see [`framing_named`]). `TE: trailers` is kept, as Envoy keeps it: gRPC
+/// servers require it, and it is the one value HTTP/2 allows.
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     let te_trailers = headers
         .get(header::TE)
@@ -34,24 +35,16 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     let listed: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .filter(|s| !s.is_empty())
+        .flat_map(|v| crate::headers::tokens(v.as_bytes()))
+        .map(|t| String::from_utf8_lossy(t).to_ascii_lowercase())
         .collect();
     for name in listed {
         headers.remove(name.as_str());
     }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for name in crate::headers::HOP_BY_HOP
+        .into_iter()
+        .chain(["te", "transfer-encoding", "upgrade"])
+    {
         headers.remove(name);
     }
     if te_trailers {
@@ -59,8 +52,35 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The framing header a message's `Connection` names, which makes it refused (400 for a
+/// request, 502 for a response: `crate::headers`).
+pub fn framing_named(headers: &http::HeaderMap) -> Option<String> {
+    crate::headers::framing_named_by_connection(headers.get_all(header::CONNECTION).iter().map(|v| v.as_bytes()))
+}
+
+/// The answer to a request refused for [`framing_named`].
+pub fn framing_refused(name: &str) -> Response<Body> {
+    text(StatusCode::BAD_REQUEST, crate::headers::framing_refusal(name))
+}
+
+/// Removes every `x-forwarded-client-cert`, in any spelling (`crate::headers`).
+pub fn remove_xfcc(headers: &mut http::HeaderMap) {
+    headers.remove(crate::xfcc::HEADER);
+    if headers.keys().any(|k| crate::headers::is_xfcc(k.as_str().as_bytes())) {
+        let names: Vec<_> = headers
+            .keys()
+            .filter(|k| crate::headers::is_xfcc(k.as_str().as_bytes()))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
 /// The protocol an HTTP/1.1 message asks to switch to (`Connection: upgrade` and `Upgrade:
-/// websocket`, say), which a proxy must pass on for the switch to happen end to end.
+/// websocket`, say), which a proxy must pass on for the switch to happen end to end. `h2c` is
+/// never passed on (`crate::headers`): such a request is served as HTTP/1.1.
 pub fn upgrade_of(version: http::Version, headers: &http::HeaderMap) -> Option<HeaderValue> {
     if version != http::Version::HTTP_11 {
         return None;
@@ -68,14 +88,121 @@ pub fn upgrade_of(version: http::Version, headers: &http::HeaderMap) -> Option<H
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+        .flat_map(|v| crate::headers::tokens(v.as_bytes()))
+        .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
+    let protocol = headers.get(header::UPGRADE).filter(|_| asks)?;
+    (!crate::headers::only_h2c(protocol.as_bytes())).then(|| protocol.clone())
+}
+
+/// The protocol a `101 Switching Protocols` response switches to, when it is the one the
+/// request asked for (`asked`); any other switch is not followed.
+pub fn switched_to(resp: &Response<impl hyper::body::Body>, asked: &HeaderValue) -> Option<HeaderValue> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    upgrade_of(resp.version(), resp.headers())
+        .filter(|p| crate::headers::tokens(asked.as_bytes()).any(|t| t.eq_ignore_ascii_case(p.as_bytes().trim_ascii())))
 }
 
 /// Puts an upgrade's two headers back after [`strip_hop_by_hop`].
 pub fn keep_upgrade(headers: &mut http::HeaderMap, protocol: &HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol.clone());
+}
+
+/// A request body on its way upstream on the hyper path: held to the body rate
+/// ([`crate::serve::BodyRate`]: too slow ends it with an error, which resets the request), and
+/// with any `x-forwarded-client-cert` removed from its trailers (`crate::headers`).
+pub struct Upload<B> {
+    inner: B,
+    pace: crate::serve::Pace,
+    rate: crate::serve::BodyRate,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> Upload<B> {
+    pub fn new(inner: B, rate: crate::serve::BodyRate) -> Self {
+        let pace = crate::serve::Pace::new(rate);
+        Upload {
+            inner,
+            pace,
+            rate,
+            sleep: Box::pin(tokio::time::sleep_until(pace.deadline)),
+        }
+    }
+}
+
+impl<B> hyper::body::Body for Upload<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<crate::serve::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::serve::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        remove_xfcc(&mut trailers);
+                        hyper::body::Frame::trailers(trailers)
+                    }
+                    Err(frame) => {
+                        if let Some(data) = frame.data_ref() {
+                            this.pace.arrived(data.len());
+                            if this.sleep.deadline() != this.pace.deadline {
+                                this.sleep.as_mut().reset(this.pace.deadline);
+                            }
+                        }
+                        frame
+                    }
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TooSlow(this.rate.refusal()))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The error an [`Upload`] ends with when its body is too slow.
+#[derive(Debug)]
+struct TooSlow(String);
+
+impl std::fmt::Display for TooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TooSlow {}
+
+/// The refusal text when a request failed because its [`Upload`] was too slow.
+pub fn too_slow(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(slow) = e.downcast_ref::<TooSlow>() {
+            return Some(slow.0.clone());
+        }
+        next = e.source();
+    }
+    None
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::credentials::Credentials;
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,7 +22,7 @@ use signet_certs::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::{self, Body, keep_upgrade, strip_hop_by_hop, upgrade_of};
+use crate::body::{self, Body, Upload, keep_upgrade, strip_hop_by_hop, upgrade_of};
 use crate::config::{AppTarget, InboundConfig, InboundMode, Protocol, XfccMode};
 use crate::metrics::{Direction, Listener};
 use crate::relay::{self, Answer, Hop, Pool, Prefixed, Req, Routed};
@@ -40,10 +40,11 @@ pub(crate) struct Inbound {
     mode: InboundMode,
     xfcc: XfccMode,
     shared: Arc<Shared>,
-    /// To the app: HTTP/1.x, and h2 with prior knowledge for requests that came as HTTP/2 (the
-    /// peer's app spoke it: gRPC).
-    app_h1: Client<HttpConnector, Incoming>,
-    app_h2: Client<HttpConnector, Incoming>,
+    /// To the app for what the relay hands over (HTTP/1.x upgrades, large uploads, HTTP/1.0).
+    /// Requests that came as HTTP/2 (the peer's app spoke it: gRPC) go over h2 connections of
+    /// their peer connection's own ([`Inbound::app_h2`]).
+    app_h1: Client<HttpConnector, Upload<Incoming>>,
+    connector: HttpConnector,
     /// Idle app connections of the relay, by app address.
     pool: Pool<TcpStream>,
     serving: HttpServing,
@@ -62,12 +63,7 @@ impl Inbound {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(shared.timeouts.connect));
-        let app_client = |h2: bool| {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(shared.pool_idle())
-                .http2_only(h2)
-                .build(connector.clone())
-        };
+
         Inbound {
             index,
             listen,
@@ -76,12 +72,26 @@ impl Inbound {
             protocol: config.protocol,
             xfcc,
             serving: shared.serving(Direction::Inbound),
-            app_h1: app_client(false),
-            app_h2: app_client(true),
+            app_h1: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(shared.pool_idle())
+                .build(connector.clone()),
+            connector,
             pool: Pool::new(shared.pool_idle()),
             shared,
             logs: Throttle::default(),
         }
+    }
+
+    /// An h2 client to the app for one peer connection: its streams share app connections with
+    /// no other peer's, so a peer that stalls its streams (a zero window, a trickle) holds only
+    /// its own, and what it can make Signet buffer is bounded by these windows.
+    fn app_h2(&self) -> Client<HttpConnector, Upload<Incoming>> {
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.shared.pool_idle())
+            .http2_only(true)
+            .http2_initial_stream_window_size(APP_H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(APP_H2_CONNECTION_WINDOW)
+            .build(self.connector.clone())
     }
 
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
@@ -366,9 +376,14 @@ impl Inbound {
         let peer = peer.map(Arc::new);
         let by = Arc::new(by);
         let this = self.clone();
+        // This peer connection's own h2 connections to the app, made on its first h2 request.
+        let h2_client = Arc::new(std::sync::OnceLock::new());
         let svc = service_fn(move |req| {
-            let (this, peer, by, app) = (this.clone(), peer.clone(), by.clone(), app.clone());
-            async move { Ok::<_, Infallible>(this.forward(req, peer.as_deref(), &by, app).await) }
+            let (this, peer, by, app, h2) = (this.clone(), peer.clone(), by.clone(), app.clone(), h2_client.clone());
+            async move {
+                let h2 = (req.version() == Version::HTTP_2).then(|| h2.get_or_init(|| this.app_h2()).clone());
+                Ok::<_, Infallible>(this.forward(req, h2, peer.as_deref(), &by, app).await)
+            }
         });
         // Boxed: allocated only for connections handed over, so an idle relayed one stays small.
         let served = Box::pin(serve_http_auto(io, svc, &self.serving)).await;
@@ -380,13 +395,26 @@ impl Inbound {
         }
     }
 
+    /// One request the relay handed over, or one of an h2 connection (`h2_client` is then that
+    /// connection's own client to the app).
     async fn forward(
         &self,
         mut req: Request<Incoming>,
+        h2_client: Option<Client<HttpConnector, Upload<Incoming>>>,
         peer: Option<&PeerCert>,
         by: &SpiffeId,
         app: Authority,
     ) -> Response<Body> {
+        if req.method() == Method::CONNECT {
+            // An app is not a proxy: Signet answers for it instead of leaving the client waiting.
+            return body::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "signet: the inbound does not tunnel CONNECT; send the request itself",
+            );
+        }
+        if let Some(name) = body::framing_named(req.headers()) {
+            return body::framing_refused(&name);
+        }
         let h2 = req.version() == Version::HTTP_2;
         let upgrade = upgrade_of(req.version(), req.headers());
         let peer_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -425,17 +453,31 @@ impl Inbound {
                 parts.headers.insert(HOST, host);
             }
         }
-        match peer {
-            Some(p) => p.apply(by, self.xfcc, &mut parts.headers),
-            None => {
-                parts.headers.remove(xfcc::HEADER);
+        // Only the header's own spelling can be appended to; the others never reach the app.
+        let existing = parts.headers.remove(xfcc::HEADER);
+        body::remove_xfcc(&mut parts.headers);
+        if let Some(p) = peer {
+            if let Some(existing) = existing {
+                parts.headers.insert(xfcc::HEADER, existing);
             }
+            p.apply(by, self.xfcc, &mut parts.headers);
         }
-        let client = if h2 { &self.app_h2 } else { &self.app_h1 };
+        let body = Upload::new(body, self.serving.limits.body_rate);
+        let client = h2_client.as_ref().unwrap_or(&self.app_h1);
         match client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) if body::framing_named(resp.headers()).is_some() => {
+                let name = body::framing_named(resp.headers()).unwrap_or_default();
+                body::text(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "signet: {app}: its response's Connection header names {name}, which frames the response and cannot be removed on the way"
+                    ),
+                )
+            }
             Ok(mut resp) => {
-                let switched = match (peer_side, upgrade_of(resp.version(), resp.headers())) {
-                    (Some(peer_side), Some(protocol)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let protocol = upgrade.as_ref().and_then(|asked| body::switched_to(&resp, asked));
+                let switched = match (peer_side, protocol) {
+                    (Some(peer_side), Some(protocol)) => {
                         let app_side = hyper::upgrade::on(&mut resp);
                         let name = format!(
                             "inbound {} (upgrade to {})",
@@ -453,6 +495,9 @@ impl Inbound {
                     keep_upgrade(&mut parts.headers, protocol);
                 }
                 Response::from_parts(parts, body.boxed())
+            }
+            Err(e) if body::too_slow(&e).is_some() => {
+                body::text(StatusCode::REQUEST_TIMEOUT, body::too_slow(&e).unwrap_or_default())
             }
             Err(e) => {
                 let cause = std::error::Error::source(&e)
@@ -543,6 +588,11 @@ impl Hop for Delivery<'_> {
         &self.inbound.pool
     }
 }
+
+/// The flow-control windows of a peer connection's h2 connections to the app: what a peer that
+/// stops reading can make Signet hold for it (a stream's, and all of its streams').
+const APP_H2_STREAM_WINDOW: u32 = 256 * 1024;
+const APP_H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// How long a TCP inbound waits for the peer's first bytes before connecting to the app.
 const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_millis(100);

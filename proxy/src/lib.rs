@@ -12,6 +12,7 @@ pub mod body;
 pub mod capture;
 pub mod config;
 pub mod credentials;
+mod headers;
 pub mod identity;
 mod inbound;
 pub mod metrics;

@@ -237,7 +237,7 @@ impl Metrics {
         e.family(
             "signet_connections_closed_total",
             Kind::Counter,
-            "Connections Signet closed for a limit: header_timeout (headers or first request too slow), idle, max_age.",
+            "Connections Signet closed for a limit: header_timeout (headers or first request too slow), idle, max_age, body_timeout (a request body slower than the minimum rate, a response body stalled).",
         );
         for d in Direction::ALL {
             for (i, c) in Closed::ALL.iter().enumerate() {

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::{self, Body, keep_upgrade, strip_hop_by_hop, upgrade_of};
+use crate::body::{self, Body, Upload, keep_upgrade, strip_hop_by_hop, upgrade_of};
 use crate::capture::{Sniffed, aimed_at_itself, original_dst, sniff};
 use crate::config::{CaptureConfig, Protocol, UnknownDestinations};
 use crate::credentials::Credentials;
@@ -35,7 +35,6 @@ use crate::sidecar::Shared;
 use crate::throttle::{Throttle, more};
 use crate::tls::diagnose::{self, HandshakeError, Reason};
 use crate::tls::{ClientAlpn, TlsState};
-use crate::xfcc;
 
 /// Envoy's prefix for every failure before response headers.
 const ENVOY_PREFIX: &str = "upstream connect error or disconnect/reset before headers. reset reason: ";
@@ -199,8 +198,8 @@ pub(crate) struct HttpOutbound {
     services: Arc<ServiceTable>,
     /// Idle mTLS connections of the relay, by service.
     pool: Pool<PeerIo>,
-    h1: Client<MeshConnector, Incoming>,
-    h2: Client<MeshConnector, Incoming>,
+    h1: Client<MeshConnector, Upload<Incoming>>,
+    h2: Client<MeshConnector, Upload<Incoming>>,
     serving: HttpServing,
     logs: Throttle,
 }
@@ -325,6 +324,9 @@ impl HttpOutbound {
             }
             Err(e) => return body::text(StatusCode::BAD_REQUEST, format!("signet: {e}")),
         };
+        if let Some(name) = body::framing_named(req.headers()) {
+            return body::framing_refused(&name);
+        }
         // For the failure log only: a method and a URI clone are reference counts, not copies.
         let (method, logged) = (req.method().clone(), upstream.clone());
         let h2 = req.version() == Version::HTTP_2;
@@ -338,17 +340,32 @@ impl HttpOutbound {
             keep_upgrade(&mut parts.headers, protocol);
         }
         // The app cannot vouch for anyone: identities are added by the receiving sidecar only.
-        parts.headers.remove(xfcc::HEADER);
+        body::remove_xfcc(&mut parts.headers);
         // The Host the peer sees is the service this request was routed (and verified) to
         // (HTTP/1; h2 carries it as :authority, in the URI).
         if !h2 {
             parts.headers.insert(HOST, service.host.clone());
         }
         let client = if h2 { &self.h2 } else { &self.h1 };
+        let body = Upload::new(body, self.serving.limits.body_rate);
         match client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) if body::framing_named(resp.headers()).is_some() => {
+                let name = body::framing_named(resp.headers()).unwrap_or_default();
+                body::text(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "signet: {}: its response's Connection header names {name}, which frames the response and cannot be removed on the way",
+                        service.name
+                    ),
+                )
+            }
+            Err(e) if body::too_slow(&e).is_some() => {
+                body::text(StatusCode::REQUEST_TIMEOUT, body::too_slow(&e).unwrap_or_default())
+            }
             Ok(mut resp) => {
-                let switched = match (app_side, upgrade_of(resp.version(), resp.headers())) {
-                    (Some(app_side), Some(protocol)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let protocol = upgrade.as_ref().and_then(|asked| body::switched_to(&resp, asked));
+                let switched = match (app_side, protocol) {
+                    (Some(app_side), Some(protocol)) => {
                         let peer_side = hyper::upgrade::on(&mut resp);
                         let name = format!(
                             "outbound {} ({} upgrade to {})",

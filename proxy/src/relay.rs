@@ -29,7 +29,8 @@ use http::{HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use crate::serve::{Closed, HttpServing};
+use crate::headers::{HOP_BY_HOP, framing_named_by_connection, is_xfcc, only_h2c, tokens};
+use crate::serve::{Closed, HttpServing, Pace};
 
 /// The most headers a message may have (hyper's default too); more is answered 431.
 const MAX_HEADERS: usize = 100;
@@ -41,6 +42,8 @@ pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
 const CHUNK: usize = 16 * 1024;
 /// How long closing a connection the client closed may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// The most informational (1xx) responses passed on before a request's final one.
+const MAX_INFORMATIONAL: usize = 16;
 /// Idle connections kept per target.
 const MAX_IDLE_PER_TARGET: usize = 256;
 
@@ -134,16 +137,23 @@ enum Framing {
 }
 
 /// Follows chunked framing over bytes that pass through unchanged, to find where the message
-/// ends (RFC 9112 §7.1). Trailers pass too; their size is bounded.
+/// ends, by RFC 9112 §7.1's grammar and nothing looser (see [`crate::headers`]): a size is hex
+/// digits, then optional whitespace before `;` extensions, then CRLF. Trailers pass too; their
+/// size is bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunked {
     Size {
         n: u64,
         digits: u8,
     },
-    /// A chunk extension (`;name=value`), skipped up to its CRLF.
+    /// Whitespace after the size, which only a `;` may follow.
+    SizeWs {
+        n: u64,
+    },
+    /// A chunk extension (`;name=value`), skipped up to its CRLF; `len` bytes of it so far.
     Ext {
         n: u64,
+        len: u16,
     },
     SizeLf {
         n: u64,
@@ -160,16 +170,29 @@ enum Chunked {
 
 /// The most bytes of trailers accepted after a last chunk.
 const MAX_TRAILERS: usize = 64 * 1024;
+/// The most bytes of extensions on one chunk-size line.
+const MAX_CHUNK_EXT: u16 = 4096;
 
 #[derive(Debug, PartialEq, Eq)]
 struct BadChunk;
+
+/// What [`Chunked::advance`] has seen of one message across calls.
+#[derive(Clone, Copy, Debug, Default)]
+struct ChunkProgress {
+    /// Bytes of the body consumed so far.
+    seen: usize,
+    /// Bytes of trailers so far.
+    trailers: usize,
+    /// Where the trailer section starts in the body, once the last chunk was read.
+    trailer_start: Option<usize>,
+}
 
 impl Chunked {
     const START: Chunked = Chunked::Size { n: 0, digits: 0 };
 
     /// Consumes the message's bytes from the front of `bytes`; returns how many belong to it
-    /// (all of them until the message ends). `trailers` counts trailer bytes across calls.
-    fn advance(&mut self, bytes: &[u8], trailers: &mut usize) -> Result<usize, BadChunk> {
+    /// (all of them until the message ends).
+    fn advance(&mut self, bytes: &[u8], progress: &mut ChunkProgress) -> Result<usize, BadChunk> {
         let mut i = 0;
         while i < bytes.len() {
             if let Chunked::Data(left) = *self {
@@ -184,7 +207,7 @@ impl Chunked {
             }
             let b = bytes[i];
             *self = match (*self, b) {
-                (Chunked::Done, _) => return Ok(i),
+                (Chunked::Done, _) => break,
                 (Chunked::Size { n, digits }, _) if b.is_ascii_hexdigit() => {
                     if digits == 16 {
                         return Err(BadChunk);
@@ -197,11 +220,16 @@ impl Chunked {
                 }
                 (Chunked::Size { digits: 0, .. }, _) => return Err(BadChunk),
                 (Chunked::Size { n, .. }, b'\r') => Chunked::SizeLf { n },
-                (Chunked::Size { n, .. }, b';' | b' ' | b'\t') => Chunked::Ext { n },
-                (Chunked::Ext { n }, b'\r') => Chunked::SizeLf { n },
-                (Chunked::Ext { .. }, b'\n') => return Err(BadChunk),
-                (Chunked::Ext { n }, _) => Chunked::Ext { n },
-                (Chunked::SizeLf { n: 0 }, b'\n') => Chunked::TrailerStart,
+                (Chunked::Size { n, .. } | Chunked::SizeWs { n }, b' ' | b'\t') => Chunked::SizeWs { n },
+                (Chunked::Size { n, .. } | Chunked::SizeWs { n }, b';') => Chunked::Ext { n, len: 0 },
+                (Chunked::Ext { n, .. }, b'\r') => Chunked::SizeLf { n },
+                (Chunked::Ext { n, len }, _) if (b == b'\t' || !b.is_ascii_control()) && len < MAX_CHUNK_EXT => {
+                    Chunked::Ext { n, len: len + 1 }
+                }
+                (Chunked::SizeLf { n: 0 }, b'\n') => {
+                    progress.trailer_start = Some(progress.seen + i + 1);
+                    Chunked::TrailerStart
+                }
                 (Chunked::SizeLf { n }, b'\n') => Chunked::Data(n),
                 (Chunked::DataCr, b'\r') => Chunked::DataLf,
                 (Chunked::DataLf, b'\n') => Chunked::START,
@@ -209,8 +237,8 @@ impl Chunked {
                 (Chunked::Trailer, b'\r') => Chunked::TrailerLf,
                 (Chunked::TrailerStart | Chunked::Trailer, b'\n') => return Err(BadChunk),
                 (Chunked::TrailerStart | Chunked::Trailer, _) => {
-                    *trailers += 1;
-                    if *trailers > MAX_TRAILERS {
+                    progress.trailers += 1;
+                    if progress.trailers > MAX_TRAILERS {
                         return Err(BadChunk);
                     }
                     Chunked::Trailer
@@ -221,66 +249,79 @@ impl Chunked {
             };
             i += 1;
         }
+        progress.seen += i;
         Ok(i)
+    }
+}
+
+/// Why a request's trailers are refused: a field no trailer may carry (RFC 9110 §6.5.1:
+/// framing, routing) or an identity only the inbound may write; `None` when they may pass.
+/// `trailers` is the trailer section, up to and including its empty last line.
+fn refused_trailer(trailers: &[u8]) -> Option<String> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(trailers, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => fields
+            .iter()
+            .find(|f| {
+                is_xfcc(f.name.as_bytes())
+                    || [
+                        "content-length",
+                        "transfer-encoding",
+                        "host",
+                        "te",
+                        "trailer",
+                        "connection",
+                    ]
+                    .iter()
+                    .any(|n| is(f.name, n))
+            })
+            .map(|f| format!("signet: request trailers may not carry {}", f.name.to_ascii_lowercase())),
+        _ => Some("signet: malformed request trailers".into()),
     }
 }
 
 // === heads ===
 
-/// Whether `name` is one of the hop-by-hop headers no proxy passes on (RFC 9110 §7.6.1), or one
-/// the relay writes itself. Framing headers (`content-length`, `transfer-encoding`) are kept:
-/// bodies pass unchanged.
+/// Whether the relay drops `name` from every message it passes: hop-by-hop headers and those
+/// it writes itself (`host`, `x-forwarded-client-cert` in any spelling), by the rules of
+/// [`crate::headers`]. Framing headers are kept: bodies pass unchanged.
 fn dropped(name: &str) -> bool {
-    const NAMES: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "trailer",
-        "upgrade",
-        "host",
-        crate::xfcc::HEADER,
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+    HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(name))
+        || is(name, "upgrade")
+        || is(name, "host")
+        || is_xfcc(name.as_bytes())
 }
 
 fn is(name: &str, wanted: &str) -> bool {
     name.eq_ignore_ascii_case(wanted)
 }
 
-/// The comma-separated tokens of a header value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
+/// The values of a message's `Connection` headers.
+fn connection<'a>(headers: &'a [httparse::Header<'a>]) -> impl Iterator<Item = &'a [u8]> + Clone {
+    headers.iter().filter(|h| is(h.name, "connection")).map(|h| h.value)
 }
 
-/// The names a `Connection` header lists, which go with it (beyond `close` and `keep-alive`).
-fn listed(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    headers
-        .iter()
-        .filter(|h| is(h.name, "connection"))
-        .flat_map(|h| tokens(h.value))
-        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
-}
-
-/// Writes the headers a proxy passes on: hop-by-hop ones and those the relay sets dropped; `TE`
-/// only as `trailers` (gRPC servers require it; the one value HTTP/2 allows).
+/// Writes the headers a proxy passes on: hop-by-hop ones, those the `Connection` header lists
+/// and those the relay sets dropped; `TE` only as `trailers` (gRPC servers require it; the one
+/// value HTTP/2 allows). The caller has refused messages whose `Connection` names a framing
+/// header ([`framing_named_by_connection`]).
 fn write_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
-    let has_listed = headers.iter().any(|h| {
-        is(h.name, "connection")
-            && tokens(h.value).any(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
-    });
+    let listed = |name: &str| {
+        connection(headers)
+            .flat_map(tokens)
+            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    };
+    let has_listed = connection(headers)
+        .flat_map(tokens)
+        .any(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"));
     for h in headers {
-        if dropped(h.name) || (has_listed && listed(headers, h.name)) {
-            continue;
-        }
         if is(h.name, "te") {
             if h.value.trim_ascii().eq_ignore_ascii_case(b"trailers") {
                 out.extend_from_slice(b"te: trailers\r\n");
             }
+            continue;
+        }
+        if dropped(h.name) || (has_listed && listed(h.name)) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -290,44 +331,52 @@ fn write_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
     }
 }
 
-/// The body framing a message's headers declare; `None` when they contradict each other or are
-/// invalid (several lengths, a length with chunked, a bad number).
-fn framing(headers: &[httparse::Header<'_>], request: bool) -> Option<Framing> {
+/// The body framing a message's headers declare; when they contradict each other or are
+/// invalid, what is wrong (for the 502 of a response; requests go to the hyper path, which
+/// answers 400).
+fn framing(headers: &[httparse::Header<'_>], request: bool) -> Result<Framing, &'static str> {
     let mut length: Option<u64> = None;
     let mut te: Option<&[u8]> = None;
     for h in headers {
         if is(h.name, "content-length") {
-            let s = std::str::from_utf8(h.value).ok()?.trim();
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
+            let s = h.value.trim_ascii();
+            if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+                return Err("an invalid Content-Length");
             }
-            let n: u64 = s.parse().ok()?;
+            let n: u64 = std::str::from_utf8(s)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or("a Content-Length too large to be true")?;
             if length.is_some_and(|l| l != n) {
-                return None;
+                return Err("two different Content-Length values");
             }
             length = Some(n);
         } else if is(h.name, "transfer-encoding") {
             if te.is_some() {
-                return None;
+                return Err("more than one Transfer-Encoding header");
             }
             te = Some(h.value);
         }
     }
     match (te, length) {
-        (Some(_), Some(_)) => None,
+        (Some(_), Some(_)) => Err("both Content-Length and Transfer-Encoding"),
         (Some(te), None) => {
-            let last = tokens(te).last()?;
+            let last = tokens(te).last().ok_or("an empty Transfer-Encoding")?;
             if last.eq_ignore_ascii_case(b"chunked") {
                 // A request's coding must be chunked alone; a response may layer codings under it.
-                (!request || tokens(te).count() == 1).then_some(Framing::Chunked)
+                if request && tokens(te).count() != 1 {
+                    Err("a Transfer-Encoding other than chunked alone")
+                } else {
+                    Ok(Framing::Chunked)
+                }
             } else if request {
-                None
+                Err("a Transfer-Encoding that does not end in chunked")
             } else {
-                Some(Framing::UntilClose)
+                Ok(Framing::UntilClose)
             }
         }
-        (None, Some(n)) => Some(Framing::Length(n)),
-        (None, None) => Some(if request {
+        (None, Some(n)) => Ok(Framing::Length(n)),
+        (None, None) => Ok(if request {
             Framing::Length(0)
         } else {
             Framing::UntilClose
@@ -400,22 +449,23 @@ fn request<H: Hop>(hop: &H, buf: &[u8], max_head: usize, out: &mut Vec<u8>) -> S
         return Step::HandOver;
     };
     let headers = req.headers;
-    let Some(framing) = framing(headers, true) else {
+    if let Some(name) = framing_named_by_connection(connection(headers)) {
+        return Step::Answer {
+            answer: Answer::new(StatusCode::BAD_REQUEST, crate::headers::framing_refusal(&name)),
+            len: buf.len(),
+            close: true,
+        };
+    }
+    let Ok(framing) = framing(headers, true) else {
         return Step::HandOver;
     };
-    let mut close = false;
+    let close = connection(headers)
+        .flat_map(tokens)
+        .any(|t| t.eq_ignore_ascii_case(b"close"));
     for h in headers.iter() {
-        if is(h.name, "upgrade") || is(h.name, "expect") {
+        // An upgrade to h2c is not passed on (crate::headers): the request is served as is.
+        if (is(h.name, "upgrade") && !only_h2c(h.value)) || is(h.name, "expect") {
             return Step::HandOver;
-        }
-        if is(h.name, "connection") {
-            for t in tokens(h.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
-                    return Step::HandOver;
-                }
-            }
         }
     }
     if method == "CONNECT" {
@@ -519,19 +569,23 @@ fn response(buf: &[u8], max_head: usize, head_request: bool, close: bool, out: &
     }
     let headers = resp.headers;
     let informational = (100..200).contains(&status);
+    if let Some(name) = framing_named_by_connection(connection(headers)) {
+        return ResponseHead::Bad(format!(
+            "its response's Connection header names {name}, which frames the response and cannot be removed on the way"
+        ));
+    }
     let framing = if head_request || informational || status == 204 || status == 304 {
-        Some(Framing::Length(0))
+        Ok(Framing::Length(0))
     } else {
         framing(headers, false)
     };
-    let Some(framing) = framing else {
-        return ResponseHead::Bad("its response has contradictory Content-Length and Transfer-Encoding".into());
+    let framing = match framing {
+        Ok(framing) => framing,
+        Err(why) => return ResponseHead::Bad(format!("its response has {why}")),
     };
     let upstream_close = version == 0
-        || headers
-            .iter()
-            .filter(|h| is(h.name, "connection"))
-            .flat_map(|h| tokens(h.value))
+        || connection(headers)
+            .flat_map(tokens)
             .any(|t| t.eq_ignore_ascii_case(b"close"));
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -576,7 +630,8 @@ fn answer_bytes(answer: &Answer, close: bool, out: &mut Vec<u8>) {
 
 /// Idle upstream connections by target, reused by the next downstream connection that needs
 /// one. A connection is taken only while fresh (under the pool's idle time), made under the
-/// current generation, and still open (nothing to read, no EOF).
+/// current generation, and clean (nothing to read, no EOF: [`clean`]); the sweep closes those
+/// that became readable or closed while idle.
 pub(crate) struct Pool<U> {
     idle: Mutex<HashMap<Arc<str>, Vec<Idle<U>>>>,
     timeout: Duration,
@@ -607,7 +662,7 @@ impl<U: AsyncRead + Unpin> Pool<U> {
             let list = idle.get_mut(key)?;
             let mut found = None;
             while let Some(mut c) = list.pop() {
-                if c.generation == generation && c.since.elapsed() < self.timeout && still_open(&mut c.io) {
+                if c.generation == generation && c.since.elapsed() < self.timeout && clean(&mut c.io) {
                     found = Some(c.io);
                     break;
                 }
@@ -619,7 +674,10 @@ impl<U: AsyncRead + Unpin> Pool<U> {
         found
     }
 
-    fn put(&self, key: Arc<str>, io: U, generation: u64) {
+    fn put(&self, key: Arc<str>, mut io: U, generation: u64) {
+        if !clean(&mut io) {
+            return;
+        }
         let mut dead = Vec::new();
         {
             let mut idle = self.lock();
@@ -638,14 +696,22 @@ impl<U: AsyncRead + Unpin> Pool<U> {
         drop(dead);
     }
 
-    /// Closes the connections idle for longer than the pool keeps them.
+    /// Closes the connections idle for longer than the pool keeps them, and those that became
+    /// readable or closed while idle.
     pub fn sweep(&self) {
         let mut dead = Vec::new();
         {
             let mut idle = self.lock();
             for list in idle.values_mut() {
-                let stale = list.iter().take_while(|c| c.since.elapsed() >= self.timeout).count();
-                dead.extend(list.drain(..stale));
+                let mut kept = Vec::with_capacity(list.len());
+                for mut c in list.drain(..) {
+                    if c.since.elapsed() < self.timeout && clean(&mut c.io) {
+                        kept.push(c);
+                    } else {
+                        dead.push(c);
+                    }
+                }
+                *list = kept;
             }
             idle.retain(|_, list| !list.is_empty());
         }
@@ -654,7 +720,7 @@ impl<U: AsyncRead + Unpin> Pool<U> {
 
     /// Sweeps every so often until `shutdown`.
     pub async fn sweep_until(&self, shutdown: tokio_util::sync::CancellationToken) {
-        let every = (self.timeout / 2).max(Duration::from_millis(100));
+        let every = (self.timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -669,12 +735,31 @@ impl<U: AsyncRead + Unpin> Pool<U> {
     }
 }
 
-/// Whether an idle connection is still open: reading it would wait (no EOF, no stray bytes).
-fn still_open<U: AsyncRead + Unpin>(io: &mut U) -> bool {
+/// Whether an idle connection can carry another request: reading it would wait. Stray bytes
+/// (an answer to nothing, a body after a response that had none) or its end mean it cannot,
+/// and it is closed; the byte read to find out goes with it.
+fn clean<U: AsyncRead + Unpin>(io: &mut U) -> bool {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut byte = [0u8; 1];
     let mut buf = ReadBuf::new(&mut byte);
     matches!(Pin::new(io).poll_read(&mut cx, &mut buf), Poll::Pending)
+}
+
+/// Resolves when the upstream connection a downstream one holds between its requests becomes
+/// readable or closes: it is watched while idle, as hyper's pool and nginx watch theirs, and
+/// then dropped ([`clean`]).
+fn spoiled<U: AsyncRead + Unpin>(held: &mut Option<Held<U>>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        let Some(h) = held.as_mut() else {
+            return Poll::Pending;
+        };
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        match Pin::new(&mut h.io).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(()),
+        }
+    })
 }
 
 // === handing over ===
@@ -861,6 +946,10 @@ where
                 read = fill(&mut conn.down, &mut conn.input, FIRST_HEAD) => read,
                 _ = conn.sleep.as_mut() => break 'conn Some(why),
                 _ = serving.shutdown.cancelled(), if waiting => break 'conn Some(Closed::Shutdown),
+                _ = spoiled(&mut conn.held), if conn.held.is_some() => {
+                    conn.held = None;
+                    continue;
+                }
             };
             match read {
                 Ok(0) => {
@@ -876,43 +965,72 @@ where
             }
         };
 
-        // The body, whole (it is small: larger ones go the hyper way).
-        let body = match plan.framing {
-            Framing::Length(n) if n > MAX_BUFFERED_BODY as u64 => {
-                return conn.hand_over(hop);
-            }
-            Framing::Length(n) => n as usize,
-            Framing::UntilClose => 0,
-            Framing::Chunked => {
-                let (mut state, mut trailers, mut scanned) = (Chunked::START, 0, 0);
-                loop {
-                    match state.advance(&conn.input[plan.len + scanned..], &mut trailers) {
-                        Ok(used) => scanned += used,
-                        Err(BadChunk) => {
-                            count(serving, 400);
-                            let answer = Answer::new(StatusCode::BAD_REQUEST, "signet: malformed chunked request body");
-                            answer_bytes(&answer, true, &mut conn.bufs.request);
-                            let _ = until(conn.sleep.as_mut(), flight, conn.down.write_all(&conn.bufs.request)).await;
-                            break 'conn None;
+        // The body, whole (it is small: larger ones go the hyper way), no slower than the
+        // body rate allows.
+        let mut pace = Pace::new(limits.body_rate);
+        let body: Result<usize, Answer> = 'body: {
+            let body = match plan.framing {
+                Framing::Length(n) if n > MAX_BUFFERED_BODY as u64 => {
+                    return conn.hand_over(hop);
+                }
+                Framing::Length(n) => n as usize,
+                Framing::UntilClose => 0,
+                Framing::Chunked => {
+                    let (mut state, mut progress) = (Chunked::START, ChunkProgress::default());
+                    loop {
+                        if state
+                            .advance(&conn.input[plan.len + progress.seen..], &mut progress)
+                            .is_err()
+                        {
+                            break 'body Err(Answer::new(
+                                StatusCode::BAD_REQUEST,
+                                "signet: malformed chunked request body",
+                            ));
+                        }
+                        if state == Chunked::Done {
+                            break;
+                        }
+                        if conn.input.len() - plan.len > MAX_BUFFERED_BODY {
+                            return conn.hand_over(hop);
+                        }
+                        match conn.read_paced(&mut pace, flight).await {
+                            Ok(()) => {}
+                            Err(Some(Closed::BodyTimeout)) => {
+                                break 'body Err(Answer::new(StatusCode::REQUEST_TIMEOUT, limits.body_rate.refusal()));
+                            }
+                            Err(why) => break 'conn why,
                         }
                     }
-                    if state == Chunked::Done {
-                        break scanned;
+                    let body = progress.seen;
+                    if let Some(start) = progress.trailer_start
+                        && let Some(why) = refused_trailer(&conn.input[plan.len + start..plan.len + body])
+                    {
+                        break 'body Err(Answer::new(StatusCode::BAD_REQUEST, why));
                     }
-                    if conn.input.len() - plan.len > MAX_BUFFERED_BODY {
-                        return conn.hand_over(hop);
+                    body
+                }
+            };
+            while conn.input.len() < plan.len + body {
+                match conn.read_paced(&mut pace, flight).await {
+                    Ok(()) => {}
+                    Err(Some(Closed::BodyTimeout)) => {
+                        break 'body Err(Answer::new(StatusCode::REQUEST_TIMEOUT, limits.body_rate.refusal()));
                     }
-                    if let Err(why) = conn.read_more(flight).await {
-                        break 'conn why;
-                    }
+                    Err(why) => break 'conn why,
                 }
             }
+            Ok(body)
         };
-        while conn.input.len() < plan.len + body {
-            if let Err(why) = conn.read_more(flight).await {
-                break 'conn why;
+        let body = match body {
+            Ok(body) => body,
+            Err(answer) => {
+                let status = answer.status;
+                count(serving, status.as_u16());
+                answer_bytes(&answer, true, &mut conn.bufs.request);
+                let _ = until(conn.sleep.as_mut(), flight, conn.down.write_all(&conn.bufs.request)).await;
+                break 'conn (status == StatusCode::REQUEST_TIMEOUT).then_some(Closed::BodyTimeout);
             }
-        }
+        };
         conn.bufs
             .request
             .extend_from_slice(&conn.input[plan.len..plan.len + body]);
@@ -975,9 +1093,11 @@ struct Conn<D, U> {
 }
 
 impl<D: AsyncRead + Unpin, U> Conn<D, U> {
-    /// Reads more of the request into `input` before `deadline`; the error says why the
-    /// connection ends (it closed or failed: no reason; time ran out: its age).
-    async fn read_more(&mut self, deadline: Instant) -> Result<(), Option<Closed>> {
+    /// Reads more of a request body into `input`, before `pace` or `flight` runs out: the error
+    /// says why the connection ends (closed or failed: no reason; too slow: the body rate; time
+    /// ran out: its age).
+    async fn read_paced(&mut self, pace: &mut Pace, flight: Instant) -> Result<(), Option<Closed>> {
+        let deadline = pace.deadline.min(flight);
         match until(
             self.sleep.as_mut(),
             deadline,
@@ -985,8 +1105,12 @@ impl<D: AsyncRead + Unpin, U> Conn<D, U> {
         )
         .await
         {
-            Some(Ok(n)) if n > 0 => Ok(()),
+            Some(Ok(n)) if n > 0 => {
+                pace.arrived(n);
+                Ok(())
+            }
             Some(_) => Err(None),
+            None if deadline < flight => Err(Some(Closed::BodyTimeout)),
             None => Err(Some(Closed::MaxAge)),
         }
     }
@@ -1050,7 +1174,7 @@ where
     let generation = hop.generation();
     let key = &plan.routed.key;
     let mut pooled = match held.take() {
-        Some(h) if h.key == *key && h.generation == generation => Some(h.io),
+        Some(mut h) if h.key == *key && h.generation == generation => clean(&mut h.io).then_some(h.io),
         Some(h) => {
             hop.pool().put(h.key, h.io, h.generation);
             None
@@ -1097,6 +1221,7 @@ where
             Some(Err(e)) => answer!(hop.failed(&plan.routed.target, method, path, &e)),
         }
         bufs.upstream.clear();
+        let mut informational = 0;
         let head = loop {
             let read = until(
                 sleep.as_mut(),
@@ -1107,31 +1232,43 @@ where
             let error = match read {
                 None => return Exchange::End(Some(Closed::MaxAge)),
                 Some(Ok(0)) => io::Error::new(io::ErrorKind::UnexpectedEof, "the connection closed before a response"),
-                Some(Ok(_)) => match response(&bufs.upstream, max_head, plan.head, close, &mut bufs.response) {
-                    ResponseHead::Partial => continue,
-                    ResponseHead::Bad(why) => answer!(Answer::new(
-                        StatusCode::BAD_GATEWAY,
-                        format!("signet: {}: {why}", plan.routed.key)
-                    )),
-                    ResponseHead::Done { len, status, .. } if (100..200).contains(&status) => {
-                        // 103 Early Hints and friends: passed on; the final response follows.
-                        if until(sleep.as_mut(), flight, down.write_all(&bufs.response))
-                            .await
-                            .is_none_or(|r| r.is_err())
-                        {
-                            return Exchange::End(None);
-                        }
-                        bufs.upstream.advance(len);
-                        if bufs.upstream.is_empty() {
-                            continue;
-                        }
+                Some(Ok(_)) => {
+                    // Every complete head here: 1xx ones (100 Continue, 103 Early Hints) are passed
+                    // on, however many came in this read, until the final one.
+                    let final_head = loop {
                         match response(&bufs.upstream, max_head, plan.head, close, &mut bufs.response) {
-                            ResponseHead::Partial => continue,
-                            done => break done,
+                            ResponseHead::Partial => break None,
+                            ResponseHead::Bad(why) => answer!(Answer::new(
+                                StatusCode::BAD_GATEWAY,
+                                format!("signet: {}: {why}", plan.routed.key)
+                            )),
+                            ResponseHead::Done { len, status, .. } if (100..200).contains(&status) => {
+                                informational += 1;
+                                if informational > MAX_INFORMATIONAL {
+                                    answer!(Answer::new(
+                                        StatusCode::BAD_GATEWAY,
+                                        format!(
+                                            "signet: {}: it sent more than {MAX_INFORMATIONAL} informational (1xx) responses",
+                                            plan.routed.key
+                                        )
+                                    ));
+                                }
+                                if until(sleep.as_mut(), flight, down.write_all(&bufs.response))
+                                    .await
+                                    .is_none_or(|r| r.is_err())
+                                {
+                                    return Exchange::End(None);
+                                }
+                                bufs.upstream.advance(len);
+                            }
+                            done => break Some(done),
                         }
+                    };
+                    match final_head {
+                        Some(done) => break done,
+                        None => continue,
                     }
-                    done => break done,
-                },
+                }
                 Some(Err(e)) => e,
             };
             if reused && bufs.upstream.is_empty() && idempotent(method) {
@@ -1157,17 +1294,17 @@ where
 
     // The head and the body bytes already here, in one write when they are small.
     let mut state = Chunked::START;
-    let mut trailers = 0;
+    let mut progress = ChunkProgress::default();
     let mut left = match framing {
         Framing::Length(n) => n,
         _ => u64::MAX,
     };
     let here = &bufs.upstream[len..];
-    let (take, mut done) = body_part(framing, &mut state, &mut trailers, &mut left, here);
+    let (take, mut done) = body_part(framing, &mut state, &mut progress, &mut left, here);
     let Ok(take) = take else {
         return Exchange::End(None);
     };
-    let stray = here.len() > take;
+    let mut stray = here.len() > take;
     if take <= CHUNK {
         bufs.response.extend_from_slice(&here[..take]);
         if until(sleep.as_mut(), flight, down.write_all(&bufs.response))
@@ -1187,31 +1324,43 @@ where
             }
         }
     }
-    // The rest of the body, as it comes.
+    // The rest of the body, as it comes; a body that stalls (nothing read, or nothing taken by
+    // the client) for the idle timeout ends the exchange.
+    let stalled = || (Instant::now() + serving.limits.idle).min(flight);
+    let out_of_time = |deadline: Instant| {
+        Exchange::End(Some(if deadline < flight {
+            Closed::BodyTimeout
+        } else {
+            Closed::MaxAge
+        }))
+    };
     while !done {
         bufs.upstream.clear();
+        let deadline = stalled();
         match until(
             sleep.as_mut(),
-            flight,
+            deadline,
             fill(&mut up, &mut bufs.upstream, FIRST_RESPONSE),
         )
         .await
         {
-            None => return Exchange::End(Some(Closed::MaxAge)),
+            None => return out_of_time(deadline),
             Some(Ok(0)) if framing == Framing::UntilClose => break,
             Some(Ok(0)) | Some(Err(_)) => return Exchange::End(None),
             Some(Ok(_)) => {}
         }
-        let (take, finished) = body_part(framing, &mut state, &mut trailers, &mut left, &bufs.upstream);
+        let (take, finished) = body_part(framing, &mut state, &mut progress, &mut left, &bufs.upstream);
         let Ok(take) = take else {
             return Exchange::End(None);
         };
         done = finished;
-        if until(sleep.as_mut(), flight, down.write_all(&bufs.upstream[..take]))
-            .await
-            .is_none_or(|r| r.is_err())
-        {
-            return Exchange::End(None);
+        // Bytes beyond the body: the connection is not reused (they are no one's response).
+        stray |= take < bufs.upstream.len();
+        let deadline = stalled();
+        match until(sleep.as_mut(), deadline, down.write_all(&bufs.upstream[..take])).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return Exchange::End(None),
+            None => return out_of_time(deadline),
         }
     }
     if until(sleep.as_mut(), flight, down.flush())
@@ -1238,7 +1387,7 @@ where
 fn body_part(
     framing: Framing,
     state: &mut Chunked,
-    trailers: &mut usize,
+    progress: &mut ChunkProgress,
     left: &mut u64,
     bytes: &[u8],
 ) -> (Result<usize, BadChunk>, bool) {
@@ -1248,7 +1397,7 @@ fn body_part(
             *left -= take;
             (Ok(take as usize), *left == 0)
         }
-        Framing::Chunked => match state.advance(bytes, trailers) {
+        Framing::Chunked => match state.advance(bytes, progress) {
             Ok(take) => (Ok(take), *state == Chunked::Done),
             Err(e) => (Err(e), true),
         },
@@ -1262,9 +1411,9 @@ mod tests {
 
     /// Runs chunked framing over `bytes` fed in pieces of `step`; returns (consumed, done).
     fn chunked(bytes: &[u8], step: usize) -> Result<(usize, bool), BadChunk> {
-        let (mut state, mut trailers, mut used) = (Chunked::START, 0, 0);
+        let (mut state, mut progress, mut used) = (Chunked::START, ChunkProgress::default(), 0);
         for piece in bytes.chunks(step) {
-            let n = state.advance(piece, &mut trailers)?;
+            let n = state.advance(piece, &mut progress)?;
             used += n;
             if n < piece.len() {
                 break;
@@ -1295,6 +1444,22 @@ mod tests {
         ] {
             assert_eq!(chunked(bad, 1), Err(BadChunk), "{:?}", String::from_utf8_lossy(bad));
         }
+        // RFC 9112's grammar and nothing looser: whitespace only before `;`, no control bytes in
+        // an extension, extensions bounded. A size line that is another request is refused.
+        assert_eq!(chunked(b"5 ;a=b\r\nhello\r\n0\r\n\r\n", 1), Ok((20, true)));
+        for bad in [
+            &b"add /smuggled-by-te HTTP/1.1\r\n"[..],
+            b"5 \r\nhello\r\n",
+            b"5\thello\r\n",
+            b"5;a\x00b\r\nhello\r\n",
+            b"0x5\r\nhello\r\n",
+            b"-5\r\n",
+        ] {
+            assert_eq!(chunked(bad, 1), Err(BadChunk), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut long_ext = b"5;".to_vec();
+        long_ext.extend(std::iter::repeat_n(b'a', usize::from(MAX_CHUNK_EXT) + 1));
+        assert_eq!(chunked(&long_ext, 512), Err(BadChunk));
         let mut huge_trailers = b"0\r\n".to_vec();
         huge_trailers.extend(std::iter::repeat_n(b'a', MAX_TRAILERS + 1));
         assert_eq!(chunked(&huge_trailers, 4096), Err(BadChunk));
@@ -1311,7 +1476,7 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112_and_refuses_contradictions() {
-        let f = |list: &[(&str, &str)], request| framing(&headers(list), request);
+        let f = |list: &[(&str, &str)], request| framing(&headers(list), request).ok();
         assert_eq!(f(&[], true), Some(Framing::Length(0)));
         assert_eq!(f(&[], false), Some(Framing::UntilClose));
         assert_eq!(f(&[("Content-Length", "12")], true), Some(Framing::Length(12)));
@@ -1437,6 +1602,70 @@ mod tests {
         );
     }
 
+    /// Finding 1 of issue 17: a `Connection` header naming the framing made the relay drop it
+    /// after reading the body by it, so the body became requests of its own at the app.
+    #[test]
+    fn framing_headers_named_by_connection_are_refused_not_dropped() {
+        for head in [
+            "POST /x HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nGET /",
+            "POST /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n",
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: Content-Length\r\n\r\n",
+        ] {
+            let Step::Answer { answer, close, .. } = plan_of(head).0 else {
+                panic!("not refused: {head:?}")
+            };
+            assert_eq!((answer.status, close), (StatusCode::BAD_REQUEST, true), "{head:?}");
+            assert!(answer.text.contains("Connection header names"), "{}", answer.text);
+        }
+        let mut out = Vec::new();
+        let ResponseHead::Bad(why) = response(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello",
+            8192,
+            false,
+            false,
+            &mut out,
+        ) else {
+            panic!("a response that drops its framing was passed")
+        };
+        assert!(why.contains("names content-length"), "{why}");
+        // TE and Upgrade keep their own rules when named.
+        let (step, out) = plan_of("GET / HTTP/1.1\r\nHost: a\r\nConnection: TE\r\nTE: trailers\r\n\r\n");
+        assert!(matches!(step, Step::Relay(_)));
+        assert!(out.contains("te: trailers\r\n"), "{out}");
+    }
+
+    /// Issue 17, item 5: an h2c upgrade is never passed on; the request is relayed as HTTP/1.1.
+    #[test]
+    fn h2c_upgrades_are_dropped_and_the_request_relayed() {
+        let (step, out) = plan_of(
+            "GET /get HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+        );
+        assert!(matches!(step, Step::Relay(_)), "handed over");
+        assert_eq!(
+            out,
+            "GET /get HTTP/1.1\r\nhost: a\r\nx-forwarded-client-cert: By=me\r\n\r\n"
+        );
+    }
+
+    /// Issue 17, item 5: the underscore spelling of XFCC never reaches the app, nor one in trailers.
+    #[test]
+    fn every_spelling_of_xfcc_is_dropped_and_trailers_cannot_carry_it() {
+        let (_, out) = plan_of(
+            "GET / HTTP/1.1\r\nHost: a\r\nx_forwarded_client_cert: By=x;URI=spiffe://cluster.local/ns/foo/sa/FORGED\r\nX-Forwarded_Client-Cert: By=y\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-client-cert: By=me\r\n\r\n"
+        );
+        assert!(refused_trailer(b"x-forwarded-client-cert: By=x\r\n\r\n").is_some());
+        assert!(refused_trailer(b"x_forwarded_client_cert: By=x\r\n\r\n").is_some());
+        assert!(refused_trailer(b"content-length: 5\r\n\r\n").is_some());
+        assert!(refused_trailer(b"no colon\r\n\r\n").is_some());
+        assert_eq!(refused_trailer(b"grpc-status: 0\r\nx-checksum: 1\r\n\r\n"), None);
+        assert_eq!(refused_trailer(b"\r\n"), None);
+    }
+
     #[test]
     fn response_heads_say_how_their_bodies_end() {
         let mut out = Vec::new();
@@ -1519,6 +1748,104 @@ mod tests {
         assert_eq!(short.idle("app"), 0, "stale connections are swept");
     }
 
+    /// Relays `requests` (written at once) to an app that reads a request, answers `reply`, then
+    /// writes `late` after a pause; the first request is answered by the app, every later one
+    /// needs a new upstream connection, which `Fixed` cannot dial (503 "no"). Returns what the
+    /// client got and what the app read.
+    async fn relay_with(requests: &str, reply: &'static [u8], late: &'static [u8]) -> (String, String) {
+        let hop = fixed();
+        let (up, mut app) = tokio::io::duplex(1 << 16);
+        hop.pool.put(Arc::from("app"), up, 0);
+        let (down, mut client) = tokio::io::duplex(1 << 16);
+        let serving = HttpServing::new(crate::serve::HttpLimits::default(), Default::default());
+        let relay = tokio::spawn(async move { serve(&hop, down, &serving).await.closed });
+        let app_side = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = app.read(&mut buf).await.unwrap_or(0);
+            let _ = app.write_all(reply).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = app.write_all(late).await;
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_millis(300), app.read_to_end(&mut rest)).await;
+            buf.truncate(n);
+            buf.extend_from_slice(&rest);
+            (String::from_utf8_lossy(&buf).into_owned(), app)
+        });
+        let (first, second) = requests.split_once('|').unwrap_or((requests, ""));
+        client.write_all(first.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        client.write_all(second.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut got)).await;
+        let (seen, _app) = app_side.await.unwrap();
+        drop(client);
+        let _ = relay.await;
+        (String::from_utf8_lossy(&got).into_owned(), seen)
+    }
+
+    /// Finding 3 of issue 17: bytes an app writes after a response's end (late, or a body after
+    /// a 204) were read as the next client's response.
+    #[tokio::test]
+    async fn late_bytes_spoil_the_held_connection() {
+        let evil = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil";
+        for reply in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ] {
+            let (got, _) = relay_with(
+                "GET /a HTTP/1.1\r\nHost: h\r\n\r\n|GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                reply,
+                evil,
+            )
+            .await;
+            assert!(!got.contains("evil"), "the late bytes were a response: {got}");
+            assert!(
+                got.ends_with("no\n"),
+                "the second request went to a new connection: {got}"
+            );
+        }
+        // In the same read as the response: the connection is not reused either.
+        let (got, _) = relay_with(
+            "GET /a HTTP/1.1\r\nHost: h\r\n\r\n|GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+            b"",
+        )
+        .await;
+        assert!(!got.contains("evil") && got.ends_with("no\n"), "{got}");
+    }
+
+    /// Issue 17, item 5: 100 and 103 in one read, then the final response: all three passed on.
+    #[tokio::test]
+    async fn informational_responses_in_one_read_are_all_passed_on() {
+        let (got, _) = relay_with(
+            "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"",
+        )
+        .await;
+        assert_eq!(
+            got,
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n\
+             HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok"
+        );
+    }
+
+    /// Finding 1 end to end: the hidden request in a body never reaches the app as a request.
+    #[tokio::test]
+    async fn a_request_hidden_by_connection_content_length_never_reaches_the_app() {
+        let hidden = "GET /smuggled HTTP/1.1\r\nHost: h\r\nx-forwarded-client-cert: By=x;URI=spiffe://cluster.local/ns/foo/sa/FORGED\r\n\r\n";
+        let request = format!(
+            "POST /x HTTP/1.1\r\nHost: h\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{hidden}",
+            hidden.len()
+        );
+        let (got, seen) = relay_with(&request, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"").await;
+        assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
+        assert!(
+            !seen.contains("smuggled") && !seen.contains("POST"),
+            "the app read: {seen}"
+        );
+    }
+
     /// A whole exchange over in-memory pipes: two requests on one connection, one upstream
     /// connection for both, a chunked response relayed byte for byte.
     #[test]
@@ -1555,7 +1882,7 @@ mod tests {
                 seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
                 app.write_all(reply).await.unwrap();
             }
-            seen
+            (seen, app) // kept open: a connection its app closed is not pooled
         });
         client
             .write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
@@ -1568,7 +1895,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\
              HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
         );
-        let seen = app_side.await.unwrap();
+        let (seen, _app) = app_side.await.unwrap();
         assert_eq!(
             seen[0],
             "GET /a HTTP/1.1\r\nhost: h\r\nx-forwarded-client-cert: By=me\r\n\r\n"

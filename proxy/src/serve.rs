@@ -42,7 +42,7 @@ pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// ...up to this: long enough not to spin, short enough to recover as soon as descriptors free up.
 pub const ACCEPT_ERROR_PAUSE_MAX: Duration = Duration::from_secs(1);
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a server's listeners and connections share: one cancellation for "stop accepting, finish
 /// what is in flight", and one tracker of every task, to wait for them.
@@ -78,7 +78,28 @@ impl Lifecycle {
 pub struct ConnLimit {
     own: Arc<Semaphore>,
     max: usize,
-    shared: Option<(Arc<Semaphore>, usize)>,
+    shared: Option<Arc<Places>>,
+}
+
+/// The places several listeners share (the data plane's), and the most of them held since
+/// [`Places::take_peak`] last looked: a burst that comes and goes between two looks is seen.
+#[derive(Debug)]
+pub struct Places {
+    sem: Arc<Semaphore>,
+    size: usize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl Places {
+    pub fn in_use(&self) -> usize {
+        self.size - self.sem.available_permits()
+    }
+
+    /// The most places held since the last call (at least those held now).
+    pub fn take_peak(&self) -> usize {
+        let now = self.in_use();
+        self.peak.swap(now, std::sync::atomic::Ordering::Relaxed).max(now)
+    }
 }
 
 /// Held by a connection while it is open; gives its places back when dropped.
@@ -122,15 +143,20 @@ impl ConnLimit {
         }
     }
 
-    /// Also draws from `pool` (of `size` places), shared with other listeners.
-    pub fn sharing(mut self, pool: &Arc<Semaphore>, size: usize) -> Self {
-        self.shared = Some((pool.clone(), size));
+    /// Also draws from `pool`, shared with other listeners.
+    pub fn sharing(mut self, pool: &Arc<Places>) -> Self {
+        self.shared = Some(pool.clone());
         self
     }
 
-    /// A pool for [`ConnLimit::sharing`].
-    pub fn pool(size: usize) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(size.max(1)))
+    /// A pool of `size` places for [`ConnLimit::sharing`].
+    pub fn pool(size: usize) -> Arc<Places> {
+        let size = size.max(1);
+        Arc::new(Places {
+            sem: Arc::new(Semaphore::new(size)),
+            size,
+            peak: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
 
     pub fn try_acquire(&self) -> Result<ConnPermit, Refusal> {
@@ -140,11 +166,15 @@ impl ConnLimit {
             .try_acquire_owned()
             .map_err(|_| Refusal::ListenerFull(self.max))?;
         let shared = match &self.shared {
-            Some((pool, size)) => Some(
-                pool.clone()
+            Some(pool) => {
+                let permit = pool
+                    .sem
+                    .clone()
                     .try_acquire_owned()
-                    .map_err(|_| Refusal::ProcessFull(*size))?,
-            ),
+                    .map_err(|_| Refusal::ProcessFull(pool.size))?;
+                pool.peak.fetch_max(pool.in_use(), std::sync::atomic::Ordering::Relaxed);
+                Some(permit)
+            }
             None => None,
         };
         Ok(ConnPermit {
@@ -245,6 +275,63 @@ pub struct HttpLimits {
     pub h2_keepalive: Duration,
     /// How long a connection asked to close (idle, age) may take to finish what is in flight.
     pub grace: Duration,
+    /// How slowly a request body may arrive before the request is answered 408 and closed.
+    pub body_rate: BodyRate,
+}
+
+/// The slowest a request body may arrive: at least `bytes` in every `every` (or its end), as
+/// Apache's `mod_reqtimeout` `MinRate` counts. A body trickled at a byte a second would
+/// otherwise hold its connection, and the app's, until the connection's maximum age. Response
+/// bodies, which may stream slowly by design (server-sent events), are held to the idle limit
+/// instead: no byte for `idle` ends them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyRate {
+    pub bytes: u64,
+    pub every: Duration,
+}
+
+impl BodyRate {
+    pub const DEFAULT: BodyRate = BodyRate {
+        bytes: 1024,
+        every: Duration::from_secs(10),
+    };
+
+    /// The text of a request refused for it.
+    pub fn refusal(&self) -> String {
+        format!(
+            "signet: the request body arrived slower than {} bytes in {}; send it faster",
+            self.bytes,
+            signet_certs::format_duration(self.every)
+        )
+    }
+}
+
+/// Tracks one body against a [`BodyRate`]: a window of `every` that must bring `bytes`.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    rate: BodyRate,
+    /// The end of the current window.
+    pub deadline: Instant,
+    owed: u64,
+}
+
+impl Pace {
+    pub fn new(rate: BodyRate) -> Self {
+        Pace {
+            rate,
+            deadline: Instant::now() + rate.every,
+            owed: rate.bytes,
+        }
+    }
+
+    /// Counts `n` bytes that arrived; a window that got what it owed starts the next one.
+    pub fn arrived(&mut self, n: usize) {
+        self.owed = self.owed.saturating_sub(n as u64);
+        if self.owed == 0 {
+            self.deadline = Instant::now() + self.rate.every;
+            self.owed = self.rate.bytes;
+        }
+    }
 }
 
 /// hyper refuses an h1 read buffer below this.
@@ -259,6 +346,7 @@ impl Default for HttpLimits {
             max_header_bytes: 64 * 1024,
             h2_keepalive: Duration::from_secs(30),
             grace: Duration::from_secs(5),
+            body_rate: BodyRate::DEFAULT,
         }
     }
 }
@@ -272,18 +360,22 @@ pub enum Closed {
     Idle,
     /// The connection reached its maximum age.
     MaxAge,
+    /// A request body arrived slower than [`HttpLimits::body_rate`], or a response body stalled
+    /// for the idle timeout.
+    BodyTimeout,
     /// The server is shutting down.
     Shutdown,
 }
 
 impl Closed {
-    pub const ALL: [Closed; 3] = [Closed::HeaderTimeout, Closed::Idle, Closed::MaxAge];
+    pub const ALL: [Closed; 4] = [Closed::HeaderTimeout, Closed::Idle, Closed::MaxAge, Closed::BodyTimeout];
 
     pub fn label(self) -> &'static str {
         match self {
             Closed::HeaderTimeout => "header_timeout",
             Closed::Idle => "idle",
             Closed::MaxAge => "max_age",
+            Closed::BodyTimeout => "body_timeout",
             Closed::Shutdown => "shutdown",
         }
     }
@@ -446,7 +538,7 @@ where
             closed: Some(closed),
             error: None,
         },
-        Closed::Idle | Closed::MaxAge => {
+        Closed::Idle | Closed::MaxAge | Closed::BodyTimeout => {
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(limits.grace, conn).await {
                 Ok(result) => served(Some(closed), result, serving),
@@ -737,21 +829,19 @@ pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
 /// After a burst of connections has gone, gives the freed heap back to the system: glibc keeps
 /// freed memory in its arenas, so a sidecar that once held 20,000 connections would otherwise
-/// keep their memory for good. Looks every [`TRIM_INTERVAL`] at `open()` (connections open
-/// now) and trims when at least 256 fewer are open than at the last peak.
-pub async fn return_memory(open: impl Fn() -> usize, shutdown: CancellationToken) {
-    let mut peak = open();
+/// keep their memory for good. Looks every [`TRIM_INTERVAL`] at `places` and trims when at
+/// least 256 fewer are held than at their peak since the last look (the peak is kept as
+/// connections are accepted, so a burst that opened and closed between two looks counts).
+pub async fn return_memory(places: Arc<Places>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(TRIM_INTERVAL) => {}
         }
-        let now = open();
-        if peak >= now + 256 {
+        let peak = places.take_peak();
+        if peak >= places.in_use() + 256 {
             trim_heap();
-            peak = now;
         }
-        peak = peak.max(now);
     }
 }
 

@@ -34,14 +34,14 @@ pub(crate) struct Shared {
     pub life: Lifecycle,
     /// Places for data-plane connections, shared by every data listener: sized from the
     /// file-descriptor limit, so the admin port and reloads always keep descriptors.
-    pool: Arc<tokio::sync::Semaphore>,
+    pool: Arc<crate::serve::Places>,
     pool_size: usize,
 }
 
 impl Shared {
     /// A data listener's connection limit: its own cap, within the shared pool.
     pub fn conn_limit(&self) -> ConnLimit {
-        ConnLimit::new(self.limits.max_connections.unwrap_or(self.pool_size)).sharing(&self.pool, self.pool_size)
+        ConnLimit::new(self.limits.max_connections.unwrap_or(self.pool_size)).sharing(&self.pool)
     }
 
     pub fn http_limits(&self) -> HttpLimits {
@@ -209,11 +209,7 @@ impl Sidecar {
         for (ib, listener) in inbound {
             life.spawn(ib.serve(listener));
         }
-        let pool = shared.pool.clone();
-        life.spawn(crate::serve::return_memory(
-            move || pool_size - pool.available_permits(),
-            life.shutdown.clone(),
-        ));
+        life.spawn(crate::serve::return_memory(shared.pool.clone(), life.shutdown.clone()));
         if let Some((ob, listener)) = http_outbound {
             life.spawn(ob.serve(listener));
         }
