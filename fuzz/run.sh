@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Bounded fuzzing of Signet's parsers: the trust bundle, the sidecar config, PEM (certificates,
-# keys, revocation lists), CSRs, SPIFFE IDs and allow-list patterns, XFCC, and the outbound
-# proxy's routing of a request head. Each target runs for SECONDS (default 20, so about three
-# minutes in all after the build) from its committed corpus in fuzz/corpus/<target>; what it
+# keys, revocation lists), CSRs, SPIFFE IDs and allow-list patterns, XFCC, the outbound
+# proxy's routing of a request head, and the HTTP/1.1 relay's reading of whole request and
+# response streams (relay_requests, relay_responses: what it sends is framed exactly as what it
+# read). Each target runs for SECONDS (default 20, so about three minutes in all after the build) from its committed corpus in fuzz/corpus/<target>; what it
 # finds on the way goes to fuzz/target/found/<target> (merge it with
 # `cargo +nightly fuzz cmin <target> fuzz/corpus/<target>` after copying it in).
 #
@@ -19,7 +20,7 @@ cd "$(dirname "$0")"
 secs=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(trust_bundle config pem csr spiffe_id xfcc outbound_request)
+[ ${#targets[@]} -gt 0 ] || targets=(trust_bundle config pem csr spiffe_id xfcc outbound_request relay_requests relay_responses)
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 cargo +nightly fuzz build -O >/dev/null
 failed=0

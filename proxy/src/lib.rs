@@ -27,5 +27,9 @@ pub mod throttle;
 pub mod tls;
 pub mod xfcc;
 
+/// For the fuzz targets only.
+#[doc(hidden)]
+pub use relay::fuzzing;
+
 pub use config::{Config, ConfigError, ConfigFile, Protocol, Setting, XfccMode};
 pub use sidecar::{BoundAddrs, Sidecar, StartError};

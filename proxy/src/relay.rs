@@ -1405,8 +1405,187 @@ fn body_part(
     }
 }
 
+/// Entry points for the fuzz targets (`fuzz/fuzz_targets/relay_*.rs`): the relay's request and
+/// response parsing over whole streams of bytes, with the property that makes smuggling
+/// impossible checked on every message: what the relay sends is framed exactly as what it read
+/// (the same body, the same end), and says nothing a next hop could read otherwise (no
+/// `Connection`, one framing).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Routes everything to one key, setting `Host` and an XFCC value as an inbound does (and
+    /// answers `Host: nowhere` 502); dials nothing. The unit tests' hop too.
+    pub(super) struct Fixed {
+        pub(super) pool: Pool<tokio::io::DuplexStream>,
+    }
+
+    impl Hop for Fixed {
+        type Target = ();
+        type Up = tokio::io::DuplexStream;
+        fn route(&self, req: &Req<'_>) -> Result<Routed<()>, Answer> {
+            if req.host == Some(b"nowhere") {
+                return Err(Answer::new(StatusCode::BAD_GATEWAY, "signet: no route to nowhere"));
+            }
+            Ok(Routed {
+                key: Arc::from("app"),
+                target: (),
+                host: (req.host.is_none() && req.authority.is_none()).then(|| HeaderValue::from_static("app:80")),
+                xfcc: Some(HeaderValue::from_static("By=me")),
+            })
+        }
+        async fn dial(&self, _: &(), _: &str, _: &str) -> Result<Self::Up, Answer> {
+            Err(Answer::new(StatusCode::SERVICE_UNAVAILABLE, "no"))
+        }
+        fn failed(&self, _: &(), _: &str, _: &str, _: &io::Error) -> Answer {
+            Answer::new(StatusCode::SERVICE_UNAVAILABLE, "failed")
+        }
+        fn pool(&self) -> &Pool<Self::Up> {
+            &self.pool
+        }
+    }
+
+    pub(super) fn fixed() -> Fixed {
+        Fixed {
+            pool: Pool::new(Duration::from_secs(60)),
+        }
+    }
+
+    /// Where the body that follows a head of `framing` ends in `rest` (`None`: not yet, or bad).
+    fn body_end(framing: Framing, rest: &[u8]) -> Option<usize> {
+        match framing {
+            Framing::Length(n) => usize::try_from(n).ok().filter(|&n| n <= rest.len()),
+            Framing::UntilClose => Some(rest.len()),
+            Framing::Chunked => {
+                let (mut state, mut progress) = (Chunked::START, ChunkProgress::default());
+                let used = state.advance(rest, &mut progress).ok()?;
+                (state == Chunked::Done).then_some(used)
+            }
+        }
+    }
+
+    /// Reads `sent` (a rewritten head) again: it must parse whole, carry no `Connection` or XFCC
+    /// but the one written, and declare `framing`.
+    fn check_sent(sent: &[u8], framing: Framing, request: bool) {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 4];
+        let (len, parsed) = if request {
+            let mut req = httparse::Request::new(&mut headers);
+            let Ok(httparse::Status::Complete(len)) = req.parse(sent) else {
+                panic!(
+                    "the relay sent a request head that does not parse: {:?}",
+                    String::from_utf8_lossy(sent)
+                )
+            };
+            (len, req.headers.to_vec())
+        } else {
+            let mut resp = httparse::Response::new(&mut headers);
+            let Ok(httparse::Status::Complete(len)) = resp.parse(sent) else {
+                panic!(
+                    "the relay sent a response head that does not parse: {:?}",
+                    String::from_utf8_lossy(sent)
+                )
+            };
+            (len, resp.headers.to_vec())
+        };
+        assert_eq!(len, sent.len(), "the sent head is one head");
+        assert!(
+            !parsed
+                .iter()
+                .any(|h| is(h.name, "connection") && !h.value.eq_ignore_ascii_case(b"close")),
+            "a Connection header was passed on"
+        );
+        if request {
+            assert!(
+                parsed.iter().filter(|h| is_xfcc(h.name.as_bytes())).count() == 1,
+                "one XFCC, ours"
+            );
+            let again = framing_of(&parsed, true);
+            assert_eq!(again, Ok(framing), "the sent request is framed as the one read");
+        } else if framing != Framing::Length(0) {
+            assert_eq!(
+                framing_of(&parsed, false),
+                Ok(framing),
+                "the sent response is framed as the one read"
+            );
+        }
+    }
+
+    fn framing_of(headers: &[httparse::Header<'_>], request: bool) -> Result<Framing, &'static str> {
+        framing(headers, request)
+    }
+
+    /// Parses a stream of requests as a relay's client connection would bring them.
+    pub fn requests(data: &[u8]) {
+        let hop = fixed();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            match request(&hop, &data[at..], 8192, &mut out) {
+                Step::Partial | Step::HandOver => return,
+                Step::Answer { len, close, .. } => {
+                    assert!(len <= data.len() - at);
+                    if close || len == 0 {
+                        return;
+                    }
+                    at += len;
+                }
+                Step::Relay(plan) => {
+                    assert!(plan.len > 0 && plan.len <= data.len() - at);
+                    check_sent(&out, plan.framing, true);
+                    let rest = &data[at + plan.len..];
+                    let Some(end) = body_end(plan.framing, rest) else {
+                        return;
+                    };
+                    if plan.framing == Framing::Chunked
+                        && let Some(start) = {
+                            let (mut state, mut progress) = (Chunked::START, ChunkProgress::default());
+                            let _ = state.advance(rest, &mut progress);
+                            progress.trailer_start
+                        }
+                    {
+                        let _ = refused_trailer(&rest[start..end]);
+                    }
+                    at += plan.len + end;
+                    if plan.close {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses a stream of responses as an upstream connection would bring them (`head` for
+    /// answers to HEAD).
+    pub fn responses(data: &[u8], head: bool) {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            match response(&data[at..], 8192, head, false, &mut out) {
+                ResponseHead::Partial | ResponseHead::Bad(_) => return,
+                ResponseHead::Done {
+                    len,
+                    status,
+                    framing,
+                    reusable,
+                } => {
+                    assert!(len > 0 && len <= data.len() - at);
+                    check_sent(&out, framing, false);
+                    let Some(end) = body_end(framing, &data[at + len..]) else {
+                        return;
+                    };
+                    at += len + end;
+                    if !reusable && !(100..200).contains(&status) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fuzzing::fixed;
     use super::*;
 
     /// Runs chunked framing over `bytes` fed in pieces of `step`; returns (consumed, done).
@@ -1499,42 +1678,6 @@ mod tests {
         );
         assert_eq!(f(&[("transfer-encoding", "gzip")], false), Some(Framing::UntilClose));
         assert_eq!(f(&[("transfer-encoding", "gzip")], true), None);
-    }
-
-    /// Routes everything to one key, setting `Host` and an XFCC value as an inbound does.
-    struct Fixed {
-        pool: Pool<tokio::io::DuplexStream>,
-    }
-
-    impl Hop for Fixed {
-        type Target = ();
-        type Up = tokio::io::DuplexStream;
-        fn route(&self, req: &Req<'_>) -> Result<Routed<()>, Answer> {
-            if req.host == Some(b"nowhere") {
-                return Err(Answer::new(StatusCode::BAD_GATEWAY, "signet: no route to nowhere"));
-            }
-            Ok(Routed {
-                key: Arc::from("app"),
-                target: (),
-                host: (req.host.is_none() && req.authority.is_none()).then(|| HeaderValue::from_static("app:80")),
-                xfcc: Some(HeaderValue::from_static("By=me")),
-            })
-        }
-        async fn dial(&self, _: &(), _: &str, _: &str) -> Result<Self::Up, Answer> {
-            Err(Answer::new(StatusCode::SERVICE_UNAVAILABLE, "no"))
-        }
-        fn failed(&self, _: &(), _: &str, _: &str, _: &io::Error) -> Answer {
-            Answer::new(StatusCode::SERVICE_UNAVAILABLE, "failed")
-        }
-        fn pool(&self) -> &Pool<Self::Up> {
-            &self.pool
-        }
-    }
-
-    fn fixed() -> Fixed {
-        Fixed {
-            pool: Pool::new(Duration::from_secs(60)),
-        }
     }
 
     fn plan_of(head: &str) -> (Step<()>, String) {
