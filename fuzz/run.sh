@@ -3,7 +3,8 @@
 # keys, revocation lists), CSRs, SPIFFE IDs and allow-list patterns, XFCC, the outbound
 # proxy's routing of a request head, and the HTTP/1.1 relay's reading of whole request and
 # response streams (relay_requests, relay_responses: what it sends is framed exactly as what it
-# read). Each target runs for SECONDS (default 20, so about three minutes in all after the build) from its committed corpus in fuzz/corpus/<target>; what it
+# read). Each target runs for SECONDS (default 20, so about three minutes in all after the
+# build) from its committed corpus in fuzz/corpus/<target>; what it
 # finds on the way goes to fuzz/target/found/<target> (merge it with
 # `cargo +nightly fuzz cmin <target> fuzz/corpus/<target>` after copying it in).
 #

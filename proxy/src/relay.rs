@@ -567,6 +567,10 @@ fn response(buf: &[u8], max_head: usize, head_request: bool, close: bool, out: &
     if status == 101 {
         return ResponseHead::Bad("it switched protocols without being asked to".into());
     }
+    if status < 100 {
+        // httparse reads three digits: `000` to `099` would be written again as one or two.
+        return ResponseHead::Bad(format!("its response has status {status:03}, which is not a status"));
+    }
     let headers = resp.headers;
     let informational = (100..200).contains(&status);
     if let Some(name) = framing_named_by_connection(connection(headers)) {
@@ -1858,6 +1862,8 @@ mod tests {
             Some((Framing::Length(1), false))
         );
         assert_eq!(done("HTTP/1.1 101 Switching Protocols\r\n\r\n", false), None);
+        // Found by fuzz/fuzz_targets/relay_responses.rs: `000` was sent on as `0`.
+        assert_eq!(done("HTTP/1.1 000 OK\r\nContent-Length: 0\r\n\r\n", false), None);
         assert_eq!(
             done(
                 "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
