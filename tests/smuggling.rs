@@ -96,14 +96,20 @@ fn logged_by_tag(log: &str) -> HashMap<String, Vec<String>> {
     by_tag
 }
 
+/// curl.foo's mTLS client files: the foo root, its certificate directory, certificate and key.
+fn curl_foo(mesh: &Mesh) -> (String, String, String, String) {
+    let ca = format!("{}/ca.crt", mesh.signer_dir("foo"));
+    let dir = mesh.curl_certs();
+    let (cert, key) = (format!("{dir}/tls.crt"), format!("{dir}/tls.key"));
+    (ca, dir, cert, key)
+}
+
 #[test]
 fn smuggling_cases_agree_between_signet_and_its_app_and_never_forge_an_identity() {
     let mesh = Mesh::new(&["foo"]);
     let app = keepalive_httpbin(mesh.dir.path());
     let (server, client) = mesh.http_pair(app.addr);
-    let ca = format!("{}/ca.crt", mesh.signer_dir("foo"));
-    let curl_certs = mesh.curl_certs();
-    let (cert, key) = (format!("{curl_certs}/tls.crt"), format!("{curl_certs}/tls.key"));
+    let (ca, _, cert, key) = curl_foo(&mesh);
 
     let direct = smuggle(&app.addr.to_string(), "d", &[]);
     let inbound = smuggle(
@@ -167,9 +173,7 @@ fn a_hidden_request_cannot_answer_the_next_client() {
     let mesh = Mesh::new(&["foo"]);
     let app = keepalive_httpbin(mesh.dir.path());
     let (server, client) = mesh.http_pair(app.addr);
-    let ca = format!("{}/ca.crt", mesh.signer_dir("foo"));
-    let curl_certs = mesh.curl_certs();
-    let (cert, key) = (format!("{curl_certs}/tls.crt"), format!("{curl_certs}/tls.key"));
+    let (ca, curl_certs, cert, key) = curl_foo(&mesh);
     let case = "connection names [content-length] (Content-Length body)";
     let proxy = format!("http://{}", client.outbound.unwrap());
     for round in 0..2 {
@@ -284,9 +288,7 @@ fn a_peer_stalling_its_h2_streams_does_not_starve_other_peers() {
         &mesh.inbound_args(&mesh.httpbin_certs(), "foo", app.addr, "http"),
     );
     let target = server.inbound[0].to_string();
-    let ca = format!("{}/ca.crt", mesh.signer_dir("foo"));
-    let curl_certs = mesh.curl_certs();
-    let (cert, key) = (format!("{curl_certs}/tls.crt"), format!("{curl_certs}/tls.key"));
+    let (ca, _, cert, key) = curl_foo(&mesh);
     let tls = ["--target", &target, "--ca", &ca, "--cert", &cert, "--key", &key];
     let mut stall = python("h2_stall.py")
         .arg("stall")
