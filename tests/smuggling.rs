@@ -326,3 +326,71 @@ fn a_peer_stalling_its_h2_streams_does_not_starve_other_peers() {
     let _ = stall.kill();
     let _ = stall.wait();
 }
+
+/// A stream progress timeout: an h2 response that the client never grants window to (or that
+/// the app stops sending) is given up after the idle time, so the app's stream is reset and
+/// its resources freed while the client's connection stays open. Without it the app's four
+/// streams stayed open as long as the stalling client held its connection.
+#[test]
+fn a_stalled_h2_stream_is_given_up_and_the_app_released() {
+    let mesh = Mesh::new(&["foo"]);
+    let log = mesh.path("h2-app.log");
+    let ready = mesh.path("h2-app.json");
+    let mut cmd = python("h2_app.py");
+    cmd.args(["--log", log.to_str().unwrap(), "--ready-file", ready.to_str().unwrap()]);
+    let mut h2_app = Proc::spawn("h2 app", cmd);
+    let port = h2_app.wait_ready_file(&ready, Duration::from_secs(10))["port"]
+        .as_u64()
+        .unwrap();
+    let app: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut args = mesh.inbound_args(&mesh.httpbin_certs(), "foo", app, "http");
+    args.extend(["--idle-timeout".to_string(), "2s".to_string()]);
+    let server = Sidecar::start("sidecar httpbin.foo", &args);
+    let target = server.inbound[0].to_string();
+    let (ca, _, cert, key) = curl_foo(&mesh);
+    let tls = ["--target", &target, "--ca", &ca, "--cert", &cert, "--key", &key];
+    let mut stall = python("h2_stall.py")
+        .arg("stall")
+        .args(tls)
+        .args(["--connections", "1", "--streams", "4", "--path", "/big", "--hold", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = |kind: &str| -> usize {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("\"event\": \"{kind}\"")))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while events("reset") < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        stall.try_wait().unwrap().is_none(),
+        "the stalling client was meant to hold its connection"
+    );
+    assert_eq!(events("request"), 4, "{log_text}");
+    assert_eq!(
+        events("reset"),
+        4,
+        "the app's streams for a client that took nothing were not released: {log_text}"
+    );
+    assert_eq!(events("ended"), 0, "{log_text}");
+    // The sidecar goes on serving: a client that reads gets the whole body.
+    let out = python("h2_stall.py")
+        .arg("get")
+        .args(tls)
+        .args(["--path", "/small", "--timeout", "20"])
+        .output()
+        .unwrap();
+    let json = json_of(out);
+    assert_eq!(json["status"], 200, "{json}");
+    assert_eq!(json["bytes"], 1024 * 1024, "{json}");
+    let _ = stall.kill();
+    let _ = stall.wait();
+    h2_app.terminate(Duration::from_secs(2));
+}

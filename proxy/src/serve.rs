@@ -582,6 +582,8 @@ struct Activity {
     head_since: AtomicU64,
     seen_first_read: AtomicBool,
     h2: AtomicBool,
+    /// The response bodies in flight, watched for stalls ([`Stall`]).
+    streams: std::sync::Mutex<Vec<std::sync::Weak<dyn Stall>>>,
     /// Wakes the supervisor when a deadline may have moved earlier.
     changed: Notify,
 }
@@ -596,6 +598,7 @@ impl Activity {
             head_since: AtomicU64::new(0),
             seen_first_read: AtomicBool::new(false),
             h2: AtomicBool::new(false),
+            streams: std::sync::Mutex::new(Vec::new()),
             changed: Notify::new(),
         }
     }
@@ -644,10 +647,49 @@ impl Activity {
                 next = next.min(self.at(head - 1) + limits.header_read);
             }
         } else {
-            // A long request: look again once an idle period has passed after it ends.
+            // A long request: look again once an idle period has passed after it ends, or
+            // when a response body in flight would have stalled for as long.
             next = next.min(Instant::now() + limits.idle);
+            if let Some(last) = self.least_recent_progress() {
+                next = next.min(self.at(last) + limits.idle);
+            }
         }
         next
+    }
+
+    fn watch(&self, stream: std::sync::Weak<dyn Stall>) {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams.len() == streams.capacity() {
+            streams.retain(|s| s.strong_count() > 0);
+        }
+        streams.push(stream);
+    }
+
+    fn least_recent_progress(&self) -> Option<u64> {
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams
+            .iter()
+            .filter_map(|s| s.upgrade())
+            .map(|s| s.last_progress())
+            .min()
+    }
+
+    /// Gives up the response bodies that have not moved for `idle`; how many.
+    fn give_up_stalled(&self, idle: Duration) -> usize {
+        let now = self.now_ms();
+        let idle = idle.as_millis() as u64;
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let mut given_up = 0;
+        streams.retain(|s| match s.upgrade() {
+            Some(s) if now >= s.last_progress() + idle => {
+                s.give_up();
+                given_up += 1;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        given_up
     }
 
     /// The limit this connection has run into, if any.
@@ -657,6 +699,19 @@ impl Activity {
             return Some(Closed::MaxAge);
         }
         if self.in_flight.load(Relaxed) > 0 {
+            // A response that neither the app nor the client moves for the idle time is given
+            // up: on HTTP/2 that stream alone (the others go on); on HTTP/1 the stream is the
+            // connection.
+            let given_up = self.give_up_stalled(limits.idle);
+            if given_up > 0 {
+                tracing::debug!(
+                    "gave up {given_up} response(s) that moved nothing for {:?}",
+                    limits.idle
+                );
+                if !self.h2.load(Relaxed) {
+                    return Some(Closed::BodyTimeout);
+                }
+            }
             return None;
         }
         let head = self.head_since.load(Relaxed);
@@ -749,7 +804,7 @@ impl<S, B> Service<http::Request<Incoming>> for Tracked<S>
 where
     S: Service<http::Request<Incoming>, Response = http::Response<B>>,
     S::Future: Send + 'static,
-    B: Body + Unpin,
+    B: Body + Send + Unpin + 'static,
 {
     type Response = http::Response<TrackedBody<B>>;
     type Error = S::Error;
@@ -765,37 +820,98 @@ where
             if let Some(count) = on_response {
                 count(response.status().as_u16());
             }
-            Ok(response.map(|body| TrackedBody {
-                body,
-                _in_flight: guard,
+            Ok(response.map(|body| {
+                let activity = guard.0.clone();
+                let watched = Arc::new(Progress {
+                    last: AtomicU64::new(activity.now_ms()),
+                    body: std::sync::Mutex::new(Some(body)),
+                });
+                let weak: std::sync::Weak<Progress<B>> = Arc::downgrade(&watched);
+                activity.watch(weak);
+                TrackedBody {
+                    watched,
+                    _in_flight: guard,
+                }
             }))
         })
     }
 }
 
-/// A response body that keeps its request in flight until it is done.
+/// A response body the connection's supervisor watches: when neither the app nor the client
+/// has moved it for the idle time (a client that grants no HTTP/2 window, an app that sends
+/// nothing), it is given up, which drops the app's side (its stream reset, its connection
+/// closed) and ends the client's side with an error (`RST_STREAM` on HTTP/2), never with a
+/// clean end that would pass a cut body off as whole.
+trait Stall: Send + Sync {
+    /// When the body last yielded a frame (or began), in the connection's milliseconds.
+    fn last_progress(&self) -> u64;
+    fn give_up(&self);
+}
+
+struct Progress<B> {
+    last: AtomicU64,
+    /// `None` once given up.
+    body: std::sync::Mutex<Option<B>>,
+}
+
+impl<B: Send> Stall for Progress<B> {
+    fn last_progress(&self) -> u64 {
+        self.last.load(Relaxed)
+    }
+
+    fn give_up(&self) {
+        let body = self.body.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(body);
+    }
+}
+
+/// A response body that keeps its request in flight until it is done, watched for stalls
+/// ([`Stall`]).
 pub struct TrackedBody<B> {
-    body: B,
+    watched: Arc<Progress<B>>,
     _in_flight: InFlight,
 }
 
-impl<B: Body + Unpin> Body for TrackedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+/// The error a response body given up for a stall ends with.
+#[derive(Debug)]
+struct Stalled;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the response moved nothing for the idle time and was given up")
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+impl<B> Body for TrackedBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut body = self.watched.body.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(inner) = body.as_mut() else {
+            return Poll::Ready(Some(Err(Box::new(Stalled))));
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.watched.last.store(self._in_flight.0.now_ms(), Relaxed);
+        }
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        let body = self.watched.body.lock().unwrap_or_else(|e| e.into_inner());
+        body.as_ref().is_some_and(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let body = self.watched.body.lock().unwrap_or_else(|e| e.into_inner());
+        body.as_ref().map(|b| b.size_hint()).unwrap_or_default()
     }
 }
 
