@@ -394,3 +394,51 @@ fn a_stalled_h2_stream_is_given_up_and_the_app_released() {
     let _ = stall.wait();
     h2_app.terminate(Duration::from_secs(2));
 }
+
+/// Item 5: a CONNECT to the inbound is answered (405) instead of being left waiting, and a
+/// request body trickled at a byte a second is cut off with 408 by the body rate limit, on the
+/// relay (HTTP/1.1) and on the hyper path (HTTP/2) alike.
+#[test]
+fn connect_to_the_inbound_is_refused_and_a_trickled_body_gets_408() {
+    let mesh = Mesh::new(&["foo"]);
+    let app = Httpbin::start_with(
+        mesh.dir.path(),
+        "h2-httpbin",
+        &[
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "8",
+            "--http-protocols",
+            "h2,h1",
+            "--http2-cleartext",
+            "both",
+        ],
+    );
+    let server = Sidecar::start(
+        "sidecar httpbin.foo",
+        &mesh.inbound_args(&mesh.httpbin_certs(), "foo", app.addr, "http"),
+    );
+    let target = server.inbound[0].to_string();
+    let (ca, _, cert, key) = curl_foo(&mesh);
+    let tls = ["--target", &target, "--ca", &ca, "--cert", &cert, "--key", &key];
+    let connect = json_of(python("slow_client.py").arg("connect").args(tls).output().unwrap());
+    assert_eq!(connect["status"], 405, "{connect}");
+    let trickles: Vec<_> = [false, true]
+        .into_iter()
+        .map(|h2| {
+            let mut cmd = python("slow_client.py");
+            cmd.arg("trickle").args(tls);
+            if h2 {
+                cmd.arg("--h2");
+            }
+            std::thread::spawn(move || (h2, json_of(cmd.output().unwrap())))
+        })
+        .collect();
+    for t in trickles {
+        let (h2, json) = t.join().unwrap();
+        assert_eq!(json["status"], 408, "h2: {h2}: {json}");
+        // Far less than the announced megabyte: the limit, not the client, ended it.
+        assert!(json["sent"].as_u64().unwrap() < 60, "h2: {h2}: {json}");
+    }
+}

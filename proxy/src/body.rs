@@ -118,6 +118,9 @@ pub struct Upload<B> {
     pace: crate::serve::Pace,
     rate: crate::serve::BodyRate,
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Set when the body was too slow: on HTTP/2 the client's error for the request is the
+    /// stream's reset, which does not carry [`TooSlow`] as its source.
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<B> Upload<B> {
@@ -128,7 +131,34 @@ impl<B> Upload<B> {
             pace,
             rate,
             sleep: Box::pin(tokio::time::sleep_until(pace.deadline)),
+            slow: Default::default(),
         }
+    }
+
+    /// What a failed request's error does not always say: whether this body was too slow
+    /// (the refusal's text, then).
+    pub fn slowness(&self) -> Slowness {
+        Slowness {
+            slow: self.slow.clone(),
+            rate: self.rate,
+        }
+    }
+}
+
+/// Whether an [`Upload`] was cut off for its pace, seen after it was handed to a client.
+pub struct Slowness {
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    rate: crate::serve::BodyRate,
+}
+
+impl Slowness {
+    /// The 408 refusal text for a request that failed with `error`, if its body was too slow.
+    pub fn refusal(&self, error: &(dyn std::error::Error + 'static)) -> Option<String> {
+        too_slow(error).or_else(|| {
+            self.slow
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| self.rate.refusal())
+        })
     }
 }
 
@@ -168,7 +198,10 @@ where
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TooSlow(this.rate.refusal()))))),
+                Poll::Ready(()) => {
+                    this.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Poll::Ready(Some(Err(Box::new(TooSlow(this.rate.refusal())))))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }

@@ -463,6 +463,7 @@ impl Inbound {
             p.apply(by, self.xfcc, &mut parts.headers);
         }
         let body = Upload::new(body, self.serving.limits.body_rate);
+        let slowness = body.slowness();
         let client = h2_client.as_ref().unwrap_or(&self.app_h1);
         match client.request(Request::from_parts(parts, body)).await {
             Ok(resp) if body::framing_named(resp.headers()).is_some() => {
@@ -496,8 +497,8 @@ impl Inbound {
                 }
                 Response::from_parts(parts, body.boxed())
             }
-            Err(e) if body::too_slow(&e).is_some() => {
-                body::text(StatusCode::REQUEST_TIMEOUT, body::too_slow(&e).unwrap_or_default())
+            Err(e) if slowness.refusal(&e).is_some() => {
+                body::text(StatusCode::REQUEST_TIMEOUT, slowness.refusal(&e).unwrap_or_default())
             }
             Err(e) => {
                 let cause = std::error::Error::source(&e)

@@ -348,6 +348,7 @@ impl HttpOutbound {
         }
         let client = if h2 { &self.h2 } else { &self.h1 };
         let body = Upload::new(body, self.serving.limits.body_rate);
+        let slowness = body.slowness();
         match client.request(Request::from_parts(parts, body)).await {
             Ok(resp) if body::framing_named(resp.headers()).is_some() => {
                 let name = body::framing_named(resp.headers()).unwrap_or_default();
@@ -359,8 +360,8 @@ impl HttpOutbound {
                     ),
                 )
             }
-            Err(e) if body::too_slow(&e).is_some() => {
-                body::text(StatusCode::REQUEST_TIMEOUT, body::too_slow(&e).unwrap_or_default())
+            Err(e) if slowness.refusal(&e).is_some() => {
+                body::text(StatusCode::REQUEST_TIMEOUT, slowness.refusal(&e).unwrap_or_default())
             }
             Ok(mut resp) => {
                 let protocol = upgrade.as_ref().and_then(|asked| body::switched_to(&resp, asked));
