@@ -45,6 +45,12 @@ fn signer_ca(c: &Cluster, secret: &str, dir: &Path) -> PathBuf {
 /// Step 1 to 5 of examples/kubernetes/README.md, on the real cluster: namespaces, the task's
 /// issuers (cert-manager makes the three CAs), the mesh config filled from their roots, the
 /// authority's RBAC. Returns the roots' files by signer.
+/// Once per test binary (the tests share the cluster and these namespaces).
+fn installed(c: &'static Cluster) -> &'static [(&'static str, PathBuf)] {
+    static ROOTS: std::sync::OnceLock<Vec<(&'static str, PathBuf)>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| install(c, &c.dir))
+}
+
 fn install(c: &'static Cluster, dir: &Path) -> Vec<(&'static str, PathBuf)> {
     c.kubectl_ok(&["apply", "-f", &manifest("00-namespaces.yaml")]);
     c.kubectl_ok(&["apply", "-f", &manifest("10-cert-manager-issuers.yaml")]);
@@ -99,7 +105,7 @@ fn mounted(c: &Cluster, ns: &str, name: &str, key: &str, path: &Path) -> String 
 fn cert_manager_signs_each_tenant_and_a_cross_tenant_call_fails_verification() {
     let c = cluster();
     let dir = tempfile::tempdir().unwrap();
-    let roots = install(c, dir.path());
+    let roots = installed(c);
     let root = |signer: &str| {
         roots
             .iter()
@@ -250,4 +256,74 @@ fn cert_manager_signs_each_tenant_and_a_cross_tenant_call_fails_verification() {
         .unwrap_or(0);
     assert!(issued >= 3, "{metrics}");
     authority.terminate(Duration::from_secs(5));
+}
+
+/// The authority's RBAC as its manifest writes it, enforced by the real API server: it reads
+/// only the istio-system signer's key, approves only the three signers, and cannot list CSRs
+/// or secrets.
+#[test]
+fn the_authority_gets_exactly_its_manifests_rbac() {
+    let c = cluster();
+    installed(c);
+    let dir = tempfile::tempdir().unwrap();
+    let token = c.token(
+        "istio-system",
+        "signet-authority",
+        "https://kubernetes.default.svc.cluster.local",
+    );
+    let kubeconfig = c.kubeconfig_for_token(&dir.path().join("authority.kubeconfig"), &token);
+    // A SubjectAccessReview, as the API server's own checks ask it (the CSR approval
+    // admission asks `approve` on `signers/<signerName>`).
+    let can = |verb: &str, group: &str, resource: &str, name: &str, namespace: &str| -> bool {
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": "system:serviceaccount:istio-system:signet-authority",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"],
+                "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "name": name, "namespace": namespace},
+            },
+        });
+        let out = c.kubectl_with(
+            &c.admin_kubeconfig,
+            &["create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+            Some(&review.to_string()),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim() == "true"
+    };
+    let certificates = "certificates.k8s.io";
+    for signer in ["istio-system", "foo", "bar"] {
+        let name = format!("clusterissuers.cert-manager.io/{signer}");
+        assert!(can("approve", certificates, "signers", &name, ""), "{name}");
+    }
+    for name in [
+        "clusterissuers.cert-manager.io/baz",
+        "kubernetes.io/kube-apiserver-client",
+    ] {
+        assert!(!can("approve", certificates, "signers", name, ""), "{name}");
+    }
+    assert!(can("create", certificates, "certificatesigningrequests", "", ""));
+    assert!(!can("list", certificates, "certificatesigningrequests", "", ""));
+    assert!(!can("update", certificates, "certificatesigningrequests", "", ""));
+    assert!(can("create", "authentication.k8s.io", "tokenreviews", "", ""));
+    // The keys of foo and bar are cert-manager's alone.
+    let get = |secret: &str| {
+        c.kubectl_with(
+            &kubeconfig,
+            &["get", "secret", "-n", "cert-manager", secret, "-o", "name"],
+            None,
+        )
+    };
+    assert!(get("istio-ca-selfsigned").status.success());
+    for secret in ["foo-ca-selfsigned", "bar-ca-selfsigned"] {
+        let out = get(secret);
+        assert!(!out.status.success(), "{secret} was readable");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Forbidden"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!can("list", "", "secrets", "", "cert-manager"));
 }
