@@ -327,3 +327,26 @@ fn the_authority_gets_exactly_its_manifests_rbac() {
     }
     assert!(!can("list", "", "secrets", "", "cert-manager"));
 }
+
+/// The harness serves what the coming PodCertificateRequest and ClusterTrustBundle work needs:
+/// both kinds in certificates.k8s.io, in v1 (GA in 1.37) and in the v1beta1 Signet speaks today.
+#[test]
+fn the_cluster_serves_pod_certificates_and_trust_bundles() {
+    let c = cluster();
+    let resources = c.kubectl_ok(&["api-resources", "--api-group=certificates.k8s.io", "-o", "name"]);
+    for kind in [
+        "podcertificaterequests",
+        "clustertrustbundles",
+        "certificatesigningrequests",
+    ] {
+        assert!(resources.lines().any(|l| l.starts_with(kind)), "{kind}: {resources}");
+    }
+    let versions = c.kubectl_ok(&["api-versions"]);
+    for version in ["certificates.k8s.io/v1", "certificates.k8s.io/v1beta1"] {
+        assert!(versions.lines().any(|l| l == version), "{version}: {versions}");
+    }
+    let ctb = c.kubectl_ok(&["get", "--raw", "/apis/certificates.k8s.io/v1beta1/clustertrustbundles"]);
+    assert!(ctb.contains("ClusterTrustBundleList"), "{ctb}");
+    let pcr = c.kubectl_ok(&["get", "--raw", "/apis/certificates.k8s.io/v1/podcertificaterequests"]);
+    assert!(pcr.contains("PodCertificateRequestList"), "{pcr}");
+}
