@@ -58,6 +58,25 @@ fn keepalive_httpbin(dir: &Path) -> Httpbin {
     )
 }
 
+/// httpbin under gunicorn speaking HTTP/2 (h2c with prior knowledge, as the inbound's h2
+/// client to the app does) as well as HTTP/1.1.
+fn h2_httpbin(dir: &Path) -> Httpbin {
+    Httpbin::start_with(
+        dir,
+        "h2-httpbin",
+        &[
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "16",
+            "--http-protocols",
+            "h2,h1",
+            "--http2-cleartext",
+            "both",
+        ],
+    )
+}
+
 /// Runs tests/py/smuggle.py against `target` with `extra` flags; its cases by tag.
 fn smuggle(target: &str, prefix: &str, extra: &[&str]) -> serde_json::Map<String, serde_json::Value> {
     let out = python("smuggle.py")
@@ -269,20 +288,7 @@ fn bytes_an_app_writes_unasked_never_become_a_response() {
 #[test]
 fn a_peer_stalling_its_h2_streams_does_not_starve_other_peers() {
     let mesh = Mesh::new(&["foo"]);
-    let app = Httpbin::start_with(
-        mesh.dir.path(),
-        "h2-httpbin",
-        &[
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "16",
-            "--http-protocols",
-            "h2,h1",
-            "--http2-cleartext",
-            "both",
-        ],
-    );
+    let app = h2_httpbin(mesh.dir.path());
     let server = Sidecar::start(
         "sidecar httpbin.foo",
         &mesh.inbound_args(&mesh.httpbin_certs(), "foo", app.addr, "http"),
@@ -401,20 +407,7 @@ fn a_stalled_h2_stream_is_given_up_and_the_app_released() {
 #[test]
 fn connect_to_the_inbound_is_refused_and_a_trickled_body_gets_408() {
     let mesh = Mesh::new(&["foo"]);
-    let app = Httpbin::start_with(
-        mesh.dir.path(),
-        "h2-httpbin",
-        &[
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "8",
-            "--http-protocols",
-            "h2,h1",
-            "--http2-cleartext",
-            "both",
-        ],
-    );
+    let app = h2_httpbin(mesh.dir.path());
     let server = Sidecar::start(
         "sidecar httpbin.foo",
         &mesh.inbound_args(&mesh.httpbin_certs(), "foo", app.addr, "http"),
