@@ -1,41 +1,78 @@
-//! Signet in a cluster, against the fake Kubernetes API (tests/support/kube.rs, pinned by the
-//! real kubectl in tests/kube_api.rs): the authority's Kubernetes mode (TokenReview → RA checks
-//! → CertificateSigningRequest → approval → `signet signer controller` → verified chain, the
-//! request always deleted) and the signer controller itself, with the real curl and httpbin.
+//! Signet in a cluster, on the real control plane (tests/support/cluster.rs: etcd,
+//! kube-apiserver with RBAC, kube-controller-manager): the authority's Kubernetes mode
+//! (TokenReview → RA checks → CertificateSigningRequest → approval → `signet signer
+//! controller` → verified chain, the request always deleted) and the signer controller itself,
+//! with the real curl, httpbin and kubectl. Each runs under the RBAC of
+//! examples/kubernetes/controller-variant, made its own: every test has a signer domain, a
+//! namespace for the signers' keys and its service accounts, and two tenant namespaces, so the
+//! tests share one API server without seeing each other's requests. cert-manager, which also
+//! runs in this cluster, signs only its own domains and leaves these alone.
 
-#[path = "support/kube.rs"]
-mod kube;
+#[path = "support/cluster.rs"]
+mod cluster;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube::{FakeKube, User};
+use cluster::{Namespace, cluster};
 use signet_authority::GrpcClient;
 use signet_certs::{AuthorityClient, AuthorityError, CertInfo, CsrOrder, Refusal, RefusalKind, WorkloadKey};
 use signet_proxy::config::AuthorityEndpoint;
 use support::*;
 
-const POLICY: &str = "
-defaultSigner: istio-system
-approvableSigners: [istio-system, foo, bar]
-namespaces:
-  foo: {signer: foo}
-  bar: {signer: bar}
-";
+/// The signers' keys, where controller-variant keeps them (each test in its own namespace).
+const SECRETS: [(&str, &str); 3] = [("istio-system", "istio-ca"), ("foo", "foo-ca"), ("bar", "bar-ca")];
 
-/// The signers' CA secrets, where cert-manager keeps them in Istio's task.
-const SECRETS: [(&str, &str); 3] = [
-    ("istio-system", "istio-ca-selfsigned"),
-    ("foo", "foo-ca-selfsigned"),
-    ("bar", "bar-ca-selfsigned"),
-];
+/// The RBAC documents of an example manifest, made this test's own: its namespace for every
+/// namespaced object and service account, its name on the cluster-scoped ones, its signer
+/// domain in `resourceNames`. The rules themselves are as written.
+fn rbac_of(manifest: &str, ns: &str, domain: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/kubernetes")
+        .join(manifest);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kinds = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ];
+    text.split("\n---\n")
+        .filter(|doc| kinds.iter().any(|k| doc.contains(&format!("\nkind: {k}\n"))))
+        .map(|doc| {
+            let mut out = String::new();
+            for line in doc.lines() {
+                let line = if let Some(indent) = line.strip_suffix("namespace: signet-signers") {
+                    format!("{indent}namespace: {ns}")
+                } else if let Some(indent) = line.strip_suffix("namespace: istio-system") {
+                    format!("{indent}namespace: {ns}")
+                } else if let Some((indent, name)) = line.split_once("name: signet-") {
+                    format!("{indent}name: signet-{name}-{ns}")
+                } else {
+                    line.replace("clusterissuers.cert-manager.io/", &format!("{domain}/"))
+                };
+                out.push_str(&line);
+                out.push('\n');
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
 
-/// A cluster: the fake API with the signers' secrets, the mesh config mounted as a ConfigMap
-/// volume (`..data` symlinks), and tokens for the authority, the controller and the workloads.
-struct Cluster {
-    api: FakeKube,
+/// One test's part of the cluster: its signer domain, the namespace holding the signers' keys
+/// and the authority's and controller's service accounts, the tenants' namespaces, and the
+/// mesh config mounted as a ConfigMap volume (`..data` symlinks).
+struct Env {
+    c: &'static cluster::Cluster,
+    /// `kt-<n>`: the signers' Secrets, the authority's and the controller's service accounts.
+    ns: Namespace,
+    /// The tenants: `kt-<n>-foo` (signer foo) and `kt-<n>-bar` (signer bar).
+    tenants: [Namespace; 2],
+    /// `kt-<n>.signet.test`: this test's signers are `<domain>/istio-system`, `/foo`, `/bar`.
+    domain: String,
     mesh: Mesh,
     authority_kubeconfig: PathBuf,
     controller_kubeconfig: PathBuf,
@@ -44,39 +81,70 @@ struct Cluster {
     generation: u32,
 }
 
-impl Cluster {
-    fn new() -> Cluster {
-        let api = FakeKube::start();
-        let mesh = Mesh::new(&["istio-system", "foo", "bar"]);
-        for (signer, secret) in SECRETS {
-            put_signer_secret(&api, &mesh.path(&format!("signers/{signer}")), secret);
-        }
-        let authority_token = "authority-token-0123456789abcdef";
-        api.add_token(
-            authority_token,
-            User::service_account("istio-system", "signet-authority", &["https://kubernetes.default.svc"]),
+impl Env {
+    fn new() -> Env {
+        let c = cluster();
+        let ns = c.namespace("kt");
+        let tenants = [
+            c.namespace_named(&format!("{}-foo", ns.name)),
+            c.namespace_named(&format!("{}-bar", ns.name)),
+        ];
+        let domain = format!("{}.signet.test", ns.name);
+        let mesh = Mesh::with_domain(&["istio-system", "foo", "bar"], &domain);
+        c.apply(&rbac_of(
+            "controller-variant/30-signet-authority.yaml",
+            &ns.name,
+            &domain,
+        ));
+        c.apply(&rbac_of(
+            "controller-variant/10-signet-signer-controller.yaml",
+            &ns.name,
+            &domain,
+        ));
+        let api_audience = "https://kubernetes.default.svc.cluster.local";
+        let kubeconfig = |sa: &str| {
+            let token = c.token(&ns.name, &format!("{sa}-{}", ns.name), api_audience);
+            c.kubeconfig_for_token(&mesh.path(&format!("{sa}.kubeconfig")), &token)
+        };
+        let authority_kubeconfig = kubeconfig("signet-authority");
+        let controller_kubeconfig = kubeconfig("signet-signer-controller");
+        let policy = format!(
+            "defaultSigner: istio-system\napprovableSigners: [istio-system, foo, bar]\nnamespaces:\n  {}: {{signer: foo}}\n  {}: {{signer: bar}}\n",
+            tenants[0].name, tenants[1].name
         );
-        let controller_token = "controller-token-0123456789abcdef";
-        api.add_token(
-            controller_token,
-            User::service_account("signet-system", "signet-signer", &["https://kubernetes.default.svc"]),
-        );
-        let authority_kubeconfig = api.kubeconfig(mesh.dir.path(), Some(authority_token));
-        let controller_kubeconfig = api.kubeconfig(mesh.dir.path(), Some(controller_token));
-        std::fs::write(mesh.path("policy.yaml"), POLICY).unwrap();
+        std::fs::write(mesh.path("policy.yaml"), policy).unwrap();
         let config_dir = mesh.path("config");
         std::fs::create_dir_all(&config_dir).unwrap();
-        let mut cluster = Cluster {
-            api,
+        let mut env = Env {
+            c,
+            ns,
+            tenants,
+            domain,
             mesh,
             authority_kubeconfig,
             controller_kubeconfig,
             config_dir,
             generation: 0,
         };
-        let bundle = std::fs::read_to_string(cluster.mesh.bundle()).unwrap();
-        cluster.mount_mesh_config(&bundle);
-        cluster
+        for (signer, secret) in SECRETS {
+            env.put_signer_secret(&env.mesh.path(&format!("signers/{signer}")), secret);
+        }
+        let bundle = std::fs::read_to_string(env.mesh.bundle()).unwrap();
+        env.mount_mesh_config(&bundle);
+        env
+    }
+
+    /// The tenant's namespace: `foo` or `bar`.
+    fn tenant(&self, signer: &str) -> &str {
+        match signer {
+            "foo" => &self.tenants[0].name,
+            "bar" => &self.tenants[1].name,
+            other => panic!("no tenant {other}"),
+        }
+    }
+
+    fn signer(&self, name: &str) -> String {
+        format!("{}/{name}", self.domain)
     }
 
     /// Writes Istio's mesh config (`caCertificates` from `bundle`) the way the kubelet updates a
@@ -104,14 +172,41 @@ impl Cluster {
         self.config_dir.join("mesh").display().to_string()
     }
 
-    /// A projected service-account token (audience istio-ca unless told) in a file.
-    fn workload_token(&self, ns: &str, sa: &str, audiences: &[&str]) -> String {
-        let token = format!("sa-{ns}-{sa}-{}", audiences.join("-"));
-        self.api.add_token(&token, User::service_account(ns, sa, audiences));
-        let path = self.mesh.path(&format!("tokens/{ns}-{sa}-{}", audiences.join("-")));
+    /// A signer directory (`tls.crt`, `tls.key`, `ca.crt`) as a Secret in cert-manager's
+    /// layout, in this test's namespace.
+    fn put_signer_secret(&self, dir: &Path, secret: &str) {
+        self.put_secret(
+            secret,
+            &std::fs::read_to_string(dir.join("tls.crt")).unwrap(),
+            &std::fs::read_to_string(dir.join("tls.key")).unwrap(),
+            &std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+        );
+    }
+
+    fn put_secret(&self, secret: &str, crt: &str, key: &str, ca: &str) {
+        let b64 = |t: &str| base64_encode(t.as_bytes());
+        self.c.apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret}\n  namespace: {}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
+            self.ns.name,
+            b64(crt),
+            b64(key),
+            b64(ca)
+        ));
+    }
+
+    /// A projected service-account token (audience istio-ca unless told) of a Pod of `sa` in
+    /// tenant `signer`'s namespace, in a file.
+    fn workload_token(&self, signer: &str, sa: &str, audience: &str) -> String {
+        let ns = self.tenant(signer);
+        let (_, token) = self.c.pod_token(ns, sa, audience);
+        let path = self.mesh.path(&format!("tokens/{ns}-{sa}-{audience}"));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &token).unwrap();
         path.display().to_string()
+    }
+
+    fn authority_user(&self) -> String {
+        format!("system:serviceaccount:{0}:signet-authority-{0}", self.ns.name)
     }
 
     fn authority(&self, extra: &[&str]) -> KubeAuthority {
@@ -124,7 +219,7 @@ impl Cluster {
             "--kubeconfig",
             self.authority_kubeconfig.to_str().unwrap(),
             "--signer-secret",
-            "istio-system=cert-manager/istio-ca-selfsigned",
+            &format!("istio-system={}/istio-ca", self.ns.name),
             "--bundle",
             &self.mesh_file(),
             "--signing-policy",
@@ -139,6 +234,7 @@ impl Cluster {
             "500ms",
         ])
         .args(extra)
+        .env("CERT_SIGNER_DOMAIN", &self.domain)
         .arg("--ready-file")
         .arg(&ready);
         let mut proc = Proc::spawn("authority", cmd);
@@ -155,7 +251,12 @@ impl Cluster {
     fn controller(&self, extra: &[&str]) -> Controller {
         let keys: Vec<String> = SECRETS
             .iter()
-            .flat_map(|(signer, secret)| ["--signer-secret".to_string(), format!("{signer}=cert-manager/{secret}")])
+            .flat_map(|(signer, secret)| {
+                [
+                    "--signer-secret".to_string(),
+                    format!("{signer}={}/{secret}", self.ns.name),
+                ]
+            })
             .collect();
         self.controller_with(&keys, extra)
     }
@@ -173,7 +274,11 @@ impl Cluster {
             "--secret-interval",
             "500ms",
         ]);
-        cmd.args(keys).args(extra).arg("--ready-file").arg(&ready);
+        cmd.args(keys)
+            .args(extra)
+            .env("CERT_SIGNER_DOMAIN", &self.domain)
+            .arg("--ready-file")
+            .arg(&ready);
         let mut proc = Proc::spawn("signer controller", cmd);
         let listeners = proc.wait_ready_file(&ready, Duration::from_secs(20));
         let admin = listeners["admin"].as_str().unwrap().parse().unwrap();
@@ -194,10 +299,10 @@ impl Cluster {
         })
     }
 
-    /// Sidecar flags for a pod `ns/sa`: identity from the downward API's environment, the token
-    /// projected for istio-ca, roots from the authority's answer.
-    fn pod(&self, authority: &KubeAuthority, ns: &str, sa: &str) -> (Vec<String>, Vec<(String, String)>) {
-        let token = self.workload_token(ns, sa, &["istio-ca"]);
+    /// Sidecar flags for a pod of `sa` in tenant `signer`: identity from the downward API's
+    /// environment, the token projected for istio-ca, roots from the authority's answer.
+    fn pod(&self, authority: &KubeAuthority, signer: &str, sa: &str) -> (Vec<String>, Vec<(String, String)>) {
+        let token = self.workload_token(signer, sa, "istio-ca");
         let args = s(&[
             "--authority",
             &authority.addr.to_string(),
@@ -209,9 +314,10 @@ impl Cluster {
             "200ms",
         ]);
         let env = vec![
-            ("POD_NAMESPACE".to_string(), ns.to_string()),
+            ("POD_NAMESPACE".to_string(), self.tenant(signer).to_string()),
             ("SERVICE_ACCOUNT".to_string(), sa.to_string()),
-            ("ISTIO_META_CERT_SIGNER".to_string(), ns.to_string()),
+            ("ISTIO_META_CERT_SIGNER".to_string(), signer.to_string()),
+            ("CERT_SIGNER_DOMAIN".to_string(), self.domain.clone()),
         ];
         (args, env)
     }
@@ -223,16 +329,9 @@ impl Cluster {
         Sidecar::start_with_env(name, &all, &env)
     }
 
+    /// The real kubectl, as the cluster's admin: (exit code, stdout and stderr).
     fn kubectl(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.api.kubeconfig(self.mesh.dir.path(), None))
-            .arg("--cache-dir")
-            .arg(self.mesh.path("kube-cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .output()
-            .expect("kubectl must be installed (apt-get install kubectl)");
+        let out = self.c.kubectl(args);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -241,18 +340,41 @@ impl Cluster {
         (out.status.code().unwrap_or(-1), text)
     }
 
+    /// This test's CSRs (its signer domain's), as they are now.
+    fn csrs(&self) -> Vec<serde_json::Value> {
+        self.c.csrs(&format!("{}/", self.domain))
+    }
+
     fn csr_names(&self) -> Vec<String> {
-        self.api
-            .csrs()
+        self.csrs()
             .iter()
             .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
             .collect()
     }
 
+    /// The CSRs this test's authority created, deleted or not (the API server's audit log).
+    fn created_csrs(&self) -> Vec<String> {
+        self.c.csrs_created_by(&self.authority_user())
+    }
+
     fn wait_no_csrs(&self) {
-        eventually("every CSR deleted", Duration::from_secs(10), || {
-            self.api.csrs().is_empty()
-        });
+        eventually("every CSR deleted", Duration::from_secs(10), || self.csrs().is_empty());
+    }
+
+    /// Marks CSR `name` Failed, as a signer that gives up does (the status subresource, as the
+    /// admin; the Approved condition stays).
+    fn fail_csr(&self, name: &str, reason: &str, message: &str) {
+        let patch = serde_json::json!([{"op": "add", "path": "/status/conditions/-", "value": {
+            "type": "Failed", "status": "True", "reason": reason, "message": message}}]);
+        self.c.kubectl_ok(&[
+            "patch",
+            "csr",
+            name,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ]);
     }
 }
 
@@ -276,21 +398,13 @@ struct Controller {
     admin: std::net::SocketAddr,
 }
 
-/// A signer directory (`tls.crt`, `tls.key`, `ca.crt`) as a cert-manager CA Secret.
-fn put_signer_secret(api: &FakeKube, dir: &Path, secret: &str) {
-    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
-    let (crt, key, ca) = (read("tls.crt"), read("tls.key"), read("ca.crt"));
-    api.put_secret(
-        "cert-manager",
-        secret,
-        &[("tls.crt", &crt), ("tls.key", &key), ("ca.crt", &ca)],
-    );
-}
-
-fn order(signer: Option<&str>, ns: &str, sa: &str) -> CsrOrder {
+fn order(env: &Env, signer: Option<&str>, tenant: &str, sa: &str) -> CsrOrder {
     let key = WorkloadKey::generate().unwrap();
     CsrOrder {
-        csr_pem: key.request(&spiffe(ns, sa).parse().unwrap(), &[]).unwrap().pem,
+        csr_pem: key
+            .request(&spiffe(env.tenant(tenant), sa).parse().unwrap(), &[])
+            .unwrap()
+            .pem,
         signer: signer.map(str::to_string),
         ttl: None,
     }
@@ -313,35 +427,35 @@ fn refusal(result: Result<signet_certs::IssuedChain, AuthorityError>) -> (Refusa
 
 #[test]
 fn the_scenario_through_the_kubernetes_csr_api() {
-    let c = Cluster::new();
+    let c = Env::new();
     let _controller = c.controller(&[]);
     let authority = c.authority(&[]);
     let app_foo = Httpbin::start(c.mesh.dir.path(), "httpbin-foo");
     let app_bar = Httpbin::start(c.mesh.dir.path(), "httpbin-bar");
     let mut inbound = Vec::new();
-    for (ns, app) in [("foo", &app_foo), ("bar", &app_bar)] {
+    for (tenant, app) in [("foo", &app_foo), ("bar", &app_bar)] {
         let side = c.sidecar(
-            &format!("sidecar httpbin.{ns}"),
-            c.pod(&authority, ns, "httpbin"),
+            &format!("sidecar httpbin.{tenant}"),
+            c.pod(&authority, tenant, "httpbin"),
             &s(&["--inbound", &format!("127.0.0.1:0={}", app.addr), "--protocol", "http"]),
         );
         side.wait_ready(Duration::from_secs(20));
         inbound.push(side);
     }
     let mut extra = s(&["--outbound", "127.0.0.1:0"]);
-    for (ns, side) in [("foo", &inbound[0]), ("bar", &inbound[1])] {
+    for (tenant, side) in [("foo", &inbound[0]), ("bar", &inbound[1])] {
         extra.push("--service".into());
         extra.push(format!(
-            "httpbin.{ns}:8000={},{}",
+            "httpbin.{tenant}:8000={},{}",
             side.inbound[0],
-            spiffe(ns, "httpbin")
+            spiffe(c.tenant(tenant), "httpbin")
         ));
     }
     let curl_side = c.sidecar("sidecar curl.foo", c.pod(&authority, "foo", "curl"), &extra);
     curl_side.wait_ready(Duration::from_secs(20));
 
     // Each sidecar holds a certificate of its namespace's signer, and trusts only that signer.
-    for (side, ns, sa) in [
+    for (side, tenant, sa) in [
         (&inbound[0], "foo", "httpbin"),
         (&inbound[1], "bar", "httpbin"),
         (&curl_side, "foo", "curl"),
@@ -350,7 +464,7 @@ fn the_scenario_through_the_kubernetes_csr_api() {
         let leaf = &certs["certificates"][0]["cert_chain"][0];
         assert_eq!(
             leaf["subject_alt_names"][0]["uri"].as_str(),
-            Some(spiffe(ns, sa).as_str()),
+            Some(spiffe(c.tenant(tenant), sa).as_str()),
             "{certs}"
         );
         let roots = certs["certificates"][0]["ca_cert"].as_array().unwrap();
@@ -368,8 +482,10 @@ fn the_scenario_through_the_kubernetes_csr_api() {
     assert_eq!(app_bar.requests(), bar_before, "nothing reached httpbin.bar");
 
     // Three requests went through the CSR API, each deleted once decided.
-    let created = c.api.created_csrs();
-    assert!(created.len() >= 3, "{created:?}");
+    eventually("three CSRs in the audit log", Duration::from_secs(10), || {
+        c.created_csrs().len() >= 3
+    });
+    let created = c.created_csrs();
     assert!(created.iter().all(|n| n.starts_with("csr-workload-")), "{created:?}");
     c.wait_no_csrs();
     assert!(authority.metric("citadel_server_success_cert_issuance_count ") >= 3);
@@ -380,7 +496,7 @@ fn the_scenario_through_the_kubernetes_csr_api() {
 
 #[test]
 fn a_denied_request_is_retried_and_served_once_a_person_approves() {
-    let c = Cluster::new();
+    let c = Env::new();
     let _controller = c.controller(&[]);
     let authority = c.authority(&["--manual-approval"]);
     let side = c.sidecar(
@@ -400,7 +516,8 @@ fn a_denied_request_is_retried_and_served_once_a_person_approves() {
     assert!(out.contains("Pending"), "{out}");
     let in_flight = curl(&[&format!("http://{}/csrs", authority.admin)], &[]).body;
     assert!(in_flight.contains(&first), "{in_flight}");
-    assert!(in_flight.contains("system:serviceaccount:foo:httpbin"), "{in_flight}");
+    let requester = format!("system:serviceaccount:{}:httpbin", c.tenant("foo"));
+    assert!(in_flight.contains(&requester), "{in_flight}");
     let (code, out) = c.kubectl(&["certificate", "deny", &first]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -426,31 +543,31 @@ fn a_denied_request_is_retried_and_served_once_a_person_approves() {
 
 #[test]
 fn failed_and_never_signed_requests_get_retriable_errors_and_are_deleted() {
-    let c = Cluster::new();
+    let c = Env::new();
     // No controller: nothing signs. The test plays the signer that gives up.
     let authority = c.authority(&["--csr-timeout", "3s"]);
-    let token = c.workload_token("foo", "httpbin", &["istio-ca"]);
+    let token = c.workload_token("foo", "httpbin", "istio-ca");
     let client = c.client(&authority, &token);
 
-    let api = &c.api;
+    let env = &c;
     let failer = std::thread::scope(|scope| {
         let marker = scope.spawn(|| {
             let start = Instant::now();
             loop {
-                if let Some(name) = api
+                if let Some(name) = env
                     .csrs()
                     .iter()
                     .find(|o| o["status"]["conditions"].to_string().contains("Approved"))
                     .and_then(|o| o["metadata"]["name"].as_str().map(str::to_string))
                 {
-                    api.fail_csr(&name, "SigningError", "the CA key is on an unplugged HSM");
+                    env.fail_csr(&name, "SigningError", "the CA key is on an unplugged HSM");
                     return name;
                 }
                 assert!(start.elapsed() < Duration::from_secs(10), "no approved CSR to fail");
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        let result = block(client.sign(&order(None, "foo", "httpbin")));
+        let result = block(client.sign(&order(env, None, "foo", "httpbin")));
         (marker.join().unwrap(), result)
     });
     let (failed_name, result) = failer;
@@ -467,7 +584,7 @@ fn failed_and_never_signed_requests_get_retriable_errors_and_are_deleted() {
 
     // Never signed: the wait ends at --csr-timeout, the request is deleted.
     let started = Instant::now();
-    let (reason, message) = refusal(block(client.sign(&order(None, "foo", "httpbin"))));
+    let (reason, message) = refusal(block(client.sign(&order(&c, None, "foo", "httpbin"))));
     assert_eq!(reason, Refusal::CsrTimeout, "{message}");
     assert_eq!(
         reason.kind(),
@@ -477,7 +594,7 @@ fn failed_and_never_signed_requests_get_retriable_errors_and_are_deleted() {
     assert!(started.elapsed() >= Duration::from_secs(3));
     assert!(message.contains("signet signer controller"), "{message}");
     c.wait_no_csrs();
-    assert_eq!(c.api.created_csrs().len(), 2);
+    eventually("two CSRs made", Duration::from_secs(10), || c.created_csrs().len() == 2);
     assert!(authority.metric("citadel_server_csr_sign_err_count{error_type=\"CSRTimeout\"} ") >= 1);
 
     // The caller goes away while its CSR waits (for a person, here, up to 60 s): the request is
@@ -485,7 +602,7 @@ fn failed_and_never_signed_requests_get_retriable_errors_and_are_deleted() {
     let patient = c.authority(&["--manual-approval"]);
     let client = c.client(&patient, &token);
     let gave_up = block(async {
-        tokio::time::timeout(Duration::from_secs(2), client.sign(&order(None, "foo", "httpbin"))).await
+        tokio::time::timeout(Duration::from_secs(2), client.sign(&order(&c, None, "foo", "httpbin"))).await
     });
     assert!(gave_up.is_err(), "no answer while the CSR awaits approval");
     assert!(
@@ -497,63 +614,73 @@ fn failed_and_never_signed_requests_get_retriable_errors_and_are_deleted() {
         patient.proc.log()
     );
     c.wait_no_csrs();
-    assert_eq!(c.api.created_csrs().len(), 3);
+    eventually("three CSRs made", Duration::from_secs(10), || {
+        c.created_csrs().len() == 3
+    });
 }
 
 #[test]
 fn callers_and_chains_are_checked() {
-    let c = Cluster::new();
+    let c = Env::new();
     let _controller = c.controller(&[]);
     let authority = c.authority(&[]);
 
-    // A token for another audience, and a token that is not a service account's.
-    let wrong_audience = c.workload_token("foo", "httpbin", &["vault"]);
+    // A token for another audience: the API server does not vouch for it for istio-ca.
+    let wrong_audience = c.workload_token("foo", "httpbin", "vault");
     let (reason, message) = refusal(block(
         c.client(&authority, &wrong_audience)
-            .sign(&order(None, "foo", "httpbin")),
+            .sign(&order(&c, None, "foo", "httpbin")),
     ));
     assert_eq!(reason, Refusal::UnknownToken, "{message}");
     assert_eq!(reason.kind(), RefusalKind::Unauthenticated);
-    let person = c.mesh.path("tokens/alice");
-    std::fs::write(&person, "alice-token-0123456789abcdef").unwrap();
-    c.api.add_token(
-        "alice-token-0123456789abcdef",
-        User {
-            username: "alice".into(),
-            groups: vec!["system:authenticated".into()],
-            audiences: vec!["istio-ca".into()],
-        },
-    );
+    assert!(message.contains("istio-ca"), "{message}");
+
+    // A token bound to a Pod that is gone: the API server no longer accepts it.
+    let ns = c.tenant("foo");
+    let (pod, token) = c.c.pod_token(ns, "httpbin", "istio-ca");
+    c.c.kubectl_ok(&["delete", "pod", "-n", ns, &pod]);
+    let orphan = c.mesh.path("tokens/orphan");
+    std::fs::write(&orphan, token).unwrap();
     let (reason, message) = refusal(block(
-        c.client(&authority, person.to_str().unwrap())
-            .sign(&order(None, "foo", "httpbin")),
+        c.client(&authority, orphan.to_str().unwrap())
+            .sign(&order(&c, None, "foo", "httpbin")),
     ));
-    assert_eq!(reason, Refusal::NotServiceAccount, "{message}");
-    assert!(message.contains("alice"), "{message}");
+    assert_eq!(reason, Refusal::UnknownToken, "{message}");
 
     // Namespace foo cannot obtain signer bar; no CSR is even created.
-    let foo = c.workload_token("foo", "httpbin", &["istio-ca"]);
+    let foo = c.workload_token("foo", "httpbin", "istio-ca");
     let (reason, message) = refusal(block(c.client(&authority, &foo).sign(&order(
+        &c,
         Some("bar"),
         "foo",
         "httpbin",
     ))));
     assert_eq!(reason, Refusal::SignerNotAllowedForNamespace, "{message}");
-    assert!(c.api.created_csrs().is_empty());
+    assert!(c.created_csrs().is_empty());
     assert_eq!(authority.metric("citadel_server_authentication_failure_count "), 2);
 
     // A good request: the chain anchors to foo's root from the mesh config.
-    let issued = block(c.client(&authority, &foo).sign(&order(None, "foo", "httpbin"))).unwrap();
+    let issued = block(c.client(&authority, &foo).sign(&order(&c, None, "foo", "httpbin"))).unwrap();
     let foo_root = std::fs::read(format!("{}/ca.crt", c.mesh.signer_dir("foo"))).unwrap();
     assert_eq!(issued.roots, signet_certs::parse_certs(&foo_root, "foo").unwrap());
 
     // foo's key replaced by one the mesh config does not know: the chain is refused.
     let rogue = c.mesh.path("rogue");
-    signet_ok(&["signer", "new", "foo", "--dir", rogue.to_str().unwrap()]);
-    put_signer_secret(&c.api, &rogue.join("foo"), "foo-ca-selfsigned");
+    signet_ok(&[
+        "signer",
+        "new",
+        "foo",
+        "--signer-domain",
+        &c.domain,
+        "--dir",
+        rogue.to_str().unwrap(),
+    ]);
+    c.put_signer_secret(&rogue.join("foo"), "foo-ca");
     let mut last = None;
     eventually("a chain from the rogue key refused", Duration::from_secs(20), || {
-        let (reason, message) = refusal_or_none(block(c.client(&authority, &foo).sign(&order(None, "foo", "httpbin"))));
+        let (reason, message) = refusal_or_none(block(
+            c.client(&authority, &foo).sign(&order(&c, None, "foo", "httpbin")),
+        ));
         last = Some(message);
         reason == Some(Refusal::ChainUntrusted)
     });
@@ -571,7 +698,7 @@ fn refusal_or_none(result: Result<signet_certs::IssuedChain, AuthorityError>) ->
 
 #[test]
 fn a_chain_through_an_intermediate_is_accepted() {
-    let c = Cluster::new();
+    let mut c = Env::new();
     // foo signs with an intermediate under a root the mesh config names for foo.
     let root_key = rcgen::KeyPair::generate().unwrap();
     let mut root = rcgen::CertificateParams::default();
@@ -588,26 +715,19 @@ fn a_chain_through_an_intermediate_is_accepted() {
     int.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
     let int_cert = int.signed_by(&int_key, &root_issuer).unwrap();
     let tls_crt = format!("{}{}", int_cert.pem(), root_cert.pem());
-    c.api.put_secret(
-        "cert-manager",
-        "foo-ca-selfsigned",
-        &[
-            ("tls.crt", tls_crt.as_bytes()),
-            ("tls.key", int_key.serialize_pem().as_bytes()),
-            ("ca.crt", root_cert.pem().as_bytes()),
-        ],
-    );
-    let mut c = c;
+    c.put_secret("foo-ca", &tls_crt, &int_key.serialize_pem(), &root_cert.pem());
     let bundle = format!(
-        "caCertificates:\n- pem: |\n{}  certSigners: [clusterissuers.cert-manager.io/foo]\n- pem: |\n{}  certSigners: [clusterissuers.cert-manager.io/istio-system]\n",
+        "caCertificates:\n- pem: |\n{}  certSigners: [{}]\n- pem: |\n{}  certSigners: [{}]\n",
         indent(&root_cert.pem()),
+        c.signer("foo"),
         indent(&std::fs::read_to_string(format!("{}/ca.crt", c.mesh.signer_dir("istio-system"))).unwrap()),
+        c.signer("istio-system"),
     );
     c.mount_mesh_config(&bundle);
     let _controller = c.controller(&[]);
     let authority = c.authority(&[]);
-    let foo = c.workload_token("foo", "httpbin", &["istio-ca"]);
-    let issued = block(c.client(&authority, &foo).sign(&order(None, "foo", "httpbin"))).unwrap();
+    let foo = c.workload_token("foo", "httpbin", "istio-ca");
+    let issued = block(c.client(&authority, &foo).sign(&order(&c, None, "foo", "httpbin"))).unwrap();
     assert_eq!(issued.chain.len(), 2, "leaf and intermediate");
     assert_eq!(issued.chain[1].as_ref(), int_cert.der().as_ref());
     assert_eq!(issued.roots.len(), 1);
@@ -621,64 +741,55 @@ fn indent(pem: &str) -> String {
 
 #[test]
 fn the_signer_controller_signs_only_approved_requests_of_its_signers_within_its_cap() {
-    let c = Cluster::new();
+    let c = Env::new();
     let controller = c.controller(&["--max-ttl", "24h", "--publish-trust-bundles"]);
-    let manifest = |name: &str, signer: &str, metadata: &str, spec: &str| -> PathBuf {
+    let prefix = c.ns.name.clone();
+    let manifest = |name: &str, signer: &str, metadata: &str, spec: &str| -> String {
         let key = WorkloadKey::generate().unwrap();
         let csr = key.request(&spiffe("foo", "web").parse().unwrap(), &[]).unwrap();
         let request = base64_encode(csr.pem.as_bytes());
-        let path = c.mesh.path(&format!("{name}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: {name}\n{metadata}spec:\n  request: {request}\n  signerName: {signer}\n{}",
-                if spec.contains("usages") {
-                    spec.to_string()
-                } else {
-                    format!("{spec}  usages: [digital signature, key encipherment, server auth, client auth]\n")
-                }
-            ),
+        format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: {prefix}-{name}\n{metadata}spec:\n  request: {request}\n  signerName: {signer}\n{}",
+            if spec.contains("usages") {
+                spec.to_string()
+            } else {
+                format!("{spec}  usages: [digital signature, key encipherment, server auth, client auth]\n")
+            }
         )
-        .unwrap();
-        path
     };
-    let apply = |path: PathBuf| {
-        let (code, out) = c.kubectl(&["create", "-f", path.to_str().unwrap()]);
-        assert_eq!(code, 0, "{out}");
+    let csr = |name: &str| -> serde_json::Value {
+        let text =
+            c.c.kubectl_ok(&["get", "csr", &format!("{prefix}-{name}"), "-o", "json"]);
+        serde_json::from_str(&text).unwrap()
     };
     let certificate = |name: &str| -> Option<CertInfo> {
-        let csr = c.api.csrs().into_iter().find(|o| o["metadata"]["name"] == name)?;
-        let b64 = csr["status"]["certificate"].as_str()?;
-        let pem = base64_decode(b64);
+        let b64 = csr(name)["status"]["certificate"].as_str()?.to_string();
+        let pem = base64_decode(&b64);
         let certs = signet_certs::parse_certs(&pem, name).unwrap();
         Some(CertInfo::parse(&certs[0]).unwrap())
     };
     // 48 h asked through expirationSeconds (over the cap); 2 h through cert-manager's
     // annotation only.
-    apply(manifest(
-        "long",
-        "clusterissuers.cert-manager.io/foo",
-        "",
-        "  expirationSeconds: 172800\n",
-    ));
-    apply(manifest(
+    let foo = c.signer("foo");
+    c.c.apply(&manifest("long", &foo, "", "  expirationSeconds: 172800\n"));
+    c.c.apply(&manifest(
         "annotated",
-        "clusterissuers.cert-manager.io/bar",
+        &c.signer("bar"),
         "  annotations:\n    experimental.cert-manager.io/request-duration: 2h0m0s\n",
         "",
     ));
-    apply(manifest("other", "example.com/not-ours", "", ""));
+    c.c.apply(&manifest("other", &format!("other.{}/not-ours", c.domain), "", ""));
     // A request for a CA-signing usage: refused, and marked Failed with why.
-    apply(manifest(
+    c.c.apply(&manifest(
         "ca-usage",
-        "clusterissuers.cert-manager.io/foo",
+        &foo,
         "",
         "  usages: [digital signature, cert sign]\n",
     ));
     std::thread::sleep(Duration::from_secs(1));
     assert!(certificate("long").is_none(), "not approved: not signed");
     for name in ["long", "annotated", "other", "ca-usage"] {
-        let (code, out) = c.kubectl(&["certificate", "approve", name]);
+        let (code, out) = c.kubectl(&["certificate", "approve", &format!("{prefix}-{name}")]);
         assert_eq!(code, 0, "{out}");
     }
     eventually("both of its signers' requests signed", Duration::from_secs(10), || {
@@ -697,10 +808,14 @@ fn the_signer_controller_signs_only_approved_requests_of_its_signers_within_its_
     assert!((120..=125).contains(&annotated), "2h from the annotation: {annotated}m");
     std::thread::sleep(Duration::from_secs(1));
     assert!(certificate("other").is_none(), "another signer's request is left alone");
-    let (_, table) = c.kubectl(&["get", "csr"]);
+    let (_, table) = c.kubectl(&["get", "csr", &format!("{prefix}-long")]);
     assert!(table.contains("Approved,Issued"), "{table}");
     let start = Instant::now();
-    while !c.kubectl(&["get", "csr", "ca-usage"]).1.contains("Approved,Failed") {
+    while !c
+        .kubectl(&["get", "csr", &format!("{prefix}-ca-usage")])
+        .1
+        .contains("Approved,Failed")
+    {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "not marked Failed: {}\n{}",
@@ -709,12 +824,7 @@ fn the_signer_controller_signs_only_approved_requests_of_its_signers_within_its_
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let failed = c
-        .api
-        .csrs()
-        .into_iter()
-        .find(|o| o["metadata"]["name"] == "ca-usage")
-        .unwrap();
+    let failed = csr("ca-usage");
     let condition = failed["status"]["conditions"]
         .as_array()
         .unwrap()
@@ -729,31 +839,36 @@ fn the_signer_controller_signs_only_approved_requests_of_its_signers_within_its_
     );
     assert!(failed["status"]["certificate"].is_null(), "{failed}");
 
-    // Its signers' roots are published as ClusterTrustBundles.
+    // Its signers' roots are published as ClusterTrustBundles (read back through v1).
     eventually("three ClusterTrustBundles", Duration::from_secs(10), || {
-        c.api.cluster_trust_bundles().len() == 3
+        c.c.cluster_trust_bundles(&format!("{}/", c.domain)).len() == 3
     });
-    let bundles = c.api.cluster_trust_bundles();
-    let foo = bundles
+    let bundles = c.c.cluster_trust_bundles(&format!("{}/", c.domain));
+    let published = bundles
         .iter()
-        .find(|b| b["spec"]["signerName"] == "clusterissuers.cert-manager.io/foo")
+        .find(|b| b["spec"]["signerName"] == foo.as_str())
         .unwrap();
-    assert_eq!(foo["metadata"]["name"], "clusterissuers.cert-manager.io:foo:signet");
+    assert_eq!(published["metadata"]["name"], format!("{}:foo:signet", c.domain));
     let foo_root = std::fs::read_to_string(format!("{}/ca.crt", c.mesh.signer_dir("foo"))).unwrap();
-    assert_eq!(foo["spec"]["trustBundle"].as_str().unwrap().trim(), foo_root.trim());
+    assert_eq!(
+        published["spec"]["trustBundle"].as_str().unwrap().trim(),
+        foo_root.trim()
+    );
     let metrics = curl(&[&format!("http://{}/metrics", controller.admin)], &[]).body;
     assert!(
-        metrics.contains(
-            "signet_signer_requests_total{signer=\"clusterissuers.cert-manager.io/foo\",outcome=\"issued\"} 1"
-        ),
+        metrics.contains(&format!(
+            "signet_signer_requests_total{{signer=\"{foo}\",outcome=\"issued\"}} 1"
+        )),
         "{metrics}"
     );
-    let _ = &controller.proc;
+    for name in ["long", "annotated", "other", "ca-usage"] {
+        c.c.kubectl_ok(&["delete", "csr", &format!("{prefix}-{name}")]);
+    }
 }
 
 #[test]
 fn rotation_through_the_mounted_bundle_and_renewal_through_the_csr_api() {
-    let mut c = Cluster::new();
+    let mut c = Env::new();
     let _controller = c.controller(&[]);
     let authority = c.authority(&["--cluster-trust-bundles"]);
     // Renewal through the CSR API. The signer backdates notBefore by a minute, so 1 % of the
@@ -768,50 +883,71 @@ fn rotation_through_the_mounted_bundle_and_renewal_through_the_csr_api() {
     eventually("a renewal", Duration::from_secs(60), || {
         side.metric("signet_identity_renewals_total") >= 1
     });
-    assert!(c.api.created_csrs().len() >= 2);
+    eventually("two CSRs made", Duration::from_secs(10), || c.created_csrs().len() >= 2);
     c.wait_no_csrs();
 
-    // foo's CA is replaced (cert-manager rotated its secret). Until its root is in the bundle,
-    // the new chains are refused...
-    let foo = c.workload_token("foo", "httpbin", &["istio-ca"]);
+    // foo's CA is replaced (its Secret rotated). Until its root is in the bundle, the new
+    // chains are refused...
+    let foo = c.workload_token("foo", "httpbin", "istio-ca");
     let next = c.mesh.path("next");
-    signet_ok(&["signer", "new", "foo", "--dir", next.to_str().unwrap()]);
-    put_signer_secret(&c.api, &next.join("foo"), "foo-ca-selfsigned");
+    signet_ok(&[
+        "signer",
+        "new",
+        "foo",
+        "--signer-domain",
+        &c.domain,
+        "--dir",
+        next.to_str().unwrap(),
+    ]);
+    c.put_signer_secret(&next.join("foo"), "foo-ca");
     eventually("the new key in use and refused", Duration::from_secs(20), || {
-        refusal_or_none(block(c.client(&authority, &foo).sign(&order(None, "foo", "httpbin")))).0
-            == Some(Refusal::ChainUntrusted)
+        refusal_or_none(block(
+            c.client(&authority, &foo).sign(&order(&c, None, "foo", "httpbin")),
+        ))
+        .0 == Some(Refusal::ChainUntrusted)
     });
     // ... and once the mounted mesh config (symlink swap) adds it, they are trusted, with both
     // roots handed out: no restart.
     let old = std::fs::read_to_string(c.mesh.bundle()).unwrap();
     let next_root = std::fs::read_to_string(next.join("foo/ca.crt")).unwrap();
+    let foo_signer = c.signer("foo");
     c.mount_mesh_config(&format!(
-        "{old}- pem: |\n{}  certSigners: [clusterissuers.cert-manager.io/foo]\n",
+        "{old}- pem: |\n{}  certSigners: [{foo_signer}]\n",
         indent(&next_root)
     ));
     let mut issued = None;
     eventually("the new root trusted", Duration::from_secs(20), || {
-        issued = block(c.client(&authority, &foo).sign(&order(None, "foo", "httpbin"))).ok();
+        issued = block(c.client(&authority, &foo).sign(&order(&c, None, "foo", "httpbin"))).ok();
         issued.is_some()
     });
     assert_eq!(issued.unwrap().roots.len(), 2, "old and new root during the rotation");
 
-    // A root published as a ClusterTrustBundle is handed out too.
+    // A root published as a ClusterTrustBundle (v1, by the admin, who may attest for any
+    // signer) is handed out too.
     let extra = c.mesh.path("extra");
-    signet_ok(&["signer", "new", "foo", "--dir", extra.to_str().unwrap()]);
+    signet_ok(&[
+        "signer",
+        "new",
+        "foo",
+        "--signer-domain",
+        &c.domain,
+        "--dir",
+        extra.to_str().unwrap(),
+    ]);
     let extra_root = std::fs::read_to_string(extra.join("foo/ca.crt")).unwrap();
-    c.api.put_cluster_trust_bundle(
-        "clusterissuers.cert-manager.io:foo:extra",
-        "clusterissuers.cert-manager.io/foo",
-        &extra_root,
-    );
+    let bundle_name = format!("{}:foo:extra", c.domain);
+    c.c.apply(&format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: ClusterTrustBundle\nmetadata:\n  name: {bundle_name}\nspec:\n  signerName: {foo_signer}\n  trustBundle: |\n{}",
+        indent(&extra_root)
+    ));
     eventually(
         "the ClusterTrustBundle's root handed out",
         Duration::from_secs(20),
-        || block(c.client(&authority, &foo).sign(&order(None, "foo", "httpbin"))).is_ok_and(|i| i.roots.len() == 3),
+        || block(c.client(&authority, &foo).sign(&order(&c, None, "foo", "httpbin"))).is_ok_and(|i| i.roots.len() == 3),
     );
     assert!(side.proc.is_running());
     c.wait_no_csrs();
+    c.c.kubectl_ok(&["delete", "clustertrustbundle", &bundle_name]);
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
@@ -826,15 +962,15 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 #[test]
 fn the_signer_controller_takes_keys_from_signer_directories_too() {
-    let c = Cluster::new();
+    let c = Env::new();
     let signers = c.mesh.path("signers").display().to_string();
     let _controller = c.controller_with(&s(&["--signers-dir", &signers]), &[]);
     let authority = c.authority(&[]);
-    let token = c.workload_token("bar", "httpbin", &["istio-ca"]);
-    let issued = block(c.client(&authority, &token).sign(&order(None, "bar", "httpbin"))).unwrap();
+    let token = c.workload_token("bar", "httpbin", "istio-ca");
+    let issued = block(c.client(&authority, &token).sign(&order(&c, None, "bar", "httpbin"))).unwrap();
     let bar_root = std::fs::read(format!("{}/ca.crt", c.mesh.signer_dir("bar"))).unwrap();
     assert_eq!(issued.roots, signet_certs::parse_certs(&bar_root, "bar").unwrap());
     let leaf = CertInfo::parse(&issued.chain[0]).unwrap();
-    assert_eq!(leaf.uris, vec![spiffe("bar", "httpbin")]);
+    assert_eq!(leaf.uris, vec![spiffe(c.tenant("bar"), "httpbin")]);
     c.wait_no_csrs();
 }

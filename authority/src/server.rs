@@ -96,8 +96,8 @@ impl Sources {
     /// Reads everything; any error leaves the caller's current inputs in place.
     pub fn load(&self) -> Result<Inputs, SourcesError> {
         let policy = match &self.signing_policy {
-            Some(p) => SigningPolicy::load(p)?,
-            None => SigningPolicy::default(),
+            Some(p) => SigningPolicy::load(p, &self.signer_domain)?,
+            None => SigningPolicy::defaults_in(&self.signer_domain),
         };
         let mut signers = BTreeMap::new();
         if let Some(cluster) = &self.cluster {

@@ -85,31 +85,46 @@ pub struct SigningPolicy {
 
 impl Default for SigningPolicy {
     fn default() -> Self {
-        // Infallible: the file is empty, every field takes its default.
-        SigningPolicy::from_file(SigningPolicyFile::default(), "defaults").expect("the default policy is valid")
+        SigningPolicy::defaults_in(DEFAULT_SIGNER_DOMAIN)
     }
 }
 
 impl SigningPolicy {
-    pub fn load(path: &Path) -> Result<Self, SigningPolicyError> {
+    /// The policy of an empty file, bare signer names in `signer_domain`.
+    pub fn defaults_in(signer_domain: &str) -> Self {
+        // Infallible for a valid domain: every field takes its default.
+        SigningPolicy::from_file(SigningPolicyFile::default(), "defaults", signer_domain)
+            .expect("the default policy is valid")
+    }
+
+    /// Reads the policy file at `path`. A bare signer name in it is expanded with its
+    /// `signerDomain`, else with `signer_domain` (the authority's `--signer-domain`, Istio's
+    /// CERT_SIGNER_DOMAIN), so the policy and the trust bundle name the same signers.
+    pub fn load(path: &Path, signer_domain: &str) -> Result<Self, SigningPolicyError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| SigningPolicyError::Read {
             origin: origin.clone(),
             source,
         })?;
-        Self::from_yaml(&text, &origin)
+        Self::from_yaml_in(&text, &origin, signer_domain)
     }
 
+    /// A policy from YAML text, bare signer names in cert-manager's domain unless it says.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, SigningPolicyError> {
+        Self::from_yaml_in(text, origin, DEFAULT_SIGNER_DOMAIN)
+    }
+
+    /// A policy from YAML text, bare signer names in `signer_domain` unless it says.
+    pub fn from_yaml_in(text: &str, origin: &str, signer_domain: &str) -> Result<Self, SigningPolicyError> {
         let file: SigningPolicyFile = signet_certs::from_yaml(text).map_err(|source| SigningPolicyError::Yaml {
             origin: origin.to_string(),
             source,
         })?;
-        Self::from_file(file, origin)
+        Self::from_file(file, origin, signer_domain)
     }
 
-    fn from_file(f: SigningPolicyFile, origin: &str) -> Result<Self, SigningPolicyError> {
-        let signer_domain = f.signer_domain.unwrap_or_else(|| DEFAULT_SIGNER_DOMAIN.to_string());
+    fn from_file(f: SigningPolicyFile, origin: &str, signer_domain: &str) -> Result<Self, SigningPolicyError> {
+        let signer_domain = f.signer_domain.unwrap_or_else(|| signer_domain.to_string());
         let value = |field: &str| {
             let (origin, field) = (origin.to_string(), field.to_string());
             move |source| SigningPolicyError::Value { origin, field, source }
@@ -216,6 +231,20 @@ dnsSans:
 
     fn n(s: &str) -> SignerName {
         SignerName::with_default_domain(s).unwrap()
+    }
+
+    #[test]
+    fn bare_signer_names_take_the_authoritys_domain_unless_the_file_names_one() {
+        let p = SigningPolicy::from_yaml_in(SEED, "p", "example.com").unwrap();
+        assert_eq!(p.signer_for("foo").as_str(), "example.com/foo");
+        assert_eq!(p.signer_for("default").as_str(), "example.com/istio-system");
+        let own = format!("signerDomain: corp.test\n{SEED}");
+        let p = SigningPolicy::from_yaml_in(&own, "p", "example.com").unwrap();
+        assert_eq!(p.signer_for("foo").as_str(), "corp.test/foo");
+        assert_eq!(
+            SigningPolicy::defaults_in("example.com").signer_for("x").as_str(),
+            "example.com/istio-system"
+        );
     }
 
     #[test]

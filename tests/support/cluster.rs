@@ -24,6 +24,30 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+/// What the API server writes to `audit.log`: every request once answered, with the objects
+/// of CSR writes (their generated names are only in the response), leases and events left out.
+/// The tests read it for what no object keeps: which CSRs were made and by whom, how many API
+/// requests a certificate cost.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  resources:
+  - group: coordination.k8s.io
+    resources: [leases]
+  - group: \"\"
+    resources: [events]
+- level: None
+  nonResourceURLs: [/readyz*, /healthz*, /livez*, /openapi*, /api, /apis, /version]
+- level: RequestResponse
+  verbs: [create]
+  resources:
+  - group: certificates.k8s.io
+    resources: [certificatesigningrequests, podcertificaterequests]
+- level: Metadata
+";
+
 /// Where each test binary's cluster lives: `<prefix><pid>`.
 const DIR_PREFIX: &str = "signet-cluster-";
 
@@ -283,6 +307,7 @@ impl Cluster {
         );
 
         let pki = |f: &str| dir.join("pki").join(f).display().to_string();
+        std::fs::write(dir.join("audit-policy.yaml"), AUDIT_POLICY).unwrap();
         let apiserver = cluster.run(
             "kube-apiserver",
             &[
@@ -305,6 +330,10 @@ impl Cluster {
                 "--feature-gates=ClusterTrustBundle=true,ClusterTrustBundleProjection=true,PodCertificateRequest=true",
                 "--runtime-config=certificates.k8s.io/v1beta1=true",
                 "--allow-privileged=true",
+                &format!("--audit-policy-file={}", dir.join("audit-policy.yaml").display()),
+                &format!("--audit-log-path={}", dir.join("audit.log").display()),
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -491,6 +520,95 @@ impl Cluster {
             ),
         );
         path.to_path_buf()
+    }
+}
+
+impl Cluster {
+    /// The audit log so far: one JSON object per answered request.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The names of the CSRs `user` created (201 answers), in order, from the audit log: the
+    /// objects themselves may be long deleted.
+    pub fn csrs_created_by(&self, user: &str) -> Vec<String> {
+        self.audit()
+            .iter()
+            .filter(|e| {
+                e["verb"] == "create"
+                    && e["objectRef"]["resource"] == "certificatesigningrequests"
+                    && e["objectRef"]["subresource"].is_null()
+                    && e["user"]["username"] == user
+                    && e["responseStatus"]["code"] == 201
+            })
+            .filter_map(|e| e["responseObject"]["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// The CertificateSigningRequests whose signerName starts with `prefix` (a test's signer
+    /// domain), as JSON objects.
+    pub fn csrs(&self, prefix: &str) -> Vec<serde_json::Value> {
+        self.list("certificatesigningrequests", prefix)
+    }
+
+    /// The ClusterTrustBundles (v1) whose signerName starts with `prefix`.
+    pub fn cluster_trust_bundles(&self, prefix: &str) -> Vec<serde_json::Value> {
+        self.list("clustertrustbundles.v1.certificates.k8s.io", prefix)
+    }
+
+    fn list(&self, resource: &str, prefix: &str) -> Vec<serde_json::Value> {
+        let text = self.kubectl_ok(&["get", resource, "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["spec"]["signerName"].as_str().is_some_and(|s| s.starts_with(prefix)))
+            .cloned()
+            .collect()
+    }
+
+    /// A namespace named `name` exactly, deleted when dropped.
+    pub fn namespace_named(&'static self, name: &str) -> Namespace {
+        self.kubectl_ok(&["create", "namespace", name]);
+        Namespace {
+            cluster: self,
+            name: name.to_string(),
+        }
+    }
+
+    /// A token as the kubelet projects one into a pod: a Pod object of service account `sa`
+    /// in `ns` (made here; nothing runs it), and a TokenRequest for `audience` bound to it, so
+    /// the token dies with the Pod. Returns (the Pod's name, the token).
+    pub fn pod_token(&self, ns: &str, sa: &str, audience: &str) -> (String, String) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let pod = format!("{sa}-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        self.apply(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {sa}\n  namespace: {ns}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\nspec:\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: signet.test/none\n"
+        ));
+        let token = self
+            .kubectl_ok(&[
+                "create",
+                "token",
+                sa,
+                "-n",
+                ns,
+                "--audience",
+                audience,
+                "--duration",
+                "1h",
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                &pod,
+            ])
+            .trim()
+            .to_string();
+        (pod, token)
     }
 }
 

@@ -178,15 +178,20 @@ pub struct Mesh {
 impl Mesh {
     /// Creates the signers and `bundle.yaml` mapping each root to its signer.
     pub fn new(signers: &[&str]) -> Mesh {
+        Mesh::with_domain(signers, signet_certs::DEFAULT_SIGNER_DOMAIN)
+    }
+
+    /// As [`Mesh::new`], the signers named `<domain>/<name>`.
+    pub fn with_domain(signers: &[&str], domain: &str) -> Mesh {
         let dir = tempfile::Builder::new().prefix("signet-test-").tempdir().unwrap();
         let sdir = dir.path().join("signers");
         let sdir = sdir.to_str().unwrap();
         for s in signers {
-            signet_ok(&["signer", "new", s, "--dir", sdir]);
+            signet_ok(&["signer", "new", s, "--signer-domain", domain, "--dir", sdir]);
         }
         let dirs: Vec<String> = signers.iter().map(|s| format!("{sdir}/{s}")).collect();
         let bundle = dir.path().join("bundle.yaml");
-        let mut args = vec!["bundle", "-o", bundle.to_str().unwrap()];
+        let mut args = vec!["bundle", "--signer-domain", domain, "-o", bundle.to_str().unwrap()];
         args.extend(dirs.iter().map(String::as_str));
         signet_ok(&args);
         Mesh { dir }
