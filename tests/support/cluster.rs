@@ -590,25 +590,29 @@ impl Cluster {
         self.apply(&format!(
             "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {sa}\n  namespace: {ns}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\nspec:\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: signet.test/none\n"
         ));
-        let token = self
-            .kubectl_ok(&[
-                "create",
-                "token",
-                sa,
-                "-n",
-                ns,
-                "--audience",
-                audience,
-                "--duration",
-                "1h",
-                "--bound-object-kind",
-                "Pod",
-                "--bound-object-name",
-                &pod,
-            ])
-            .trim()
-            .to_string();
+        let token = self.token_bound_to(ns, sa, &pod, audience);
         (pod, token)
+    }
+
+    /// A token (TokenRequest) of `ns/sa` for `audience`, bound to Pod `pod`.
+    pub fn token_bound_to(&self, ns: &str, sa: &str, pod: &str, audience: &str) -> String {
+        self.kubectl_ok(&[
+            "create",
+            "token",
+            sa,
+            "-n",
+            ns,
+            "--audience",
+            audience,
+            "--duration",
+            "1h",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            pod,
+        ])
+        .trim()
+        .to_string()
     }
 }
 
