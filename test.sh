@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs Signet's whole test suite. Installs what the tests need first: the real httpbin (from
 # PyPI, served by gunicorn) in a virtualenv under target/venv, and the real cluster
-# (tests/cluster/build.sh). curl, openssl, kubectl and Go must be on PATH (.ci/run installs the
-# first three with apt-get on a fresh machine).
+# (tests/cluster/build.sh, kubectl included). curl, openssl and Go must be on PATH (.ci/run
+# installs the first two with apt-get on a fresh machine).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,7 +16,6 @@ if [ ! -x "$venv/bin/gunicorn" ] || ! cmp -s "$req" "$venv/.requirements"; then
 fi
 command -v curl >/dev/null || { echo "test.sh: curl is required (apt-get install curl)" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "test.sh: openssl is required (apt-get install openssl)" >&2; exit 1; }
-command -v kubectl >/dev/null || { echo "test.sh: kubectl is required (apt-get install kubectl)" >&2; exit 1; }
 # The real control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) and
 # cert-manager's controllers, built from their Go modules into a cache keyed by go.sum: minutes
 # the first time on a machine, nothing after (tests/cluster/build.sh).
