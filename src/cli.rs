@@ -104,6 +104,17 @@ pub struct SignerControllerArgs {
     /// Publish each signer's roots as a ClusterTrustBundle (certificates.k8s.io/v1beta1) named <signer>:signet.
     #[arg(long)]
     pub publish_trust_bundles: bool,
+    /// Also sign the PodCertificateRequests (certificates.k8s.io/v1, Kubernetes 1.37+) of its signers: pod certificates a kubelet asks for, with the pod's SPIFFE ID. Needs get/list/watch on podcertificaterequests and update on podcertificaterequests/status.
+    #[arg(long)]
+    pub pod_certificates: bool,
+    /// The trust domain of the SPIFFE IDs in pod certificates.
+    #[arg(
+        long,
+        env = "TRUST_DOMAIN",
+        value_name = "TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
     /// Admin listener (/metrics, /ready); off unless given.
     #[arg(long, value_name = "LISTEN")]
     pub admin: Option<String>,

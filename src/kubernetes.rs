@@ -78,6 +78,14 @@ pub fn signer_controller(args: SignerControllerArgs) -> Result<ExitCode, String>
     if args.max_ttl.0 < std::time::Duration::from_secs(600) {
         return Err("--max-ttl must be at least 10m (Kubernetes' shortest expirationSeconds)".into());
     }
+    if args.pod_certificates && args.max_ttl.0 < signet_kubernetes::pod_certificates::MIN_LIFETIME {
+        return Err(
+            "--max-ttl must be at least 1h with --pod-certificates (the API's shortest pod certificate)".into(),
+        );
+    }
+    format!("spiffe://{}/ns/a/sa/b", args.trust_domain)
+        .parse::<signet_certs::SpiffeId>()
+        .map_err(|e| format!("--trust-domain {:?}: {e}", args.trust_domain))?;
     let admin = args.admin.as_deref().map(|a| parse_listen("--admin", a)).transpose()?;
     runtime(None)?.block_on(async move {
         let life = Lifecycle::default();
@@ -103,6 +111,8 @@ pub fn signer_controller(args: SignerControllerArgs) -> Result<ExitCode, String>
         let settings = ControllerSettings {
             max_ttl: args.max_ttl.0,
             publish_trust_bundles: args.publish_trust_bundles,
+            pod_certificates: args.pod_certificates,
+            trust_domain: args.trust_domain.clone(),
             admin,
         };
         let controller = Controller::new(client, keys, settings);

@@ -12,6 +12,7 @@
 mod cluster;
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -973,4 +974,194 @@ fn the_signer_controller_takes_keys_from_signer_directories_too() {
     let leaf = CertInfo::parse(&issued.chain[0]).unwrap();
     assert_eq!(leaf.uris, vec![spiffe(c.tenant("bar"), "httpbin")]);
     c.wait_no_csrs();
+}
+
+/// A key of `kind` and a stub PKCS#10 request for it, as a kubelet makes them (openssl): no
+/// subject, no names. Returns the request (DER) and the key's SubjectPublicKeyInfo (DER).
+fn stub_request(dir: &Path, kind: &str) -> (Vec<u8>, Vec<u8>) {
+    let key = dir.join(format!("{kind}.key"));
+    let algorithm: &[&str] = match kind {
+        "ECDSAP256" => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "ECDSAP384" => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        "ED25519" => &["-algorithm", "ED25519"],
+        "RSA3072" => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"],
+        other => panic!("{other}"),
+    };
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let mut genpkey = vec!["genpkey"];
+    genpkey.extend_from_slice(algorithm);
+    genpkey.extend(["-out", key.to_str().unwrap()]);
+    run(&genpkey);
+    let request = run(&[
+        "req",
+        "-new",
+        "-key",
+        key.to_str().unwrap(),
+        "-subj",
+        "/",
+        "-outform",
+        "DER",
+    ]);
+    let spki = run(&["pkey", "-in", key.to_str().unwrap(), "-pubout", "-outform", "DER"]);
+    (request, spki)
+}
+
+#[test]
+fn the_signer_controller_signs_the_pod_certificates_a_node_asks_for() {
+    let c = Env::new();
+    // controller-variant's RBAC, plus what --pod-certificates needs (README).
+    c.c.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: signet-pod-certificates-{0}\nrules:\n- apiGroups: [certificates.k8s.io]\n  resources: [podcertificaterequests]\n  verbs: [get, list, watch]\n- apiGroups: [certificates.k8s.io]\n  resources: [podcertificaterequests/status]\n  verbs: [update]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: signet-pod-certificates-{0}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: signet-pod-certificates-{0}}}\nsubjects:\n- {{kind: ServiceAccount, name: signet-signer-controller-{0}, namespace: {0}}}\n",
+        c.ns.name
+    ));
+    let controller = c.controller(&["--pod-certificates", "--max-ttl", "24h"]);
+
+    // The test is the node: a Node, a kubelet's client certificate, a pod bound to the node
+    // with a podCertificate volume of signer foo (NodeRestriction checks all of it).
+    let node = format!("{}-node", c.ns.name);
+    c.c.apply(&format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n"));
+    let kubelet = c.c.client_kubeconfig(
+        &c.mesh.path("kubelet.kubeconfig"),
+        &format!("system:node:{node}"),
+        &["system:nodes"],
+    );
+    let ns = c.tenant("foo").to_string();
+    let foo = c.signer("foo");
+    let other = format!("other.{}/x", c.domain);
+    c.c.apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: httpbin\n  namespace: {ns}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: {ns}\nspec:\n  nodeName: {node}\n  serviceAccountName: httpbin\n  containers:\n  - name: app\n    image: signet.test/none\n    volumeMounts: [{{name: identity, mountPath: /var/run/identity}}]\n  volumes:\n  - name: identity\n    projected:\n      sources:\n      - podCertificate: {{signerName: {foo}, keyType: ECDSAP256, credentialBundlePath: credentialbundle.pem}}\n      - podCertificate: {{signerName: {other}, keyType: ECDSAP256, credentialBundlePath: other.pem}}\n"
+    ));
+    let uid = |what: &[&str]| {
+        let mut args = vec!["get"];
+        args.extend_from_slice(what);
+        args.extend(["-o", "jsonpath={.metadata.uid}"]);
+        c.c.kubectl_ok(&args).trim().to_string()
+    };
+    let (node_uid, pod_uid, sa_uid) = (
+        uid(&["node", &node]),
+        uid(&["pod", "-n", &ns, "web"]),
+        uid(&["serviceaccount", "-n", &ns, "httpbin"]),
+    );
+    let request = |name: &str, signer: &str, stub: &[u8], max: u32, extra: &str| {
+        let yaml = format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: PodCertificateRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  signerName: {signer}\n  podName: web\n  podUID: {pod_uid}\n  serviceAccountName: httpbin\n  serviceAccountUID: {sa_uid}\n  nodeName: {node}\n  nodeUID: {node_uid}\n  maxExpirationSeconds: {max}\n  stubPKCS10Request: {}\n{extra}",
+            base64_encode(stub)
+        );
+        c.c.kubectl_with(&kubelet, &["create", "-f", "-"], Some(&yaml))
+    };
+    let created = |out: std::process::Output, name: &str| {
+        assert!(
+            out.status.success(),
+            "the node's create of {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let dir = c.mesh.path("pod-keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut keys = BTreeMap::new();
+    for (name, kind, max) in [
+        ("p256", "ECDSAP256", 86_400),
+        ("p384", "ECDSAP384", 3600),
+        ("ed25519", "ED25519", 7200),
+        ("rsa", "RSA3072", 86_400),
+    ] {
+        let (stub, spki) = stub_request(&dir, kind);
+        created(request(name, &foo, &stub, max, ""), name);
+        keys.insert(name, (spki, max));
+    }
+    let (stub, _) = stub_request(&dir, "ECDSAP256");
+    let annotations = "  unverifiedUserAnnotations:\n    example.com/flavour: strawberry\n";
+    created(request("annotated", &foo, &stub, 86_400, annotations), "annotated");
+    // Another signer of the pod's volumes: not the controller's, left alone. A signer the pod
+    // does not name: NodeRestriction refuses the node's request.
+    created(request("other", &other, &stub, 86_400, ""), "other");
+    let refused = request("bar", &c.signer("bar"), &stub, 86_400, "");
+    assert!(!refused.status.success(), "a signer the pod does not name");
+    let why = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(why.contains("forbidden") || why.contains("Forbidden"), "{why}");
+
+    let pcr = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&c.c.kubectl_ok(&["get", "podcertificaterequest", "-n", &ns, name, "-o", "json"])).unwrap()
+    };
+    let conditions = |p: &serde_json::Value| p["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    eventually("all five decided", Duration::from_secs(20), || {
+        ["p256", "p384", "ed25519", "rsa", "annotated"]
+            .iter()
+            .all(|n| !conditions(&pcr(n)).is_empty())
+    });
+    let foo_root = std::fs::read(format!("{}/ca.crt", c.mesh.signer_dir("foo"))).unwrap();
+    let roots = signet_certs::parse_certs(&foo_root, "foo").unwrap();
+    let anchors = signet_certs::Anchors::new(&roots);
+    for (name, (spki, max)) in &keys {
+        let p = pcr(name);
+        let cs = conditions(&p);
+        assert_eq!(cs.len(), 1, "{name}: exactly one condition: {p}");
+        if *name == "rsa" {
+            assert_eq!(cs[0]["type"], "Denied", "{p}");
+            assert_eq!(cs[0]["reason"], "UnsupportedKeyType", "{p}");
+            assert!(cs[0]["message"].as_str().unwrap().contains("ECDSAP256"), "{p}");
+            assert!(p["status"]["certificateChain"].is_null(), "{p}");
+            continue;
+        }
+        assert_eq!(cs[0]["type"], "Issued", "{name}: {p}");
+        let chain =
+            signet_certs::parse_certs(p["status"]["certificateChain"].as_str().unwrap().as_bytes(), name).unwrap();
+        let leaf = CertInfo::parse(&chain[0]).unwrap();
+        assert_eq!(leaf.uris, vec![spiffe(&ns, "httpbin")], "{name}: the pod's identity");
+        assert_eq!(&leaf.spki, spki, "{name}: the node's key");
+        let lifetime = leaf.not_after.duration_since(leaf.not_before).unwrap();
+        assert_eq!(
+            lifetime,
+            Duration::from_secs(*max as u64),
+            "{name}: maxExpirationSeconds"
+        );
+        anchors
+            .verify(
+                &chain,
+                leaf.not_before + Duration::from_secs(60),
+                signet_certs::Usage::ServerAuth,
+            )
+            .unwrap_or_else(|e| panic!("{name}: does not chain to foo's root: {e:?}"));
+        assert_eq!(
+            p["status"]["notBefore"].as_str().unwrap(),
+            signet_certs::rfc3339(leaf.not_before)
+        );
+        assert_eq!(
+            p["status"]["notAfter"].as_str().unwrap(),
+            signet_certs::rfc3339(leaf.not_after)
+        );
+        assert!(p["status"]["beginRefreshAt"].is_string(), "{p}");
+    }
+    let annotated = pcr("annotated");
+    assert_eq!(conditions(&annotated)[0]["type"], "Denied", "{annotated}");
+    assert_eq!(
+        conditions(&annotated)[0]["reason"],
+        "InvalidUnverifiedUserAnnotations",
+        "{annotated}"
+    );
+    assert!(
+        conditions(&pcr("other")).is_empty(),
+        "another signer's request is left alone"
+    );
+    let metrics = curl(&[&format!("http://{}/metrics", controller.admin)], &[]).body;
+    assert!(
+        metrics.contains(&format!(
+            "signet_signer_pod_certificates_total{{signer=\"{foo}\",outcome=\"issued\"}} 3"
+        )),
+        "{metrics}"
+    );
+    c.c.kubectl_ok(&["delete", "node", &node]);
+    c.c.kubectl_ok(&[
+        "delete",
+        "clusterrole,clusterrolebinding",
+        &format!("signet-pod-certificates-{}", c.ns.name),
+    ]);
 }

@@ -40,7 +40,10 @@ pub use name::{DEFAULT_SIGNER_DOMAIN, SignerName};
 pub use pem::{certs_to_pem, parse_certs, parse_crls, parse_key, read_certs, read_crls, read_key, sha256_hex};
 pub use printable::printable;
 pub use request::{CertificateRequest, RequestInfo, WorkloadKey};
-pub use signer::{DEFAULT_CA_VALIDITY, IssueOptions, IssuedCertificate, IssuedWorkload, Signer, SignerParts};
+pub use signer::{
+    DEFAULT_CA_VALIDITY, IssueOptions, IssuedCertificate, IssuedWorkload, SIGNED_KEY_TYPES, Signer, SignerParts,
+    request_key_type,
+};
 pub use spiffe::{IdPattern, SpiffeId};
 pub use watch::FileWatch;
 pub use yaml::{YamlError, from_yaml};

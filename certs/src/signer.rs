@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
-    SerialNumber,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
+    PKCS_ED25519, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -305,6 +305,127 @@ impl Signer {
     }
 }
 
+impl Signer {
+    /// Signs the key of a DER PKCS#10 request for `id` alone, valid exactly from `not_before`
+    /// to `not_after`: the PodCertificateRequest path, where the kubelet's stub request carries
+    /// only the key and the identity comes from the Pod the API server attested. The request's
+    /// signature is checked; its names and extensions are ignored. Only the key types of
+    /// [`SIGNED_KEY_TYPES`] are signed.
+    pub fn sign_key(
+        &self,
+        request_der: &[u8],
+        id: &SpiffeId,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<IssuedCertificate, Error> {
+        let key = RequestedKey::parse(request_der)?;
+        if !SIGNED_KEY_TYPES.contains(&key.kind.as_str()) {
+            return Err(Error::Request(format!(
+                "a {} key is not signed here; use one of {}",
+                key.kind,
+                SIGNED_KEY_TYPES.join(", ")
+            )));
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names =
+            vec![SanType::URI(id.to_string().try_into().map_err(|_| {
+                Error::Request(format!("{id} cannot be written as a URI SAN"))
+            })?)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        params.not_before = to_time(not_before, Duration::ZERO, Duration::ZERO)?;
+        params.not_after = to_time(not_after, Duration::ZERO, Duration::ZERO)?;
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(Error::crypto("signing the certificate"))?;
+        let leaf = leaf.der().clone();
+        let info = CertInfo::parse(&leaf)?;
+        let mut chain = vec![leaf];
+        chain.extend(self.presented.iter().cloned());
+        Ok(IssuedCertificate {
+            leaf: info,
+            chain,
+            roots: self.roots.clone(),
+        })
+    }
+}
+
+/// The key types [`Signer::sign_key`] signs, by the names of the Kubernetes API
+/// (`PodCertificateProjection.keyType`): the curves and the signature scheme Signet's TLS uses.
+pub const SIGNED_KEY_TYPES: &[&str] = &["ECDSAP256", "ECDSAP384", "ED25519"];
+
+/// The key type of a DER PKCS#10 request, by the Kubernetes API's names (`ECDSAP256`,
+/// `RSA3072`, `ED25519`, ...), once its signature is checked.
+pub fn request_key_type(request_der: &[u8]) -> Result<String, Error> {
+    Ok(RequestedKey::parse(request_der)?.kind)
+}
+
+/// A requested key, with the algorithm its SubjectPublicKeyInfo names. (rcgen takes the
+/// algorithm from the request's signature instead, which writes a P-384 key in a request signed
+/// with SHA-256 out as a P-256 key.)
+struct RequestedKey {
+    kind: String,
+    alg: &'static SignatureAlgorithm,
+    raw: Vec<u8>,
+}
+
+impl RequestedKey {
+    fn parse(der: &[u8]) -> Result<Self, Error> {
+        use x509_parser::prelude::FromDer;
+        let (rest, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
+            .map_err(|e| Error::Request(format!("not a DER PKCS#10 certificate request ({e})")))?;
+        if !rest.is_empty() {
+            return Err(Error::Request("trailing bytes after the certificate request".into()));
+        }
+        csr.verify_signature()
+            .map_err(|e| Error::Request(format!("the request's signature does not verify ({e})")))?;
+        let spki = &csr.certification_request_info.subject_pki;
+        let raw = spki.subject_public_key.data.to_vec();
+        let oid = spki.algorithm.algorithm.to_id_string();
+        let (kind, alg): (String, &'static SignatureAlgorithm) = match oid.as_str() {
+            "1.2.840.10045.2.1" => {
+                let curve = spki
+                    .algorithm
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.as_oid().ok())
+                    .map(|o| o.to_id_string())
+                    .unwrap_or_default();
+                match curve.as_str() {
+                    "1.2.840.10045.3.1.7" => ("ECDSAP256".into(), &PKCS_ECDSA_P256_SHA256),
+                    "1.3.132.0.34" => ("ECDSAP384".into(), &PKCS_ECDSA_P384_SHA384),
+                    "1.3.132.0.35" => ("ECDSAP521".into(), &PKCS_ECDSA_P256_SHA256),
+                    other => (format!("ECDSA (curve {other})"), &PKCS_ECDSA_P256_SHA256),
+                }
+            }
+            "1.3.101.112" => ("ED25519".into(), &PKCS_ED25519),
+            "1.2.840.113549.1.1.1" => {
+                let bits = match spki.parsed() {
+                    Ok(x509_parser::public_key::PublicKey::RSA(k)) => k.key_size(),
+                    _ => 0,
+                };
+                (format!("RSA{bits}"), &PKCS_ECDSA_P256_SHA256)
+            }
+            other => (format!("unknown (algorithm {other})"), &PKCS_ECDSA_P256_SHA256),
+        };
+        Ok(RequestedKey { kind, alg, raw })
+    }
+}
+
+impl PublicKeyData for RequestedKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.alg
+    }
+}
+
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Signer")
@@ -351,6 +472,69 @@ mod tests {
 
     fn id() -> SpiffeId {
         "spiffe://cluster.local/ns/foo/sa/httpbin".parse().unwrap()
+    }
+
+    /// A stub request as the kubelet makes one: no subject, no names, only the key.
+    fn stub(alg: &'static SignatureAlgorithm) -> (KeyPair, Vec<u8>) {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let der = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec();
+        (key, der)
+    }
+
+    #[test]
+    fn keys_are_signed_with_the_algorithm_their_key_info_names_for_the_given_identity_and_times() {
+        let foo = signer("foo");
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let end = start + Duration::from_secs(3600);
+        for (alg, kind) in [
+            (&PKCS_ECDSA_P256_SHA256, "ECDSAP256"),
+            (&PKCS_ECDSA_P384_SHA384, "ECDSAP384"),
+            (&PKCS_ED25519, "ED25519"),
+        ] {
+            let (key, der) = stub(alg);
+            assert_eq!(request_key_type(&der).unwrap(), kind);
+            let issued = foo.sign_key(&der, &id(), start, end).unwrap();
+            assert_eq!(
+                issued.leaf.spki,
+                key.subject_public_key_info(),
+                "{kind}: the requested key"
+            );
+            assert_eq!(issued.leaf.uris, vec![id().to_string()]);
+            assert_eq!(issued.leaf.not_before, start);
+            assert_eq!(issued.leaf.not_after, end);
+            assert!(!issued.leaf.is_ca);
+            let anchors = crate::Anchors::new(foo.roots());
+            let at = start + Duration::from_secs(60);
+            anchors
+                .verify(&issued.chain, at, crate::Usage::ServerAuth)
+                .unwrap_or_else(|e| panic!("{kind}: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn a_request_whose_signature_does_not_verify_is_refused() {
+        let (_, mut der) = stub(&PKCS_ECDSA_P256_SHA256);
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        let e = signer("foo")
+            .sign_key(
+                &der,
+                &id(),
+                SystemTime::now(),
+                SystemTime::now() + Duration::from_secs(3600),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("signature"), "{e}");
+        assert!(
+            request_key_type(b"garbage")
+                .unwrap_err()
+                .to_string()
+                .contains("PKCS#10")
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `expirationSeconds` (or cert-manager's request-duration annotation) within its cap; only the
 //! requested SANs are copied. The leaf and its intermediates go into `status.certificate`
 //! through `/status`; a request it cannot sign is marked `Failed` with the reason. Optionally it
-//! publishes each signer's roots as a ClusterTrustBundle.
+//! publishes each signer's roots as a ClusterTrustBundle, and signs the PodCertificateRequests
+//! of its signers (`pod_certificates.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{code, describe};
 use crate::csr::REQUEST_DURATION;
+use crate::pod_certificates::{self, PodCertificateRequest};
 use crate::reflect::{Change, reflect};
 use crate::secrets::SecretSigners;
 
@@ -118,6 +120,9 @@ pub struct ControllerSettings {
     pub max_ttl: Duration,
     /// Publish each signer's roots as a ClusterTrustBundle.
     pub publish_trust_bundles: bool,
+    /// Sign the PodCertificateRequests of its signers too, for pods of `trust_domain`.
+    pub pod_certificates: bool,
+    pub trust_domain: String,
     pub admin: Option<SocketAddr>,
 }
 
@@ -127,8 +132,12 @@ pub struct Controller {
     settings: ControllerSettings,
     /// (signer, outcome) → count; outcome is `issued` or the failure reason.
     outcomes: Mutex<BTreeMap<(String, String), u64>>,
+    /// (signer, outcome) → count, for PodCertificateRequests.
+    pod_outcomes: Mutex<BTreeMap<(String, String), u64>>,
     /// Set once the first list of requests has been handled.
     synced: std::sync::atomic::AtomicBool,
+    /// Set once the first list of PodCertificateRequests has been handled (or none are signed).
+    pods_synced: std::sync::atomic::AtomicBool,
 }
 
 impl Controller {
@@ -136,8 +145,10 @@ impl Controller {
         Arc::new(Controller {
             client,
             keys,
+            pods_synced: std::sync::atomic::AtomicBool::new(!settings.pod_certificates),
             settings,
             outcomes: Mutex::new(BTreeMap::new()),
+            pod_outcomes: Mutex::new(BTreeMap::new()),
             synced: Default::default(),
         })
     }
@@ -185,6 +196,33 @@ impl Controller {
             .await;
         });
         life.spawn(self.clone().work(rx, life.shutdown.clone()));
+        if self.settings.pod_certificates {
+            tracing::info!(
+                "signer controller: also signing PodCertificateRequests for them (trust domain {})",
+                self.settings.trust_domain
+            );
+            let (tx, rx) = mpsc::unbounded_channel();
+            let api: Api<PodCertificateRequest> = Api::all(self.client.clone());
+            let stop = life.shutdown.clone();
+            let this = self.clone();
+            life.spawn(async move {
+                reflect(api, "PodCertificateRequests", stop, move |change| {
+                    let objects = match change {
+                        Change::Reset(all) => {
+                            this.pods_synced.store(true, Ordering::Relaxed);
+                            all
+                        }
+                        Change::Applied(o) => vec![o],
+                        Change::Deleted(_) => Vec::new(),
+                    };
+                    for o in objects {
+                        let _ = tx.send(o);
+                    }
+                })
+                .await;
+            });
+            life.spawn(self.clone().work_pods(rx, life.shutdown.clone()));
+        }
         if self.settings.publish_trust_bundles {
             life.spawn(self.clone().publish(life.shutdown.clone()));
         }
@@ -278,6 +316,74 @@ impl Controller {
         }
     }
 
+    async fn work_pods(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<PodCertificateRequest>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let pcr = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = rx.recv() => match p { Some(p) => p, None => return },
+            };
+            self.handle_pod(pcr).await;
+        }
+    }
+
+    /// Decides a PodCertificateRequest of one of its signers that nobody decided yet, and
+    /// writes the decision through `/status`.
+    async fn handle_pod(&self, pcr: PodCertificateRequest) {
+        let keys = self.keys.current();
+        let Some(signer) = keys
+            .iter()
+            .find(|(n, _)| n.as_str() == pcr.spec.signer_name)
+            .map(|(_, s)| s.clone())
+        else {
+            return;
+        };
+        if pcr.decided() {
+            return;
+        }
+        let name = pcr.name();
+        let now = std::time::SystemTime::now();
+        let decision = pod_certificates::decide(&pcr, &signer, &self.settings.trust_domain, self.settings.max_ttl, now);
+        let mut updated = pcr.clone();
+        updated.status = decision.status(&pcr.spec.signer_name, pcr.metadata.generation, now);
+        let ns = pcr.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<PodCertificateRequest> = Api::namespaced(self.client.clone(), &ns);
+        let short = pcr.metadata.name.clone().unwrap_or_default();
+        match api.replace_status(&short, &PostParams::default(), &updated).await {
+            Ok(_) => {
+                match &decision {
+                    pod_certificates::Decision::Issued { id, not_after, .. } => tracing::info!(
+                        "PodCertificateRequest {name}: issued by {} for {id} (pod {}, until {})",
+                        pcr.spec.signer_name,
+                        signet_certs::printable(&pcr.spec.pod_name),
+                        signet_certs::rfc3339(*not_after)
+                    ),
+                    pod_certificates::Decision::Denied { reason, message }
+                    | pod_certificates::Decision::Failed { reason, message } => tracing::warn!(
+                        "PodCertificateRequest {name}: {reason}: {}",
+                        signet_certs::printable(message)
+                    ),
+                }
+                *self
+                    .pod_outcomes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry((pcr.spec.signer_name.clone(), decision.outcome().to_string()))
+                    .or_default() += 1;
+            }
+            // Changed meanwhile (or deleted): the watch brings the new version, decided again.
+            Err(e) if matches!(code(&e), Some(404) | Some(409)) => {}
+            Err(e) => tracing::warn!(
+                "PodCertificateRequest {name}: could not write the status: {} (may this service account update podcertificaterequests/status and `sign` for {}?)",
+                describe(&e),
+                pcr.spec.signer_name
+            ),
+        }
+    }
+
     /// Signs the request, or says why not. Returns the PEM for `status.certificate` and the
     /// lifetime given.
     fn sign(&self, csr: &CertificateSigningRequest, signer: &Signer) -> Result<(String, Duration), String> {
@@ -347,6 +453,22 @@ impl Controller {
                 &[("signer", signer.as_str()), ("outcome", outcome.as_str())],
                 *n,
             );
+        }
+        drop(outcomes);
+        if self.settings.pod_certificates {
+            let outcomes = self.pod_outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            e.family(
+                "signet_signer_pod_certificates_total",
+                Kind::Counter,
+                "PodCertificateRequests this controller decided, by signer and outcome (issued, or the Denied/Failed reason).",
+            );
+            for ((signer, outcome), n) in outcomes.iter() {
+                e.sample(
+                    "signet_signer_pod_certificates_total",
+                    &[("signer", signer.as_str()), ("outcome", outcome.as_str())],
+                    *n,
+                );
+            }
         }
         e.finish()
     }
@@ -440,7 +562,12 @@ async fn admin_loop(listener: tokio::net::TcpListener, controller: Arc<Controlle
                 async move {
                     let resp = match req.uri().path() {
                         "/metrics" => body::text(StatusCode::OK, controller.metrics()),
-                        "/ready" if controller.synced.load(Ordering::Relaxed) => body::text(StatusCode::OK, "ready"),
+                        "/ready"
+                            if controller.synced.load(Ordering::Relaxed)
+                                && controller.pods_synced.load(Ordering::Relaxed) =>
+                        {
+                            body::text(StatusCode::OK, "ready")
+                        }
                         "/ready" => body::text(StatusCode::SERVICE_UNAVAILABLE, "not synced with the API server yet"),
                         "/live" => body::text(StatusCode::OK, "live"),
                         _ => body::text(StatusCode::NOT_FOUND, "try /metrics /ready"),

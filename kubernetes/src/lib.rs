@@ -10,6 +10,7 @@
 pub mod api;
 pub mod controller;
 pub mod csr;
+pub mod pod_certificates;
 pub mod reflect;
 pub mod secrets;
 pub mod tokenreview;

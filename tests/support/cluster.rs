@@ -59,6 +59,8 @@ pub struct Cluster {
     /// The CA that signed the API server's certificate (and the admin's).
     pub ca: PathBuf,
     pub admin_kubeconfig: PathBuf,
+    /// The cluster's CA, for more client certificates (nodes).
+    pki: Pki,
     /// The pids of what was started, killed at exit.
     pids: Mutex<Vec<u32>>,
     spawner: Mutex<mpsc::Sender<Spawn>>,
@@ -277,6 +279,7 @@ impl Cluster {
             url: url.clone(),
             ca: ca.clone(),
             admin_kubeconfig: admin_kubeconfig.clone(),
+            pki,
             pids: Mutex::new(Vec::new()),
             spawner: Mutex::new(tx),
         };
@@ -592,6 +595,27 @@ impl Cluster {
         ));
         let token = self.token_bound_to(ns, sa, &pod, audience);
         (pod, token)
+    }
+
+    /// A kubeconfig at `path` for a client certificate of the cluster's CA: user `cn` in groups
+    /// `orgs` (a kubelet is `system:node:<name>` in `system:nodes`).
+    pub fn client_kubeconfig(&self, path: &Path, cn: &str, orgs: &[&str]) -> PathBuf {
+        let (crt, key) = self.pki.leaf(cn, orgs, &[], false);
+        let (crt_path, key_path) = (path.with_extension("crt"), path.with_extension("key"));
+        std::fs::write(&crt_path, crt).unwrap();
+        write_private(&key_path, &key);
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: test\n  context: {{cluster: test, user: u}}\ncurrent-context: test\n",
+                self.url,
+                self.ca.display(),
+                crt_path.display(),
+                key_path.display()
+            ),
+        )
+        .unwrap();
+        path.to_path_buf()
     }
 
     /// A token (TokenRequest) of `ns/sa` for `audience`, bound to Pod `pod`.
