@@ -29,10 +29,17 @@ pub async fn authority_cluster(args: &AuthorityServeArgs, stop: CancellationToke
     } else {
         args.token_audience.clone()
     };
+    // The policy is read again (and checked) by the authority; here only for the signers its
+    // `approve` permission must name.
+    let policy = match &args.signing_policy {
+        Some(p) => signet_authority::SigningPolicy::load(p, domain).map_err(|e| e.to_string())?,
+        None => signet_authority::SigningPolicy::defaults_in(domain),
+    };
     let (client, server) = connect(args.kube.kubeconfig.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let settings = ClusterSettings {
+        approvable_signers: policy.approvable_signers(),
         audiences,
         csr_timeout: args.csr_timeout.0,
         trust_bundles: args.cluster_trust_bundles,
@@ -40,16 +47,15 @@ pub async fn authority_cluster(args: &AuthorityServeArgs, stop: CancellationToke
         secret_signers,
         secret_interval: args.kube.secret_interval.0,
     };
-    let cluster = KubernetesCluster::start(client, &server, settings, stop)
-        .await
-        .map_err(|e| e.to_string())?;
+    let cluster = KubernetesCluster::start(client, &server, settings, stop).await?;
     tracing::info!("Kubernetes mode: {}", signet_authority::Cluster::describe(&cluster));
     Ok(ClusterHandle(Arc::new(cluster)))
 }
 
 #[cfg(feature = "kubernetes")]
 pub fn signer_controller(args: SignerControllerArgs) -> Result<ExitCode, String> {
-    use signet_kubernetes::controller::{DirSigners, Keys};
+    use signet_kubernetes::access::require;
+    use signet_kubernetes::controller::{CONTROLLER_RBAC, DirSigners, Keys, controller_permissions};
     use signet_kubernetes::{Controller, ControllerSettings, SecretRef, SecretSigners, connect};
     use signet_proxy::serve::Lifecycle;
 
@@ -92,6 +98,20 @@ pub fn signer_controller(args: SignerControllerArgs) -> Result<ExitCode, String>
         let (client, server) = connect(args.kube.kubeconfig.as_deref())
             .await
             .map_err(|e| e.to_string())?;
+        let settings = ControllerSettings {
+            max_ttl: args.max_ttl.0,
+            publish_trust_bundles: args.publish_trust_bundles,
+            pod_certificates: args.pod_certificates,
+            trust_domain: args.trust_domain.clone(),
+            admin,
+        };
+        let signers: Vec<_> = if secrets.is_empty() {
+            dirs.iter().map(|(name, _)| name.clone()).collect()
+        } else {
+            secrets.iter().map(|r| r.signer.clone()).collect()
+        };
+        let wanted = controller_permissions(&signers, &secrets, &settings);
+        require(&client, "the signer controller", CONTROLLER_RBAC, &wanted).await?;
         let keys = if secrets.is_empty() {
             Keys::Dirs(
                 DirSigners::start(dirs, args.watch_interval.0, life.shutdown.clone()).map_err(|e| e.to_string())?,
@@ -107,13 +127,6 @@ pub fn signer_controller(args: SignerControllerArgs) -> Result<ExitCode, String>
                 .await
                 .map_err(|e| e.to_string())?,
             )
-        };
-        let settings = ControllerSettings {
-            max_ttl: args.max_ttl.0,
-            publish_trust_bundles: args.publish_trust_bundles,
-            pod_certificates: args.pod_certificates,
-            trust_domain: args.trust_domain.clone(),
-            admin,
         };
         let controller = Controller::new(client, keys, settings);
         let bound = controller

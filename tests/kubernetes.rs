@@ -29,6 +29,13 @@ const SECRETS: [(&str, &str); 3] = [("istio-system", "istio-ca"), ("foo", "foo-c
 /// namespaced object and service account, its name on the cluster-scoped ones, its signer
 /// domain in `resourceNames`. The rules themselves are as written.
 fn rbac_of(manifest: &str, ns: &str, domain: &str) -> String {
+    rbac_tagged(manifest, ns, domain, "")
+}
+
+/// [`rbac_of`] with `tag` after each name, so that copies of one manifest live side by side.
+/// The authority's signer key (cert-manager's `istio-ca-selfsigned` in `cert-manager`) becomes
+/// the test's `istio-ca` in its namespace.
+fn rbac_tagged(manifest: &str, ns: &str, domain: &str, tag: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("examples/kubernetes")
         .join(manifest);
@@ -45,14 +52,16 @@ fn rbac_of(manifest: &str, ns: &str, domain: &str) -> String {
         .map(|doc| {
             let mut out = String::new();
             for line in doc.lines() {
-                let line = if let Some(indent) = line.strip_suffix("namespace: signet-signers") {
-                    format!("{indent}namespace: {ns}")
-                } else if let Some(indent) = line.strip_suffix("namespace: istio-system") {
+                let namespaced = ["signet-signers", "istio-system", "cert-manager"]
+                    .iter()
+                    .find_map(|n| line.strip_suffix(&format!("namespace: {n}")));
+                let line = if let Some(indent) = namespaced {
                     format!("{indent}namespace: {ns}")
                 } else if let Some((indent, name)) = line.split_once("name: signet-") {
-                    format!("{indent}name: signet-{name}-{ns}")
+                    format!("{indent}name: signet-{name}-{ns}{tag}")
                 } else {
                     line.replace("clusterissuers.cert-manager.io/", &format!("{domain}/"))
+                        .replace("istio-ca-selfsigned", "istio-ca")
                 };
                 out.push_str(&line);
                 out.push('\n');
@@ -212,13 +221,27 @@ impl Env {
 
     fn authority(&self, extra: &[&str]) -> KubeAuthority {
         let ready = ready_path("authority");
+        let mut cmd = self.authority_command(&self.authority_kubeconfig, extra);
+        cmd.arg("--ready-file").arg(&ready);
+        let mut proc = Proc::spawn("authority", cmd);
+        let listeners = proc.wait_ready_file(&ready, Duration::from_secs(20));
+        let addr = |key: &str| listeners[key].as_str().unwrap().parse().unwrap();
+        KubeAuthority {
+            addr: addr("authority"),
+            admin: addr("admin"),
+            proc,
+        }
+    }
+
+    /// `signet authority serve --kubernetes` as this test runs it, as the user of `kubeconfig`.
+    fn authority_command(&self, kubeconfig: &Path, extra: &[&str]) -> std::process::Command {
         let mut cmd = signet_cmd();
         cmd.args([
             "authority",
             "serve",
             "--kubernetes",
             "--kubeconfig",
-            self.authority_kubeconfig.to_str().unwrap(),
+            kubeconfig.to_str().unwrap(),
             "--signer-secret",
             &format!("istio-system={}/istio-ca", self.ns.name),
             "--bundle",
@@ -235,51 +258,19 @@ impl Env {
             "500ms",
         ])
         .args(extra)
-        .env("CERT_SIGNER_DOMAIN", &self.domain)
-        .arg("--ready-file")
-        .arg(&ready);
-        let mut proc = Proc::spawn("authority", cmd);
-        let listeners = proc.wait_ready_file(&ready, Duration::from_secs(20));
-        let addr = |key: &str| listeners[key].as_str().unwrap().parse().unwrap();
-        KubeAuthority {
-            addr: addr("authority"),
-            admin: addr("admin"),
-            proc,
-        }
+        .env("CERT_SIGNER_DOMAIN", &self.domain);
+        cmd
     }
 
     /// The signer controller with the three signers' keys from their Secrets.
     fn controller(&self, extra: &[&str]) -> Controller {
-        let keys: Vec<String> = SECRETS
-            .iter()
-            .flat_map(|(signer, secret)| {
-                [
-                    "--signer-secret".to_string(),
-                    format!("{signer}={}/{secret}", self.ns.name),
-                ]
-            })
-            .collect();
-        self.controller_with(&keys, extra)
+        self.controller_with(&self.controller_keys(), extra)
     }
 
     fn controller_with(&self, keys: &[String], extra: &[&str]) -> Controller {
         let ready = ready_path("controller");
-        let mut cmd = signet_cmd();
-        cmd.args([
-            "signer",
-            "controller",
-            "--kubeconfig",
-            self.controller_kubeconfig.to_str().unwrap(),
-            "--admin",
-            "127.0.0.1:0",
-            "--secret-interval",
-            "500ms",
-        ]);
-        cmd.args(keys)
-            .args(extra)
-            .env("CERT_SIGNER_DOMAIN", &self.domain)
-            .arg("--ready-file")
-            .arg(&ready);
+        let mut cmd = self.controller_command(&self.controller_kubeconfig, keys, extra);
+        cmd.arg("--ready-file").arg(&ready);
         let mut proc = Proc::spawn("signer controller", cmd);
         let listeners = proc.wait_ready_file(&ready, Duration::from_secs(20));
         let admin = listeners["admin"].as_str().unwrap().parse().unwrap();
@@ -288,6 +279,36 @@ impl Env {
             curl(&[&format!("http://{admin}/ready")], &[]).status == 200
         });
         c
+    }
+
+    /// `signet signer controller` as this test runs it, as the user of `kubeconfig`.
+    fn controller_command(&self, kubeconfig: &Path, keys: &[String], extra: &[&str]) -> std::process::Command {
+        let mut cmd = signet_cmd();
+        cmd.args([
+            "signer",
+            "controller",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--admin",
+            "127.0.0.1:0",
+            "--secret-interval",
+            "500ms",
+        ]);
+        cmd.args(keys).args(extra).env("CERT_SIGNER_DOMAIN", &self.domain);
+        cmd
+    }
+
+    /// The controller's `--signer-secret` flags: the three signers' keys from their Secrets.
+    fn controller_keys(&self) -> Vec<String> {
+        SECRETS
+            .iter()
+            .flat_map(|(signer, secret)| {
+                [
+                    "--signer-secret".to_string(),
+                    format!("{signer}={}/{secret}", self.ns.name),
+                ]
+            })
+            .collect()
     }
 
     /// The gRPC client a sidecar uses, with `token_file`.
@@ -1164,4 +1185,285 @@ fn the_signer_controller_signs_the_pod_certificates_a_node_asks_for() {
         "clusterrole,clusterrolebinding",
         &format!("signet-pod-certificates-{}", c.ns.name),
     ]);
+}
+
+/// One rule of an RBAC role, as written.
+#[derive(Clone)]
+struct Rule {
+    /// The rule's lines in its document, `[start, end)`.
+    lines: (usize, usize),
+    group: String,
+    resource: String,
+    verbs: Vec<String>,
+    names: Vec<String>,
+}
+
+impl Rule {
+    fn render(&self, verbs: &[String], names: &[String]) -> String {
+        let group = if self.group.is_empty() { "\"\"" } else { &self.group };
+        let mut out = format!(
+            "- apiGroups: [{group}]\n  resources: [{}]\n  verbs: [{}]\n",
+            self.resource,
+            verbs.join(", ")
+        );
+        if !names.is_empty() {
+            out.push_str(&format!("  resourceNames: [{}]\n", names.join(", ")));
+        }
+        out
+    }
+
+    /// The permission `verb` on `name` (or the whole resource), as Signet names it when
+    /// missing: `update certificatesigningrequests.certificates.k8s.io/approval`, `get secrets
+    /// "istio-ca" in namespace kt-3`.
+    fn permission(&self, verb: &str, name: Option<&str>, namespace: Option<&str>) -> String {
+        let (resource, sub) = self.resource.split_once('/').unwrap_or((&self.resource, ""));
+        let mut out = format!("{verb} {resource}");
+        if !self.group.is_empty() {
+            out += &format!(".{}", self.group);
+        }
+        if !sub.is_empty() {
+            out += &format!("/{sub}");
+        }
+        if let Some(n) = name {
+            out += &format!(" {n:?}");
+        }
+        if let Some(ns) = namespace {
+            out += &format!(" in namespace {ns}");
+        }
+        out
+    }
+}
+
+/// `[a, b]` → `a`, `b`; `[""]` → the empty string.
+fn yaml_list(text: &str) -> Vec<String> {
+    let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
+    inner
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_string())
+        .filter(|s| !s.is_empty() || inner.trim() == "\"\"")
+        .collect()
+}
+
+/// The rules of a Role or ClusterRole document, in the layout our manifests use (flow lists,
+/// or `resourceNames:` as a block list).
+fn rules_of(doc: &[&str]) -> Vec<Rule> {
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut in_names = false;
+    for (i, line) in doc.iter().enumerate() {
+        if let Some(g) = line.strip_prefix("- apiGroups:") {
+            rules.push(Rule {
+                lines: (i, i + 1),
+                group: yaml_list(g).pop().unwrap_or_default(),
+                resource: String::new(),
+                verbs: Vec::new(),
+                names: Vec::new(),
+            });
+            in_names = false;
+            continue;
+        }
+        let Some(rule) = rules.last_mut() else { continue };
+        if rule.lines.1 != i || line.starts_with('#') || !line.starts_with("  ") {
+            continue;
+        }
+        rule.lines.1 = i + 1;
+        if let Some(r) = line.strip_prefix("  resources:") {
+            let r = yaml_list(r);
+            assert_eq!(r.len(), 1, "one resource per rule: {line}");
+            rule.resource = r[0].clone();
+        } else if let Some(v) = line.strip_prefix("  verbs:") {
+            rule.verbs = yaml_list(v);
+        } else if let Some(n) = line.strip_prefix("  resourceNames:") {
+            in_names = n.trim().is_empty();
+            rule.names = if in_names { Vec::new() } else { yaml_list(n) };
+        } else if let Some(n) = line.strip_prefix("  - ").filter(|_| in_names) {
+            rule.names.push(n.trim().to_string());
+        }
+    }
+    rules
+}
+
+/// A copy of an RBAC manifest with one thing taken away, and the permissions that are then
+/// missing.
+struct Knockout {
+    what: String,
+    yaml: String,
+    missing: Vec<String>,
+}
+
+/// Every copy of `rbac` (made by [`rbac_tagged`]) with one verb of one rule, or one of its
+/// `resourceNames`, taken away; a rule left with nothing goes whole.
+fn knockouts(rbac: &str) -> Vec<Knockout> {
+    let docs: Vec<&str> = rbac.split("---\n").collect();
+    let mut out = Vec::new();
+    for (d, doc) in docs.iter().enumerate() {
+        let is_role = doc.contains("\nkind: ClusterRole\n") || doc.contains("\nkind: Role\n");
+        if !is_role {
+            continue;
+        }
+        let lines: Vec<&str> = doc.lines().collect();
+        let namespace = doc.contains("\nkind: Role\n").then(|| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix("  namespace: "))
+                .expect("a Role has a namespace")
+        });
+        for rule in rules_of(&lines) {
+            let names: Vec<Option<&str>> = if rule.names.is_empty() {
+                vec![None]
+            } else {
+                rule.names.iter().map(|n| Some(n.as_str())).collect()
+            };
+            // (what, the verbs kept, the names kept, the permissions then missing)
+            type Cut = (String, Vec<String>, Vec<String>, Vec<String>);
+            let mut cuts: Vec<Cut> = Vec::new();
+            for verb in &rule.verbs {
+                let verbs: Vec<String> = rule.verbs.iter().filter(|v| *v != verb).cloned().collect();
+                let missing = names.iter().map(|n| rule.permission(verb, *n, namespace)).collect();
+                cuts.push((
+                    format!("verb {verb} of {}", rule.resource),
+                    verbs,
+                    rule.names.clone(),
+                    missing,
+                ));
+            }
+            if rule.names.len() > 1 {
+                for name in &rule.names {
+                    let kept: Vec<String> = rule.names.iter().filter(|n| *n != name).cloned().collect();
+                    let missing = rule
+                        .verbs
+                        .iter()
+                        .map(|v| rule.permission(v, Some(name), namespace))
+                        .collect();
+                    cuts.push((
+                        format!("{name} of {}", rule.resource),
+                        rule.verbs.clone(),
+                        kept,
+                        missing,
+                    ));
+                }
+            }
+            for (what, verbs, kept, missing) in cuts {
+                let replacement = if verbs.is_empty() {
+                    String::new()
+                } else {
+                    rule.render(&verbs, &kept)
+                };
+                let mut doc_out = String::new();
+                for (i, line) in lines.iter().enumerate() {
+                    if i == rule.lines.0 {
+                        doc_out.push_str(&replacement);
+                    }
+                    if i < rule.lines.0 || i >= rule.lines.1 {
+                        doc_out.push_str(line);
+                        doc_out.push('\n');
+                    }
+                }
+                let mut all = docs.clone();
+                all[d] = &doc_out;
+                let yaml = all.join("---\n");
+                out.push(Knockout { what, yaml, missing });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_rule_of_the_authority_and_the_controller_rbac_is_needed_and_together_they_suffice() {
+    let env = Env::new();
+    let c = env.c;
+    let api_audience = "https://kubernetes.default.svc.cluster.local";
+    let ns = env.ns.name.clone();
+    let keys = env.controller_keys();
+    // Each manifest, how its component runs there (the flags its Deployment passes), and the
+    // component's name in its error.
+    let cases: [(&str, &str, &[&str], &str); 3] = [
+        ("30-signet-authority.yaml", "signet-authority", &[], "the authority"),
+        (
+            "controller-variant/30-signet-authority.yaml",
+            "signet-authority",
+            &["--cluster-trust-bundles"],
+            "the authority",
+        ),
+        (
+            "controller-variant/10-signet-signer-controller.yaml",
+            "signet-signer-controller",
+            &["--publish-trust-bundles"],
+            "the signer controller",
+        ),
+    ];
+    let mut n = 0;
+    for (manifest, sa, flags, who) in cases {
+        let command = |kubeconfig: &Path| {
+            if sa == "signet-authority" {
+                env.authority_command(kubeconfig, flags)
+            } else {
+                env.controller_command(kubeconfig, &keys, flags)
+            }
+        };
+        let full = rbac_tagged(manifest, &ns, &env.domain, "");
+        let mut tried = 0;
+        for (i, k) in knockouts(&full).into_iter().enumerate() {
+            n += 1;
+            tried += 1;
+            let tag = format!("-k{n}");
+            let yaml = rbac_tagged(manifest, &ns, &env.domain, &tag);
+            // The same cut, in the tagged copy: the knockouts of both list the rules alike.
+            let k_tagged = &knockouts(&yaml)[i];
+            assert_eq!(k_tagged.what, k.what);
+            c.apply(&k_tagged.yaml);
+            let token = c.token(&ns, &format!("{sa}-{ns}{tag}"), api_audience);
+            let kubeconfig = c.kubeconfig_for_token(&env.mesh.path(&format!("knockout{n}.kubeconfig")), &token);
+            let expected = format!(
+                "{who} lacks {} permission{} it uses: ",
+                k.missing.len(),
+                if k.missing.len() == 1 { "" } else { "s" }
+            );
+            // RBAC reaches the API server's authorizer through a watch: a fresh binding may take
+            // a moment, during which more is missing than the cut took.
+            let mut last;
+            let start = Instant::now();
+            let ok = loop {
+                let mut proc = Proc::spawn(who, command(&kubeconfig));
+                let status = proc.wait_exit(Duration::from_secs(20));
+                last = proc.log();
+                assert!(
+                    status.is_some_and(|s| !s.success()),
+                    "{manifest} without {}: {who} did not fail at start:\n{last}",
+                    k.what
+                );
+                if last.contains(&expected) && k.missing.iter().all(|m| last.contains(&format!("{m} (to "))) {
+                    break true;
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            };
+            assert!(
+                ok,
+                "{manifest} without {}: expected one line naming {:?}, got:\n{last}",
+                k.what, k.missing
+            );
+            let line = last.lines().find(|l| l.contains(&expected)).unwrap();
+            assert!(line.contains(&format!("(as {}", "examples/kubernetes/")), "{line}");
+            c.kubectl_with(
+                &c.admin_kubeconfig,
+                &["delete", "-f", "-", "--ignore-not-found", "--wait=false"],
+                Some(&k_tagged.yaml),
+            );
+        }
+        assert!(tried >= 3, "{manifest}: {tried} cuts");
+        eprintln!("{manifest}: each of {tried} verbs and names needed");
+        // The whole manifest: the component starts (the other tests use it in full).
+        let tag = format!("-full{n}");
+        c.apply(&rbac_tagged(manifest, &ns, &env.domain, &tag));
+        let token = c.token(&ns, &format!("{sa}-{ns}{tag}"), api_audience);
+        let kubeconfig = c.kubeconfig_for_token(&env.mesh.path(&format!("full{n}.kubeconfig")), &token);
+        let ready = ready_path("full");
+        let mut cmd = command(&kubeconfig);
+        cmd.arg("--ready-file").arg(&ready);
+        let mut proc = Proc::spawn(who, cmd);
+        proc.wait_ready_file(&ready, Duration::from_secs(20));
+    }
 }

@@ -201,6 +201,20 @@ impl SigningPolicy {
         }
     }
 
+    /// Every signer the policy lets some workload use and this authority approve: the signers
+    /// its `approve` permission must name.
+    pub fn approvable_signers(&self) -> Vec<SignerName> {
+        let mut all = vec![self.default_signer.clone()];
+        for (own, allowed) in self.namespaces.values() {
+            all.push(own.clone());
+            all.extend(allowed.iter().cloned());
+        }
+        all.sort();
+        all.dedup();
+        all.retain(|s| self.may_approve(s));
+        all
+    }
+
     pub fn may_approve(&self, signer: &SignerName) -> bool {
         self.approvable.as_ref().is_none_or(|list| list.contains(signer))
     }

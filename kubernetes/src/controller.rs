@@ -31,11 +31,12 @@ use signet_proxy::serve::{ConnLimit, HttpLimits, HttpServing, Lifecycle, accept_
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Permission;
 use crate::api::{code, describe};
 use crate::csr::REQUEST_DURATION;
 use crate::pod_certificates::{self, PodCertificateRequest};
 use crate::reflect::{Change, reflect};
-use crate::secrets::SecretSigners;
+use crate::secrets::{SecretRef, SecretSigners};
 
 /// The reason on a request the controller could not sign.
 pub const FAILED_REASON: &str = "SignerValidationFailure";
@@ -124,6 +125,68 @@ pub struct ControllerSettings {
     pub pod_certificates: bool,
     pub trust_domain: String,
     pub admin: Option<SocketAddr>,
+}
+
+/// Where the signer controller's RBAC is written.
+pub const CONTROLLER_RBAC: &str = "examples/kubernetes/controller-variant/10-signet-signer-controller.yaml";
+
+/// Every permission the signer controller uses for `signers` (their keys in `secrets`, if
+/// there) with `settings`, with what for.
+pub fn controller_permissions(
+    signers: &[SignerName],
+    secrets: &[SecretRef],
+    settings: &ControllerSettings,
+) -> Vec<Permission> {
+    const CERTS: &str = "certificates.k8s.io";
+    let mut p = Vec::new();
+    for verb in ["list", "watch"] {
+        p.push(Permission::new(
+            verb,
+            CERTS,
+            "certificatesigningrequests",
+            "find the requests for its signers",
+        ));
+    }
+    p.push(Permission::new("update", CERTS, "certificatesigningrequests", "write certificates").subresource("status"));
+    for s in signers {
+        p.push(Permission::new("sign", CERTS, "signers", "sign for its signers").named(s.as_str()));
+    }
+    for r in secrets {
+        p.push(
+            Permission::new("get", "", "secrets", "read a signer key")
+                .named(&r.name)
+                .within(&r.namespace),
+        );
+    }
+    if settings.publish_trust_bundles {
+        for verb in ["get", "create", "update"] {
+            p.push(Permission::new(
+                verb,
+                CERTS,
+                "clustertrustbundles",
+                "publish its signers' roots",
+            ));
+        }
+        for s in signers {
+            p.push(
+                Permission::new("attest", CERTS, "signers", "publish roots in its signers' names").named(s.as_str()),
+            );
+        }
+    }
+    if settings.pod_certificates {
+        for verb in ["list", "watch"] {
+            p.push(Permission::new(
+                verb,
+                CERTS,
+                "podcertificaterequests",
+                "find the pod certificate requests",
+            ));
+        }
+        p.push(
+            Permission::new("update", CERTS, "podcertificaterequests", "write pod certificates").subresource("status"),
+        );
+    }
+    p
 }
 
 pub struct Controller {

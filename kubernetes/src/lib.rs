@@ -7,6 +7,7 @@
 // Checked in normal builds; test builds also get the dev-dependencies of integration tests.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod access;
 pub mod api;
 pub mod controller;
 pub mod csr;
@@ -26,6 +27,7 @@ use signet_authority::{BoxFuture, Cluster, ClusterOrder, Refused, Requester};
 use signet_certs::{Refusal, Signer, SignerName};
 use tokio_util::sync::CancellationToken;
 
+pub use access::Permission;
 pub use api::{ConnectError, connect};
 pub use controller::{Controller, ControllerSettings};
 pub use secrets::{SecretError, SecretRef, SecretSigners};
@@ -60,6 +62,55 @@ pub struct ClusterSettings {
     pub secret_signers: Vec<SecretRef>,
     /// How often those Secrets are read again.
     pub secret_interval: Duration,
+    /// The signers it may approve (the signing policy's), for the check of its RBAC at start.
+    pub approvable_signers: Vec<SignerName>,
+}
+
+/// Where the authority's RBAC is written.
+const AUTHORITY_RBAC: &str = "examples/kubernetes/30-signet-authority.yaml";
+
+/// Every permission the authority uses with `settings`, with what for.
+pub fn authority_permissions(settings: &ClusterSettings) -> Vec<Permission> {
+    const CERTS: &str = "certificates.k8s.io";
+    const CSRS: &str = "certificatesigningrequests";
+    let mut p = vec![
+        Permission::new(
+            "create",
+            "authentication.k8s.io",
+            "tokenreviews",
+            "authenticate callers",
+        ),
+        Permission::new("create", CERTS, CSRS, "ask a signer for each workload certificate"),
+        Permission::new("watch", CERTS, CSRS, "wait for the certificate"),
+        Permission::new("get", CERTS, CSRS, "read a request again after its watch expired"),
+        Permission::new("delete", CERTS, CSRS, "delete each request once decided"),
+    ];
+    if settings.approve {
+        p.push(Permission::new("update", CERTS, CSRS, "approve the requests it checked").subresource("approval"));
+        for signer in &settings.approvable_signers {
+            p.push(
+                Permission::new("approve", CERTS, "signers", "approve requests for its signers").named(signer.as_str()),
+            );
+        }
+    }
+    for r in &settings.secret_signers {
+        p.push(
+            Permission::new("get", "", "secrets", "read a signer key")
+                .named(&r.name)
+                .within(&r.namespace),
+        );
+    }
+    if settings.trust_bundles {
+        for verb in ["list", "watch"] {
+            p.push(Permission::new(
+                verb,
+                CERTS,
+                "clustertrustbundles",
+                "read signers' roots",
+            ));
+        }
+    }
+    p
 }
 
 pub struct KubernetesCluster {
@@ -79,7 +130,14 @@ impl KubernetesCluster {
         server: &str,
         settings: ClusterSettings,
         stop: CancellationToken,
-    ) -> Result<Self, SecretError> {
+    ) -> Result<Self, String> {
+        access::require(
+            &client,
+            "the authority",
+            AUTHORITY_RBAC,
+            &authority_permissions(&settings),
+        )
+        .await?;
         let signers = if settings.secret_signers.is_empty() {
             None
         } else {
@@ -90,7 +148,8 @@ impl KubernetesCluster {
                     settings.secret_interval,
                     stop.clone(),
                 )
-                .await?,
+                .await
+                .map_err(|e| e.to_string())?,
             )
         };
         let bundles = settings

@@ -149,6 +149,21 @@ impl Proc {
             .is_ok_and(|status| status.success())
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; its status, or None if it is
+    /// still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the pipe readers take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.signal("TERM");
